@@ -1,0 +1,1 @@
+"""ViP2-CLIP on an OpenCLIP backbone: torch only, no Ray, no CLI."""

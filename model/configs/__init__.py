@@ -1,0 +1,1 @@
+"""Model configs shipped as data (OpenCLIP JSON format)."""

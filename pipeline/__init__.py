@@ -1,0 +1,1 @@
+"""The scan pipeline: object storage -> Ray Data -> Parquet scores + Zarr maps."""
