@@ -1,1 +1,18 @@
-"""The scan pipeline: object storage -> Ray Data -> Parquet scores + Zarr maps."""
+"""The scan pipeline: object storage -> Ray Data -> Parquet scores + Zarr maps.
+
+    from vip2scan.pipeline import scan, ScanOptions, read_map
+    summary = scan("s3://lake/images", "s3://results/scan", "s3://models/ckpt", ScanOptions())
+    amap = read_map(row, "s3://results/scan")   # float32 [height, width]
+
+Importing this package does not import Ray or torch; they load when a scan needs them.
+"""
+
+from .lock import OutputLocked
+from .read import read_map, read_scores
+from .scan import RunSummary, ScanError, ScanOptions, scan
+from .sinks import SCHEMA_VERSION, SCORES_SCHEMA
+
+__all__ = [
+    "scan", "ScanOptions", "RunSummary", "ScanError", "OutputLocked", "read_map", "read_scores",
+    "SCORES_SCHEMA", "SCHEMA_VERSION",
+]

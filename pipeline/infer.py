@@ -1,0 +1,157 @@
+"""Inference: the Ray Data actor that holds a Detector and scores uint8 batches.
+
+Like Ray's batch-inference examples: ``__init__`` loads the model once per actor, ``__call__``
+maps a numpy batch dict to a batch dict. Rows decoded with an error pass through untouched
+(no pixels are sent to the model). Per ok row the actor returns ``image_score``,
+``is_anomalous``, ``max_pixel_score`` and ``anomalous_area_fraction`` (both computed on the
+device at model resolution) and ``map``: the anomaly map resized to ``map_size`` and cast to
+float16 before it leaves the device, so little data flows downstream.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the detector comes from, with optional overrides of its config."""
+
+    checkpoint: str
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False)
+    backbone: str | None = None
+    weights: str | None = None
+    image_size: int | None = None
+
+
+def load_detector(spec: ModelSpec, device: str = "cpu", amp: str | None = "auto"):
+    """Detector.from_checkpoint with the spec's overrides applied on top of the saved config."""
+    from vip2scan.model import checkpoint as ckpt
+    from vip2scan.model.config import DetectorConfig
+    from vip2scan.model.detector import Detector
+
+    overrides = {k: v for k, v in (("backbone", spec.backbone), ("weights", spec.weights),
+                                   ("image_size", spec.image_size)) if v is not None}
+    config = None
+    if overrides:
+        options = spec.storage_options or None
+        if ckpt.is_checkpoint_dir(spec.checkpoint, options):
+            import json
+
+            meta = json.loads(ckpt.read_bytes(spec.checkpoint.rstrip("/") + "/config.json", options))
+            base = DetectorConfig.from_dict(meta)
+        else:
+            base = ckpt.released_default_config()
+        config = base.replace(**overrides)
+        if "backbone" in overrides or "image_size" in overrides:
+            # Let the backbone-dependent defaults be re-derived for the new backbone / size.
+            config = config.replace(blocks=None, top_k=None, sigma=None, fgp_heads=None,
+                                    embed_dim=None, depth=None, patch_size=None)
+    detector = Detector.from_checkpoint(spec.checkpoint, device=device,
+                                        storage_options=spec.storage_options or None,
+                                        config=config)
+    if amp != "auto" and hasattr(detector, "amp"):
+        detector.amp = amp
+    detector.eval()
+    return detector
+
+
+def resolve_thresholds(detector: Any, image_threshold: float | None,
+                       pixel_threshold: float | None) -> tuple[float, float]:
+    """Explicit values win, then the checkpoint's calibrated ones, then 0.5."""
+    config = detector.config
+    image = image_threshold if image_threshold is not None else \
+        getattr(config, "image_threshold", None)
+    pixel = pixel_threshold if pixel_threshold is not None else \
+        getattr(config, "pixel_threshold", None)
+    return (float(DEFAULT_THRESHOLD if image is None else image),
+            float(DEFAULT_THRESHOLD if pixel is None else pixel))
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    model: ModelSpec
+    map_size: int
+    image_threshold: float
+    pixel_threshold: float
+    device: str | None = None  # None: cuda if the actor sees a GPU, else cpu
+    torch_threads: int | None = None
+    amp: str | None = "auto"
+    expected_model_id: str | None = None
+
+
+class InferActor:
+    """Ray Data actor: uint8 [N, S, S, 3] pixels -> scores + float16 [N, R, R] maps."""
+
+    def __init__(self, settings: InferSettings):
+        import torch
+
+        t0 = time.perf_counter()
+        self.settings = settings
+        if settings.torch_threads:
+            torch.set_num_threads(int(settings.torch_threads))
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
+        self.detector = load_detector(settings.model, device=device, amp=settings.amp)
+        if settings.expected_model_id and self.detector.model_id != settings.expected_model_id:
+            # The checkpoint changed between planning and this actor starting: refuse instead
+            # of mixing two models' scores in one run.
+            raise RuntimeError(
+                f"checkpoint now has model_id {self.detector.model_id}, but the run was planned "
+                f"with {settings.expected_model_id}")
+        self.image_size = int(self.detector.image_size)
+        self.pid = os.getpid()
+        # Reported once, with the first batch, so the driver can show actor start-up time.
+        self._unreported_init_s = time.perf_counter() - t0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        t0 = time.perf_counter()
+        out = {name: value for name, value in batch.items() if name != "pixels"}
+        n = len(batch["image_uri"])
+        r = int(self.settings.map_size)
+        ok = np.asarray(batch["status"]) == "ok"
+        image_score = np.full(n, np.nan, dtype=np.float32)
+        max_pixel = np.full(n, np.nan, dtype=np.float32)
+        area = np.full(n, np.nan, dtype=np.float32)
+        maps = np.zeros((n, r, r), dtype=np.float16)
+        if ok.any():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory()
+            images = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+            with torch.inference_mode():
+                score, amap = self.detector(images)
+                amap = amap.float()
+                # Both reductions at model resolution, on the device.
+                peak = amap.flatten(1).amax(dim=1)
+                frac = (amap >= self.settings.pixel_threshold).float().mean(dim=(1, 2))
+                small = F.interpolate(amap[:, None], size=(r, r), mode="bilinear",
+                                      align_corners=False, antialias=r < amap.shape[-1])[:, 0]
+                small = small.clamp_(0.0, 1.0).to(torch.float16)
+            image_score[ok] = score.float().cpu().numpy()
+            max_pixel[ok] = peak.cpu().numpy()
+            area[ok] = frac.cpu().numpy()
+            maps[ok] = small.cpu().numpy()
+        out.update(
+            image_score=image_score,
+            is_anomalous=np.where(ok, image_score >= self.settings.image_threshold, False),
+            max_pixel_score=max_pixel,
+            anomalous_area_fraction=area,
+            map=maps,
+            infer_s=np.full(n, (time.perf_counter() - t0) / max(n, 1)),
+            actor_init_s=np.zeros(n),
+        )
+        if self._unreported_init_s and n:
+            out["actor_init_s"][0] = self._unreported_init_s
+            self._unreported_init_s = 0.0
+        return out

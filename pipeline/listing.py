@@ -1,0 +1,245 @@
+"""Listing: stream an object-store prefix (or a --manifest) into a Parquet manifest.
+
+The manifest has one row per image object: ``image_uri``, ``size_bytes``, ``etag`` (nullable),
+``mtime`` (nullable, timestamp[us, UTC]). Listing pages are written to Parquet as they arrive,
+so the driver never holds the lake: memory is bounded by one page (S3) or one directory (local).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .storage import Location, normalise_uri, split_protocol
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("image_uri", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("etag", pa.string()),
+        pa.field("mtime", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+PAGE_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class ObjectFilter:
+    """Which keys are images to scan: suffix (case-insensitive) and include/exclude globs.
+
+    Globs match the key relative to the source prefix (``line1/day02/img.png``); ``*`` also
+    matches ``/``. An object is kept when it has an image suffix, matches any include glob (or
+    there are none) and matches no exclude glob.
+    """
+
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def matches(self, relative_key: str) -> bool:
+        lowered = relative_key.lower()
+        if not lowered.endswith(tuple(s.lower() for s in self.suffixes)):
+            return False
+        if self.include and not any(fnmatch.fnmatchcase(relative_key, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(relative_key, g) for g in self.exclude)
+
+
+def _to_utc(value: Any) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
+    if isinstance(value, str):
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return None
+
+
+class ManifestWriter:
+    """Buffers manifest rows and writes them to a local Parquet file page by page."""
+
+    def __init__(self, path: str, page_rows: int = PAGE_ROWS):
+        self.path = path
+        self.page_rows = page_rows
+        self.rows = 0
+        self._buffer: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
+        self._writer = pq.ParquetWriter(path, MANIFEST_SCHEMA)
+
+    def add(self, image_uri: str, size_bytes: int | None, etag: str | None, mtime: Any) -> None:
+        self._buffer["image_uri"].append(image_uri)
+        self._buffer["size_bytes"].append(None if size_bytes is None else int(size_bytes))
+        self._buffer["etag"].append(etag.strip('"') if isinstance(etag, str) and etag else None)
+        self._buffer["mtime"].append(_to_utc(mtime))
+        if len(self._buffer["image_uri"]) >= self.page_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self._buffer["image_uri"])
+        if n:
+            self._writer.write_table(pa.table(self._buffer, schema=MANIFEST_SCHEMA))
+            self.rows += n
+            self._buffer = {name: [] for name in MANIFEST_SCHEMA.names}
+
+    def close(self) -> int:
+        self.flush()
+        self._writer.close()
+        return self.rows
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- listing a prefix
+
+def _iter_local(root: str) -> Iterator[tuple[str, int, None, float]]:
+    """(path, size, etag, mtime) for files under root. Directory symlinks are not followed,
+    so a symlink loop cannot make the listing run forever."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)  # follows a file symlink; a dangling one is skipped
+            except OSError:
+                continue
+            if os.path.isfile(path):
+                yield path, st.st_size, None, st.st_mtime
+
+
+def _iter_s3(fs: Any, root: str, page_rows: int) -> Iterator[list[dict]]:
+    """Pages of S3 object infos under root, streamed from ListObjectsV2 (no delimiter)."""
+    from fsspec.asyn import sync
+
+    bucket, _, key = root.partition("/")
+    prefix = f"{key.rstrip('/')}/" if key else ""
+
+    # s3fs exposes listing only as an async generator; drive it on the fs's own loop and
+    # hand back pages in chunks so the caller writes them before the next chunk is fetched.
+    agen = fs._iterdir(bucket, delimiter="", prefix=prefix)
+
+    async def next_chunk() -> list[dict] | None:
+        chunk: list[dict] = []
+        try:
+            while len(chunk) < page_rows:
+                chunk.append(await agen.__anext__())
+        except StopAsyncIteration:
+            return chunk or None
+        return chunk
+
+    while True:
+        chunk = sync(fs.loop, next_chunk)
+        if chunk is None:
+            break
+        yield chunk
+        if len(chunk) < page_rows:
+            break
+
+
+def list_prefix(source: Location, manifest_path: str, object_filter: ObjectFilter,
+                page_rows: int = PAGE_ROWS) -> int:
+    """Stream the objects under ``source`` that pass the filter into a Parquet manifest."""
+    root = source.path.rstrip("/")
+    with ManifestWriter(manifest_path, page_rows) as writer:
+        if source.is_local:
+            for path, size, etag, mtime in _iter_local(root):
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                if object_filter.matches(rel):
+                    writer.add(f"file://{path}", size, etag, mtime)
+        elif source.protocol == "s3" and hasattr(source.fs, "_iterdir"):
+            for page in _iter_s3(source.fs, root, page_rows):
+                for info in page:
+                    if info.get("type") != "file":
+                        continue
+                    name = info["name"]
+                    rel = name[len(root):].lstrip("/")
+                    if name.endswith("/") or not object_filter.matches(rel):
+                        continue
+                    writer.add(f"s3://{name}", info.get("size"), info.get("ETag"),
+                               info.get("LastModified"))
+        else:
+            # Generic fsspec: walk is per directory, so memory is bounded by one directory.
+            for dirpath, _dirs, files in source.fs.walk(root, detail=True):
+                for name, info in sorted(files.items()):
+                    path = info.get("name") or f"{dirpath.rstrip('/')}/{name}"
+                    rel = path[len(root):].lstrip("/")
+                    if not object_filter.matches(rel):
+                        continue
+                    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+                    mtime = (info.get("LastModified") or info.get("mtime")
+                             or info.get("updated") or info.get("last_modified"))
+                    writer.add(source.uri_of(path), info.get("size"), etag, mtime)
+    return writer.rows
+
+
+# --------------------------------------------------------------------------- explicit manifest
+
+def _resolve_uri(value: str, source: Location) -> str:
+    """Manifest entries may be absolute URIs, absolute paths, or keys relative to the source."""
+    if "://" in value or os.path.isabs(value):
+        return normalise_uri(value)
+    return source.join(value)
+
+
+def _manifest_batches(manifest: Location) -> Iterable[pa.RecordBatch]:
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+
+    lowered = manifest.uri.lower()
+    filesystem = manifest.pyarrow_filesystem()
+    if lowered.endswith((".csv", ".csv.gz", ".tsv")):
+        fmt: Any = pads.CsvFileFormat(
+            parse_options=pacsv.ParseOptions(delimiter="\t" if lowered.endswith(".tsv") else ","),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"image_uri": pa.string(), "etag": pa.string()}),
+        )
+    else:
+        fmt = "parquet"
+    dataset = pads.dataset(manifest.path, filesystem=filesystem, format=fmt)
+    if "image_uri" not in dataset.schema.names:
+        raise ValueError(f"manifest {manifest.display()} has no 'image_uri' column")
+    columns = [c for c in MANIFEST_SCHEMA.names if c in dataset.schema.names]
+    yield from dataset.to_batches(columns=columns, batch_size=PAGE_ROWS)
+
+
+def read_manifest(manifest: Location, source: Location, manifest_path: str,
+                  object_filter: ObjectFilter) -> int:
+    """Stream an explicit listing (Parquet/CSV with image_uri [+ size_bytes, etag, mtime],
+    e.g. an S3 Inventory export) through the filter into our Parquet manifest."""
+    root = source.uri.rstrip("/") + "/"
+    with ManifestWriter(manifest_path) as writer:
+        for batch in _manifest_batches(manifest):
+            cols = batch.to_pydict()
+            n = batch.num_rows
+            sizes = cols.get("size_bytes", [None] * n)
+            etags = cols.get("etag", [None] * n)
+            mtimes = cols.get("mtime", [None] * n)
+            for i, raw in enumerate(cols["image_uri"]):
+                if not raw:
+                    continue
+                uri = _resolve_uri(str(raw), source)
+                rel = uri[len(root):] if uri.startswith(root) else split_protocol(uri)[1]
+                if object_filter.matches(rel):
+                    writer.add(uri, sizes[i], None if etags[i] is None else str(etags[i]),
+                               mtimes[i])
+    return writer.rows
+
+
+def suffix_list(values: Sequence[str] | None) -> tuple[str, ...]:
+    if not values:
+        return IMAGE_SUFFIXES
+    return tuple(v if v.startswith(".") else f".{v}" for v in values)

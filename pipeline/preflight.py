@@ -1,0 +1,64 @@
+"""Fail-fast checks before a scan does any work: source, OUT and manifest reachable."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .storage import Location, redact
+
+
+class ScanError(RuntimeError):
+    """A scan that cannot start or finish; the message is one line without secrets."""
+
+
+def one_line(prefix: str, exc: BaseException) -> str:
+    return redact(" ".join(f"{prefix}: {type(exc).__name__}: {exc}".split()))
+
+
+def check_source(src: Location) -> None:
+    try:
+        if src.is_local:
+            if not os.path.isdir(src.path):
+                raise ScanError(f"source {src.display()} is not a directory")
+            return
+        bucket = src.path.split("/", 1)[0]
+        if not src.fs.exists(bucket):
+            raise ScanError(f"source bucket {src.protocol}://{bucket} does not exist "
+                            "(or is not visible with these credentials)")
+    except ScanError:
+        raise
+    except PermissionError as exc:
+        raise ScanError(one_line(f"access denied to source {src.display()}", exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise ScanError(one_line(f"cannot reach source {src.display()}", exc)) from None
+
+
+def check_out(out: Location, writable: bool) -> None:
+    probe = f"_probe/{os.getpid()}-{time.time_ns()}"
+    try:
+        if not out.is_local:
+            bucket = out.path.split("/", 1)[0]
+            if not out.fs.exists(bucket):
+                raise ScanError(f"output bucket {out.protocol}://{bucket} does not exist "
+                                "(or is not visible with these credentials)")
+        if writable:
+            out.write_bytes(b"probe", probe)
+            out.remove(probe)
+            out.remove("_probe", recursive=True)
+    except ScanError:
+        raise
+    except PermissionError as exc:
+        raise ScanError(one_line(f"output {out.display()} is not writable", exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise ScanError(one_line(f"output {out.display()} is not writable", exc)) from None
+
+
+def check_manifest(manifest: Location) -> None:
+    try:
+        if not manifest.fs.exists(manifest.path):
+            raise ScanError(f"manifest {manifest.display()} does not exist")
+    except ScanError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ScanError(one_line(f"cannot read manifest {manifest.display()}", exc)) from None

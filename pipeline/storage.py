@@ -1,0 +1,386 @@
+"""Storage access: fsspec filesystems built from a URI + storage options, per process.
+
+Everything the pipeline reads or writes goes through a :class:`Location`, a small picklable
+value (URI + options + an optional filesystem wrapper). The filesystem itself is built lazily
+and cached per process, because s3fs/fsspec async filesystems are not fork-safe: Ray workers
+must build their own instead of inheriting the driver's.
+
+Two hooks for reliability work:
+- ``wrapper``: a picklable callable ``fs -> fs`` applied to every filesystem a Location builds
+  (fault injection, custom retries). Also settable for a whole process tree with the env var
+  ``VIP2SCAN_FS_WRAPPER="package.module:callable"``.
+- :func:`with_retries`: bounded exponential backoff with jitter around transient errors.
+Secrets never appear in messages: :func:`redact` scrubs URIs and known credential values.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FilesystemWrapper = Callable[[AbstractFileSystem], AbstractFileSystem]
+
+WRAPPER_ENV = "VIP2SCAN_FS_WRAPPER"
+# Option names whose values are credentials in fsspec/s3fs/gcsfs/adlfs storage options.
+SECRET_OPTION_NAMES = frozenset(
+    {"key", "secret", "token", "session_token", "password", "account_key", "sas_token",
+     "client_secret", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+     "credentials", "connection_string"}
+)
+SECRET_ENV_NAMES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS_JSON", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
+    "RAY_AUTH_TOKEN",
+)
+
+_secret_values: set[str] = set()
+_secret_lock = threading.Lock()
+
+
+def register_secrets(values: Iterable[Any]) -> None:
+    """Remember credential values so :func:`redact` removes them from any text."""
+    with _secret_lock:
+        for value in values:
+            if isinstance(value, str) and len(value) >= 4:
+                _secret_values.add(value)
+
+
+def _secret_option_values(options: Mapping[str, Any]) -> list[str]:
+    found: list[str] = []
+    for name, value in options.items():
+        if isinstance(value, Mapping):
+            found.extend(_secret_option_values(value))
+        elif name.lower() in SECRET_OPTION_NAMES and isinstance(value, str):
+            found.append(value)
+    return found
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SIGNED_QUERY = re.compile(
+    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|"
+    r"access_token|key)=)[^&\s]+"
+)
+
+
+def redact(text: str) -> str:
+    """Remove credentials from text: URI userinfo, signed-URL parameters, known secret values."""
+    text = _USERINFO.sub(r"\g<scheme>***@", str(text))
+    text = _SIGNED_QUERY.sub(r"\1***", text)
+    env_values = [os.environ.get(name) for name in SECRET_ENV_NAMES]
+    with _secret_lock:
+        values = set(_secret_values)
+    values.update(v for v in env_values if v and len(v) >= 4)
+    # Longest first so a secret containing another secret is removed whole.
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+def public_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Storage options safe to record: credential values replaced by '***'."""
+    clean: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            clean[name] = public_options(value)
+        elif name.lower() in SECRET_OPTION_NAMES:
+            clean[name] = "***"
+        else:
+            clean[name] = redact(str(value)) if isinstance(value, str) else value
+    return clean
+
+
+# --------------------------------------------------------------------------- retries
+
+TRANSIENT_MARKERS = (
+    "slowdown", "slow down", "throttl", "too many requests", "requesttimeout", "timed out",
+    "timeout", "internalerror", "internal server error", "serviceunavailable",
+    "service unavailable", "connection reset", "connectionreset", "connection aborted",
+    "broken pipe", "temporarily", "try again", " 500", " 502", " 503", " 504", "(500)",
+    "(502)", "(503)", "(504)", "status 500", "status 503", "server disconnected",
+)
+TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.ECONNABORTED, errno.EPIPE,
+                    errno.EAGAIN, errno.EBUSY}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying (throttling, 5xx, resets, timeouts); False for 403/404."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, FileExistsError, ValueError, TypeError)):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def with_retries(
+    fn: Callable[..., T],
+    *args: Any,
+    attempts: int = 5,
+    base_delay_s: float = 0.2,
+    max_delay_s: float = 5.0,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+    **kwargs: Any,
+) -> T:
+    """Call ``fn`` retrying transient errors with bounded exponential backoff and full jitter."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt >= attempts or not retry_if(exc):
+                raise
+            delay = random.uniform(0, min(max_delay_s, base_delay_s * 2 ** (attempt - 1)))
+            log.debug("transient storage error (attempt %d/%d), retrying in %.2fs: %s",
+                      attempt, attempts, delay, redact(str(exc)))
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- filesystems
+
+_fs_cache: dict[tuple, AbstractFileSystem] = {}
+_fs_cache_lock = threading.Lock()
+
+
+def _load_env_wrapper() -> FilesystemWrapper | None:
+    spec = os.environ.get(WRAPPER_ENV)
+    if not spec:
+        return None
+    module_name, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _wrapper_key(wrapper: FilesystemWrapper | None) -> Any:
+    """A cache key stable across unpickling (each Ray task unpickles a fresh wrapper object)."""
+    if wrapper is None:
+        return None
+    try:
+        import hashlib
+        import pickle
+
+        return hashlib.sha1(pickle.dumps(wrapper)).hexdigest()
+    except Exception:  # noqa: BLE001 - e.g. a class shipped by value by cloudpickle
+        pass
+    try:
+        kind = type(wrapper)
+        state = sorted(vars(wrapper).items()) if hasattr(wrapper, "__dict__") else ()
+        return (kind.__module__, kind.__qualname__, getattr(wrapper, "__qualname__", ""),
+                repr(state))
+    except Exception:  # noqa: BLE001
+        return id(wrapper)
+
+
+def split_protocol(uri: str) -> tuple[str, str]:
+    """('s3', 'bucket/key') for 's3://bucket/key'; ('file', '/abs/path') for paths and file://."""
+    if "://" in uri:
+        protocol, rest = uri.split("://", 1)
+        protocol = protocol.lower()
+        if protocol in ("file", "local"):
+            return "file", os.path.abspath(rest or "/")
+        if protocol == "s3a":
+            protocol = "s3"
+        return protocol, rest
+    return "file", os.path.abspath(os.path.expanduser(uri))
+
+
+def normalise_uri(uri: str) -> str:
+    """Canonical URI: 'file:///abs/path' for local paths, 'proto://rest' otherwise, no trailing '/'."""
+    protocol, path = split_protocol(uri)
+    path = path.rstrip("/") or "/"
+    return f"{protocol}://{path}"
+
+
+def _fs_kwargs(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs = dict(options)
+    if protocol == "s3":
+        # Accept the AWS standard endpoint variable like boto does, so moto/MinIO work
+        # without explicit options; an explicit endpoint_url still wins.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = dict(kwargs.get("client_kwargs") or {})
+        if "endpoint_url" not in kwargs and "endpoint_url" not in client_kwargs and endpoint:
+            kwargs["endpoint_url"] = endpoint
+    return kwargs
+
+
+def get_filesystem(
+    protocol: str,
+    storage_options: Mapping[str, Any] | None = None,
+    wrapper: FilesystemWrapper | None = None,
+) -> AbstractFileSystem:
+    """The process-local filesystem for ``protocol`` + options (built once per process)."""
+    options = dict(storage_options or {})
+    register_secrets(_secret_option_values(options))
+    # The pid is part of the key: a forked child must never reuse its parent's async fs.
+    key = (os.getpid(), protocol, _freeze(options), _wrapper_key(wrapper),
+           os.environ.get(WRAPPER_ENV))
+    with _fs_cache_lock:
+        fs = _fs_cache.get(key)
+        if fs is None:
+            kwargs = _fs_kwargs(protocol, options)
+            # skip_instance_cache: fsspec's own instance cache is not pid-aware for every fs.
+            fs = fsspec.filesystem(protocol, skip_instance_cache=True, **kwargs)
+            for wrap in (_load_env_wrapper(), wrapper):
+                if wrap is not None:
+                    fs = wrap(fs)
+            _fs_cache[key] = fs
+        return fs
+
+
+@dataclass(frozen=True)
+class Location:
+    """A storage root: canonical URI, storage options (never printed) and an fs wrapper hook."""
+
+    uri: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    wrapper: FilesystemWrapper | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, uri: str, storage_options: Mapping[str, Any] | None = None,
+           wrapper: FilesystemWrapper | None = None) -> "Location":
+        return cls(normalise_uri(uri), dict(storage_options or {}), wrapper)
+
+    @property
+    def protocol(self) -> str:
+        return split_protocol(self.uri)[0]
+
+    @property
+    def path(self) -> str:
+        """The filesystem-internal path of the root (no protocol)."""
+        return split_protocol(self.uri)[1]
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        return get_filesystem(self.protocol, self.storage_options, self.wrapper)
+
+    def child(self, *parts: str) -> "Location":
+        """A Location below this one, sharing its options."""
+        return Location(self.join(*parts), self.storage_options, self.wrapper)
+
+    def join(self, *parts: str) -> str:
+        """URI of a path below the root."""
+        tail = "/".join(p.strip("/") for p in parts if p)
+        return f"{self.uri.rstrip('/')}/{tail}" if tail else self.uri
+
+    def fs_path(self, *parts: str) -> str:
+        """Filesystem-internal path of a child (what fs methods take)."""
+        return split_protocol(self.join(*parts))[1]
+
+    def uri_of(self, fs_path: str) -> str:
+        """URI for a filesystem-internal path of this location's protocol."""
+        return f"{self.protocol}://{fs_path}" if self.protocol != "file" else f"file://{fs_path}"
+
+    def display(self) -> str:
+        return redact(self.uri)
+
+    # ---- small-object helpers, all retried on transient errors
+    def read_bytes(self, *parts: str) -> bytes:
+        return with_retries(self.fs.cat_file, self.fs_path(*parts))
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a whole object; local files go via a temp name + rename so they are atomic."""
+        path = self.fs_path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        else:
+            with_retries(self.fs.pipe_file, path, data)
+
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Create an object only if absent (O_EXCL locally, If-None-Match on S3); False if it exists."""
+        path = self.fs_path(*parts)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        try:
+            with_retries(self.fs.pipe_file, path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # some servers answer 412 without the code s3fs maps
+            if "precondition" in str(exc).lower() or exc.errno == errno.EINVAL:
+                return False
+            raise
+        return True
+
+    def exists(self, *parts: str) -> bool:
+        return with_retries(self.fs.exists, self.fs_path(*parts))
+
+    def remove(self, *parts: str, recursive: bool = False) -> None:
+        """Remove a path if present (missing is fine)."""
+        path = self.fs_path(*parts)
+        try:
+            if recursive:
+                if self.fs.exists(path):
+                    with_retries(self.fs.rm, path, recursive=True)
+            else:
+                with_retries(self.fs.rm_file, path)
+        except FileNotFoundError:
+            pass
+        self.fs.invalidate_cache()
+
+    def ls_names(self, *parts: str) -> list[str]:
+        """Base names directly below a path ([] if it does not exist)."""
+        path = self.fs_path(*parts)
+        try:
+            entries = with_retries(self.fs.ls, path, detail=False, refresh=True) \
+                if not self.is_local else self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        names = []
+        for entry in entries:
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name and entry.rstrip("/") != path.rstrip("/"):
+                names.append(name)
+        return sorted(names)
+
+    def makedirs(self, *parts: str) -> None:
+        if self.is_local:
+            os.makedirs(self.fs_path(*parts), exist_ok=True)
+
+    def pyarrow_filesystem(self):
+        """A pyarrow filesystem over this location (native for local, fsspec-backed otherwise)."""
+        import pyarrow.fs as pafs
+
+        if self.is_local:
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))

@@ -1,0 +1,146 @@
+"""Storage, listing and the OUT lease, against local disk and moto S3 (no Ray)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline_testkit import put_files, small_png
+from vip2scan.pipeline.listing import ObjectFilter, list_prefix, read_manifest
+from vip2scan.pipeline.lock import Lease, LeaseLost, OutputLocked, read_lease
+from vip2scan.pipeline.storage import Location, is_transient, public_options, redact, with_retries
+
+FILES = {
+    "a/one.png": small_png(1), "a/b/two.JPG": small_png(2), "a/b/c/three.jpeg": small_png(3),
+    "skip/four.png": small_png(4), "notes.txt": b"text", "a/five.tif": small_png(5),
+}
+
+
+def _uris(manifest_path: str) -> list[str]:
+    return sorted(pq.read_table(manifest_path)["image_uri"].to_pylist())
+
+
+def test_local_listing_filters_by_suffix_and_globs(tmp_path):
+    root = tmp_path / "lake"
+    put_files(None, str(root), FILES)
+    src = Location.of(str(root))
+    manifest = str(tmp_path / "m.parquet")
+    n = list_prefix(src, manifest, ObjectFilter(include=("a/*",), exclude=("*three*",)))
+    expected = [f"file://{root}/a/b/two.JPG", f"file://{root}/a/five.tif",
+                f"file://{root}/a/one.png"]
+    assert n == 3 and _uris(manifest) == sorted(expected)
+    table = pq.read_table(manifest)
+    assert table.schema.field("mtime").type == pa.timestamp("us", tz="UTC")
+    assert all(s > 0 for s in table["size_bytes"].to_pylist())
+
+
+def test_local_listing_survives_a_symlink_loop(tmp_path):
+    root = tmp_path / "lake"
+    put_files(None, str(root), {"x/img.png": small_png(1)})
+    os.symlink(root, root / "x" / "loop")
+    manifest = str(tmp_path / "m.parquet")
+    assert list_prefix(Location.of(str(root)), manifest, ObjectFilter()) == 1
+
+
+def test_s3_listing_streams_pages_with_etags(s3_server, s3_bucket, tmp_path):
+    fs = s3_server.filesystem()
+    put_files(fs, f"{s3_bucket}/lake", FILES)
+    src = Location.of(f"s3://{s3_bucket}/lake", s3_server.storage_options)
+    manifest = str(tmp_path / "m.parquet")
+    n = list_prefix(src, manifest, ObjectFilter(), page_rows=2)  # several pages
+    assert n == 5
+    table = pq.read_table(manifest)
+    assert all(e and '"' not in e for e in table["etag"].to_pylist())
+    assert f"s3://{s3_bucket}/lake/a/b/c/three.jpeg" in table["image_uri"].to_pylist()
+
+
+def test_manifest_csv_and_parquet(tmp_path):
+    root = tmp_path / "lake"
+    put_files(None, str(root), FILES)
+    csv = tmp_path / "list.csv"
+    csv.write_text("image_uri,size_bytes\na/one.png,10\n"
+                   f"{root}/skip/four.png,11\nnotes.txt,3\n")
+    manifest = str(tmp_path / "m.parquet")
+    src = Location.of(str(root))
+    assert read_manifest(Location.of(str(csv)), src, manifest, ObjectFilter()) == 2
+    assert _uris(manifest) == [f"file://{root}/a/one.png", f"file://{root}/skip/four.png"]
+    pq.write_table(pa.table({"image_uri": [f"file://{root}/a/one.png"], "etag": ["e1"]}),
+                   tmp_path / "list.parquet")
+    assert read_manifest(Location.of(str(tmp_path / "list.parquet")), src, manifest,
+                         ObjectFilter()) == 1
+    assert pq.read_table(manifest)["etag"].to_pylist() == ["e1"]
+
+
+def test_redaction_and_public_options():
+    options = {"key": "AKIASENTINEL1234", "secret": "s3cr3t-sentinel", "endpoint_url": "http://x"}
+    Location.of("s3://bucket/x", options).fs  # registers the secrets
+    text = "failed for AKIASENTINEL1234 with s3cr3t-sentinel at https://user:pw@host/p?X-Amz-Signature=abc"
+    clean = redact(text)
+    assert "SENTINEL" not in clean and "s3cr3t" not in clean and "pw@" not in clean
+    assert "abc" not in clean
+    assert public_options(options) == {"key": "***", "secret": "***", "endpoint_url": "http://x"}
+
+
+def test_retries_transient_errors_only():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("503 Service Unavailable: SlowDown")
+        return "ok"
+
+    assert with_retries(flaky, base_delay_s=0.001) == "ok" and len(calls) == 3
+    assert not is_transient(FileNotFoundError("gone")) and not is_transient(PermissionError("403"))
+    with pytest.raises(FileNotFoundError):
+        with_retries(lambda: (_ for _ in ()).throw(FileNotFoundError("x")), base_delay_s=0.001)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_lease_is_exclusive_expires_and_releases(where, tmp_path, request):
+    if where == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        bucket = s3.make_bucket(f"lease-{int(time.time() * 1000) % 10**8}")
+        out = Location.of(f"s3://{bucket}/out", s3.storage_options)
+    else:
+        out = Location.of(str(tmp_path / "out"))
+    first = Lease(out, ttl_s=30).acquire()
+    first.set_run_id("run-1")
+    with pytest.raises(OutputLocked, match="locked by run run-1"):
+        Lease(out, ttl_s=30).acquire(wait=False)
+    with pytest.raises(OutputLocked):
+        Lease(out, ttl_s=30).acquire(wait=0.3, poll_s=0.1)
+    first.release()
+    assert read_lease(out) is None
+    second = Lease(out, ttl_s=30).acquire()
+    second.release()
+
+    # A dead holder's lease (expiry in the past) is taken over.
+    stale = {"token": "dead", "run_id": "crashed", "host": "h", "pid": 1,
+             "expires_at": (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)).isoformat()}
+    out.write_bytes(json.dumps(stale).encode(), "_lock")
+    third = Lease(out, ttl_s=30).acquire()
+    assert read_lease(out)["token"] == third.token
+    third.release()
+
+
+def test_heartbeat_extends_and_detects_takeover(tmp_path):
+    out = Location.of(str(tmp_path / "out"))
+    lease = Lease(out, ttl_s=2, heartbeat_s=0.2).acquire()
+    first_expiry = read_lease(out)["expires_at"]
+    time.sleep(0.6)
+    assert read_lease(out)["expires_at"] > first_expiry
+    lease.check()
+    out.write_bytes(json.dumps({"token": "intruder", "expires_at": "2999-01-01T00:00:00+00:00"}
+                               ).encode(), "_lock")
+    time.sleep(0.6)
+    with pytest.raises(LeaseLost):
+        lease.check()
+    lease.release()
+    assert read_lease(out)["token"] == "intruder"  # never deletes someone else's lease
