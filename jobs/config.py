@@ -1,0 +1,181 @@
+"""Option values from a TOML or YAML file (``--config``), and ``KEY=VALUE`` option parsing.
+
+Precedence, highest first (click's own order, which we rely on):
+  1. flags on the command line
+  2. environment variables (VIP2SCAN_CHECKPOINT for --checkpoint, VIP2SCAN_CONFIG for --config)
+  3. the config file: the command's own section ``[scan]``, then top-level keys
+  4. built-in defaults
+
+File layout (TOML shown; YAML with the same keys works too)::
+
+    out = "s3://bucket/vip2scan-out"          # top level: any command that has --out
+    [storage_options]                          # becomes repeated --storage-option KEY=VALUE
+    endpoint_url = "http://minio:9000"
+    [scan]                                     # only `vip2scan scan`; unknown keys are errors
+    checkpoint = "s3://bucket/ckpt/best"
+    batch-size = 32
+    maps = false                               # same as --no-maps (or: no-maps = true)
+    include = ["*.png", "*.jpg"]               # repeatable flags take lists
+
+Keys are the long flag names with or without dashes (``batch-size`` or ``batch_size``).
+Relative paths are taken relative to the working directory, as on the command line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vip2scan.jobs.errors import BadParameter, click, register_secret
+
+SECTION_HELP = "TOML or YAML file of option values; flags win (see 'Configuration' in the README)."
+
+
+def read_config_file(uri: str) -> dict[str, Any]:
+    """Parse a TOML or YAML config (local path or any fsspec URI) into a dict."""
+    import fsspec
+    import yaml
+
+    try:
+        with fsspec.open(uri, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise BadParameter(f"config file not found: {uri}", param_hint="'--config'") from None
+    text = raw.decode("utf-8")
+    lowered = uri.lower()
+    try:
+        if lowered.endswith((".yaml", ".yml")):
+            data = yaml.safe_load(text) or {}
+        elif lowered.endswith(".toml"):
+            data = tomllib.loads(text)
+        else:  # no telling suffix: TOML first, then YAML
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError:
+                data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadParameter(f"cannot parse {uri}: {first}", param_hint="'--config'") from None
+    if not isinstance(data, dict):
+        raise BadParameter(f"{uri} must hold a table of options", param_hint="'--config'")
+    return data
+
+
+def _flag_names(command: click.Command) -> dict[str, tuple[str, bool]]:
+    """Config key -> (parameter name, negate). Covers param names, long flags and --no-x forms."""
+    names: dict[str, tuple[str, bool]] = {}
+    for param in command.params:
+        if param.name is None or param.name == "config":
+            continue
+        names[param.name] = (param.name, False)
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--"):
+                names[opt[2:].replace("-", "_")] = (param.name, False)
+        for opt in getattr(param, "secondary_opts", []):
+            if opt.startswith("--"):
+                names[opt[2:].replace("-", "_")] = (param.name, True)
+    return names
+
+
+def _storage_options_as_flags(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [f"{k}={v}" for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def config_to_defaults(data: dict[str, Any], command: click.Command, section: str) -> dict[str, Any]:
+    """Turn a parsed config file into click's ``default_map`` for ``command``."""
+    known = _flag_names(command)
+    has_storage = "storage_option" in known
+    defaults: dict[str, Any] = {}
+
+    def put(key: str, value: Any, strict: bool) -> None:
+        norm = key.replace("-", "_")
+        if norm in ("storage_options", "storage_option") and has_storage:
+            defaults["storage_option"] = defaults.get("storage_option", []) + _storage_options_as_flags(value)
+            return
+        if norm not in known:
+            if strict:
+                raise BadParameter(f"unknown option {key!r} in section [{section}]",
+                                         param_hint="'--config'")
+            return
+        name, negate = known[norm]
+        defaults[name] = (not value) if negate and isinstance(value, bool) else value
+
+    command_sections = {k for k, v in data.items() if isinstance(v, dict) and k.replace("-", "_") not in known
+                        and k not in ("storage_options",)}
+    for key, value in data.items():
+        if key not in command_sections:
+            put(key, value, strict=False)
+    section_data = data.get(section) or {}
+    if not isinstance(section_data, dict):
+        raise BadParameter(f"[{section}] must be a table", param_hint="'--config'")
+    for key, value in section_data.items():
+        put(key, value, strict=True)
+    return defaults
+
+
+def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """Eager callback: runs before the other options are parsed, so the file becomes their defaults."""
+    if not value or ctx.resilient_parsing or ctx.meta.get("vip2scan.parse_only"):
+        return value
+    data = read_config_file(value)
+    section = ctx.info_name or ""
+    defaults = config_to_defaults(data, ctx.command, section)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--config",
+        envvar="VIP2SCAN_CONFIG",
+        is_eager=True,
+        callback=_load_config,
+        help=SECTION_HELP,
+        show_default=False,
+    ),
+]
+
+
+def parse_key_values(items: list[str] | None, what: str = "--storage-option") -> dict[str, Any]:
+    """``["endpoint_url=http://x", "anon=true"]`` -> dict, with true/false/ints made typed.
+
+    s3fs wants booleans and numbers typed (``anon=True``), so obvious literals are converted.
+    """
+    result: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"'{what}'")
+        result[key] = _literal(raw.strip())
+    return result
+
+
+def _literal(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for number in (int, float):
+        try:
+            return number(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def storage_options_from_flags(items: list[str] | None) -> dict[str, Any]:
+    """Parse --storage-option flags and remember secret-looking values so errors never show them."""
+    options = parse_key_values(items)
+    for key, value in options.items():
+        if any(word in key.lower() for word in ("secret", "token", "password", "key")) and isinstance(value, str):
+            register_secret(value)
+    return options

@@ -1,0 +1,190 @@
+"""`vip2scan report OUT`: a static page an analyst opens first (counts, histogram, worst images)."""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+
+from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.query import StorageOption
+
+EXAMPLE = "Example: vip2scan report s3://bucket/vip2scan-out --top 24   (then open OUT/reports/<run_id>/report.html)"
+
+THUMB_SIDE = 320  # px, longest side of the images shown in the report
+OVERLAY_ALPHA = 0.5
+MAX_ERRORS_SHOWN = 50
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
+    """Image-score histogram with the decision threshold marked (matplotlib's Agg, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # Bins over the observed range: scores of a weakly trained head crowd near one value.
+    low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
+    pad = max(1e-3, 0.05 * (high - low))
+    ax.hist(scores, bins=40, range=(low - pad, high + pad), color="#4477aa")
+    if threshold is not None:
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:g}")
+        ax.legend()
+    ax.set_xlabel("image_score")
+    ax.set_ylabel("images")
+    ax.set_title(f"Image scores ({len(scores)} images scored)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def thumbnail_and_overlay(image_bytes: bytes, anomaly_map: np.ndarray) -> tuple[bytes, bytes]:
+    """The image shrunk to THUMB_SIDE and the same view with its anomaly map blended on top.
+
+    ``anomaly_map`` is already at the image's own width x height (read_map does that), so
+    the overlay keeps the image's aspect instead of the model's square input.
+    """
+    from matplotlib import colormaps
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(image_bytes)) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BICUBIC)
+    heat = Image.fromarray(np.clip(anomaly_map, 0.0, 1.0).astype(np.float32), mode="F")
+    heat = np.asarray(heat.resize(image.size, Image.BILINEAR))
+    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8)
+    blended = Image.blend(image, Image.fromarray(colours, mode="RGB"), OVERLAY_ALPHA)
+    return png_bytes(image), png_bytes(blended)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(record: dict, counts: dict, threshold: Optional[float], top: list[dict],
+                errors: list[dict]) -> str:
+    """The report page. Only relative links and inline CSS: it opens offline from any copy."""
+    esc = html.escape
+    run_rows = [[esc(k), esc(str(v))] for k, v in counts.items()]
+    top_rows = [[
+        str(i + 1),
+        f'<img src="{esc(item["image_png"])}" alt="image {i + 1}">',
+        f'<img src="{esc(item["overlay_png"])}" alt="anomaly map {i + 1}">',
+        f'{item["image_score"]:.4f}<br><small>max pixel {item["max_pixel_score"]:.3f}<br>'
+        f'area {item["anomalous_area_fraction"]:.3%}</small>',
+        f'<code>{esc(item["image_uri"])}</code><br><small>{item["width"]} x {item["height"]}</small>',
+    ] for i, item in enumerate(top)]
+    error_rows = [[f"<code>{esc(e['image_uri'])}</code>", esc(str(e["error"]))] for e in errors]
+    more_errors = max(0, counts.get("error rows", 0) - len(errors))
+    more_html = (f"<p>... and {more_errors} more: <code>vip2scan query OUT "
+                 f"&quot;SELECT image_uri, error FROM scores WHERE status = 'error'&quot;</code></p>"
+                 if more_errors else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>vip2scan report {esc(record["run_id"])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }}
+img {{ max-width: {THUMB_SIDE}px; }}
+code {{ word-break: break-all; }}
+</style></head><body>
+<h1>vip2scan run <code>{esc(record["run_id"])}</code></h1>
+<p>Source <code>{esc(str(record.get("source", "")))}</code>, model <code>{esc(str(record.get("model_id", "")))}</code>,
+started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(threshold))}.</p>
+<h2>Counts</h2>
+{_table(["", "count"], run_rows)}
+<h2>Image scores</h2>
+<img src="histogram.png" alt="histogram of image scores" style="max-width: 640px">
+<h2>Top {len(top)} most anomalous images</h2>
+<p>Left: the image; right: its anomaly map (red = anomalous) resized to the image's own aspect.</p>
+{_table(["#", "image", "anomaly map", "image_score", "object"], top_rows)}
+<h2>Errors</h2>
+{_table(["object", "error"], error_rows) if error_rows else "<p>None.</p>"}
+{more_html}
+</body></html>
+"""
+
+
+def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: dict) -> str:
+    """Write OUT/reports/<run_id>/ and return the URI of its report.html."""
+    import fsspec
+    from vip2scan.pipeline import read_map
+
+    from vip2scan.jobs.outputs import RUN_COUNT_FIELDS, Outputs
+
+    outputs = Outputs(out, storage_options)
+    record = outputs.run_record(run_id)
+    run_id = record["run_id"]
+    con = outputs.connect()
+    rows = con.sql("SELECT status, is_anomalous, image_score FROM scores WHERE run_id = ?",
+                   params=[run_id]).to_arrow_table()
+    ok = np.asarray(rows.column("status").to_pylist()) == "ok"
+    scores = np.asarray(rows.column("image_score").to_numpy(zero_copy_only=False), dtype=np.float64)[ok]
+    anomalous = sum(bool(v) for v, good in zip(rows.column("is_anomalous").to_pylist(), ok) if good)
+    recorded = dict(record.get("counts") or {})
+    ordered = [k for k in RUN_COUNT_FIELDS if k in recorded] + sorted(set(recorded) - set(RUN_COUNT_FIELDS))
+    counts = {**{k: recorded[k] for k in ordered},
+              "rows": rows.num_rows, "ok rows": int(ok.sum()), "anomalous": int(anomalous),
+              "error rows": int((~ok).sum())}
+    threshold = record.get("image_threshold")
+
+    top = con.sql(
+        "SELECT * FROM scores WHERE run_id = ? AND status = 'ok' ORDER BY image_score DESC, image_uri LIMIT ?",
+        params=[run_id, top_n]).to_arrow_table().to_pylist()
+    errors = con.sql(
+        "SELECT image_uri, error FROM scores WHERE run_id = ? AND status = 'error' ORDER BY image_uri LIMIT ?",
+        params=[run_id, MAX_ERRORS_SHOWN]).to_arrow_table().to_pylist()
+
+    report_dir = outputs.path("reports", run_id)
+    fs = outputs.fs
+    if fs.exists(report_dir + "/top"):  # a rerun with a smaller --top must not leave stale images
+        fs.rm(report_dir + "/top", recursive=True)
+    fs.makedirs(report_dir + "/top", exist_ok=True)
+    fs.pipe(report_dir + "/histogram.png", histogram_png(scores, threshold))
+    for i, row in enumerate(top):
+        with fsspec.open(row["image_uri"], "rb", **_options_for(row["image_uri"], storage_options)) as f:
+            image_bytes = f.read()
+        anomaly_map = read_map(row, out, storage_options=storage_options)
+        image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map)
+        row["image_png"], row["overlay_png"] = f"top/{i + 1:03d}-image.png", f"top/{i + 1:03d}-map.png"
+        fs.pipe(f"{report_dir}/{row['image_png']}", image_png)
+        fs.pipe(f"{report_dir}/{row['overlay_png']}", overlay_png)
+    page = render_html(record, counts, threshold, top, errors)
+    fs.pipe(report_dir + "/report.html", page.encode("utf-8"))
+    return outputs.uri("reports", run_id, "report.html")
+
+
+def _options_for(uri: str, storage_options: dict) -> dict:
+    """Storage options apply to remote URIs; local files take none."""
+    return storage_options if "://" in uri and not uri.startswith("file://") else {}
+
+
+def report(
+    out: Annotated[str, typer.Argument(help="The scan's output location (path or URI).")],
+    run: Annotated[Optional[str], typer.Option(
+        "--run", help="Run id (default: the newest complete run that scored something).")] = None,
+    top: Annotated[int, typer.Option("--top", min=0, help="How many of the most anomalous images to show.")] = 12,
+    storage_option: StorageOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write a static HTML report of one run under OUT/reports/<run_id>/."""
+    where = build_report(out, run, top, storage_options_from_flags(storage_option))
+    typer.echo(f"report: {where}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report", epilog=EXAMPLE)(report)
