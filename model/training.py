@@ -370,6 +370,8 @@ def train_loop(settings: TrainSettings, session: Session) -> dict:
     session.broadcast_parameters(params)
     synced = GradientSyncingOptimizer(optimizer, session) if session.world_size > 1 else optimizer
     records = [r for r in settings.records if has_pixel_truth(r)]
+    if not records:
+        raise ValueError("no training images: every anomalous image lacks a mask")
     per_rank_batch = max(1, settings.batch_size // session.world_size)
     best = max((h["val_score"] for h in history if h.get("val_score") is not None
                 and math.isfinite(h["val_score"])), default=-math.inf)
