@@ -5,7 +5,7 @@ Public API::
     DetectorConfig, resolve_config          configs as data
     Detector                                 from_config / from_checkpoint / __call__ / save_checkpoint
     resize_to_model, to_batch                CPU preprocessing (uint8)
-    train_step, make_optimizer               one optimisation step
+    make_optimizer                           optimiser groups (train_step.train_step: one step)
     load_released_pth, convert_openai_weights, CheckpointError
 """
 
@@ -24,8 +24,9 @@ _EXPORTS = {
     "Detector": "detector",
     "resize_to_model": "preprocess",
     "to_batch": "preprocess",
+    # train_step itself is not re-exported: the submodule of the same name would shadow
+    # it as soon as anything imports vip2scan.model.train_step.
     "make_optimizer": "train_step",
-    "train_step": "train_step",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,7 +4,7 @@ the backbone stays frozen; optimiser groups follow the reference learning rates.
 import numpy as np
 import torch
 
-from vip2scan.model import make_optimizer, train_step
+from vip2scan.model.train_step import make_optimizer, train_step
 
 
 def _batch(n: int = 8, size: int = 224, seed: int = 0) -> dict[str, torch.Tensor]:
