@@ -22,6 +22,12 @@ from .storage import get_filesystem, redact, split_protocol, with_retries
 from vip2scan.model.preprocess import resize_to_model  # light: no torch import
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # PIL's own default bomb limit (about 13k x 13k)
+# Objects larger than this are error rows, never read: no image within the pixel limit needs
+# more (178 Mpx x 4 bytes uncompressed is 716 MB), and reading one is a whole RAM's worth.
+DEFAULT_MAX_OBJECT_BYTES = 1 << 30
+# Bytes a decode task holds at once: a batch's objects are fetched in groups up to this size
+# (always at least one object), so a batch of large images does not sit in memory together.
+DEFAULT_MAX_BATCH_READ_BYTES = 256 << 20
 ERROR_MAX_CHARS = 300
 
 # A truncated file must be an error, not a silently grey-padded image.
@@ -91,10 +97,12 @@ def decode_image(data: bytes, size: int, max_image_pixels: int = DEFAULT_MAX_IMA
                     raise DecodeError(
                         f"image too large: {width}x{height} = {width * height} pixels exceeds the "
                         f"limit of {max_image_pixels} (decompression-bomb guard)")
-                if getattr(image, "n_frames", 1) > 1:
-                    image.seek(0)  # first frame of GIF/TIFF/WebP animations and stacks
+                # An opened file is at its first frame (GIF/TIFF/WebP animations and stacks).
+                # Never ask for n_frames: it walks every page, and a hostile TIFF may have
+                # thousands.
                 image.load()
-                image = ImageOps.exif_transpose(image) or image
+                # In place: the default returns a full copy even when nothing rotates.
+                ImageOps.exif_transpose(image, in_place=True)
                 rgb = to_rgb(image)
                 pixels = resize_to_model(rgb, size)
                 return pixels, rgb.width, rgb.height
@@ -122,6 +130,27 @@ class DecodeSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     storage_options: dict | None = field(default=None, repr=False)
     wrapper: Any = field(default=None, repr=False)
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    max_batch_read_bytes: int = DEFAULT_MAX_BATCH_READ_BYTES
+    faults: Any = field(default=None, repr=False)  # faults.FaultHooks (tests only)
+
+
+def read_groups(sizes: list[int | None], budget: int) -> list[list[int]]:
+    """Indices in order, cut into groups whose known sizes sum to at most ``budget`` bytes
+    (a group always takes at least one index; unknown sizes count as zero)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    held = 0
+    for i, size in enumerate(sizes):
+        size = int(size or 0)
+        if current and held + size > budget:
+            groups.append(current)
+            current, held = [], 0
+        current.append(i)
+        held += size
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _fetch_many(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseException]:
@@ -171,33 +200,78 @@ class ReadDecode:
         error = np.full(n, "", dtype=object)
         read_bytes = np.zeros(n, dtype=np.int64)
 
-        t0 = time.perf_counter()
-        blobs = _fetch_many(uris, self.settings)
-        t1 = time.perf_counter()
-        for i, blob in enumerate(blobs):
-            if isinstance(blob, BaseException):
+        if self.settings.faults is not None:
+            self.settings.faults.on_decode_batch()
+        limit = self.settings.max_object_bytes
+        sizes = _listed_sizes(batch, n)
+        read_s = decode_s = 0.0
+        wanted = []
+        for i in range(n):
+            if sizes[i] is not None and limit and sizes[i] > limit:
                 status[i] = "error"
-                reason = "object not found" if isinstance(blob, FileNotFoundError) else \
-                    "access denied" if isinstance(blob, PermissionError) else "read failed"
-                error[i] = one_line(f"{reason}: {one_line(blob)}")
-                continue
-            read_bytes[i] = len(blob)
-            try:
-                pixels[i], width[i], height[i] = decode_image(
-                    blob, size, self.settings.max_image_pixels)
-            except DecodeError as exc:
-                status[i] = "error"
-                error[i] = one_line(str(exc))
-        t2 = time.perf_counter()
+                error[i] = one_line(f"object too large: {sizes[i]} bytes exceeds the limit of "
+                                    f"{limit} bytes (not read)")
+            else:
+                wanted.append(i)
+        budget = max(1, self.settings.max_batch_read_bytes)
+        for group in read_groups([sizes[i] for i in wanted], budget):
+            indices = [wanted[g] for g in group]
+            t0 = time.perf_counter()
+            blobs = _fetch_many([uris[i] for i in indices], self.settings)
+            t1 = time.perf_counter()
+            for i, blob in zip(indices, blobs):
+                self._decode_one(i, blob, pixels, width, height, status, error, read_bytes)
+            blobs = blob = None  # this group's bytes go before the next group's arrive
+            read_s += t1 - t0
+            decode_s += time.perf_counter() - t1
 
         out = {name: batch[name] for name in batch}
         out.update(
             pixels=pixels, width=width, height=height, status=status.astype(str),
             error=error, read_bytes=read_bytes,
             # Stage timings travel as per-row shares so the driver can sum them.
-            read_s=np.full(n, (t1 - t0) / max(n, 1)), decode_s=np.full(n, (t2 - t1) / max(n, 1)),
+            read_s=np.full(n, read_s / max(n, 1)), decode_s=np.full(n, decode_s / max(n, 1)),
         )
         return out
+
+    def _decode_one(self, i: int, blob: bytes | BaseException, pixels: np.ndarray,
+                    width: np.ndarray, height: np.ndarray, status: np.ndarray,
+                    error: np.ndarray, read_bytes: np.ndarray) -> None:
+        if isinstance(blob, BaseException):
+            status[i] = "error"
+            reason = "object not found" if isinstance(blob, FileNotFoundError) else \
+                "access denied" if isinstance(blob, PermissionError) else "read failed"
+            error[i] = one_line(f"{reason}: {one_line(blob)}")
+            return
+        read_bytes[i] = len(blob)
+        limit = self.settings.max_object_bytes
+        if limit and len(blob) > limit:  # the listing did not know the size (or was wrong)
+            status[i] = "error"
+            error[i] = one_line(f"object too large: {len(blob)} bytes exceeds the limit of "
+                                f"{limit} bytes")
+            return
+        try:
+            pixels[i], width[i], height[i] = decode_image(
+                blob, self.settings.image_size, self.settings.max_image_pixels)
+        except DecodeError as exc:
+            status[i] = "error"
+            error[i] = one_line(str(exc))
+
+
+def _listed_sizes(batch: dict[str, np.ndarray], n: int) -> list[int | None]:
+    """size_bytes per row from the listing (None where unknown)."""
+    values = batch.get("size_bytes")
+    if values is None:
+        return [None] * n
+    sizes: list[int | None] = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            sizes.append(None)
+            continue
+        sizes.append(None if np.isnan(number) else int(number))
+    return sizes
 
 
 def read_and_decode(batch: dict[str, np.ndarray], settings: DecodeSettings) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -43,6 +44,11 @@ class EngineConfig:
     amp: str | None = "auto"
     ray_address: str | None = None
     ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Fault tolerance, set deliberately rather than left to Ray Data's defaults (which retry
+    # crashed tasks and restart crashed actors forever, so a poison input loops the run):
+    task_max_retries: int = 3  # a decode / map-writer task whose worker process died
+    actor_max_restarts: int = 3  # an inference actor whose process died (OOM, segfault, kill)
+    actor_max_task_retries: int = 3  # the batches it held, resubmitted to the restarted actor
 
 
 @dataclass
@@ -94,10 +100,22 @@ def actor_pool(config: EngineConfig) -> tuple[int, int, float, float, int | None
 def build_dataset(work: Location, work_path: str, config: EngineConfig,
                   decode: DecodeSettings, infer: InferSettings, maps: MapWriterSettings):
     """The lazy Ray Data pipeline over the remaining work list."""
+    low, high, gpus, cpus, threads = actor_pool(config)
+    with warnings.catch_warnings():
+        # max_retries / max_restarts / max_task_retries have no named map_batches parameter
+        # yet (Ray 2.60 deprecates passing them as **ray_remote_args, without a replacement);
+        # they are set on purpose, see EngineConfig.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return _build_dataset(work, work_path, config, decode, infer, maps,
+                              low, high, gpus, cpus, threads)
+
+
+def _build_dataset(work: Location, work_path: str, config: EngineConfig, decode: DecodeSettings,
+                   infer: InferSettings, maps: MapWriterSettings, low: int, high: int,
+                   gpus: float, cpus: float, threads: int | None):
     import ray
     from ray.data import ActorPoolStrategy
 
-    low, high, gpus, cpus, threads = actor_pool(config)
     infer = InferSettings(**{**infer.__dict__, "torch_threads": threads,
                              "device": config.device or infer.device})
     filesystem = None if work.is_local else work.pyarrow_filesystem()
@@ -108,17 +126,20 @@ def build_dataset(work: Location, work_path: str, config: EngineConfig,
     ds = ds.repartition(target_num_rows_per_block=config.batch_size)
     ds = ds.map_batches(read_and_decode, fn_kwargs={"settings": decode},
                         batch_size=config.batch_size, batch_format="numpy",
-                        num_cpus=config.decode_cpus, udf_modifying_row_count=False)
+                        num_cpus=config.decode_cpus, udf_modifying_row_count=False,
+                        max_retries=config.task_max_retries)
     ds = ds.map_batches(
         InferActor, fn_constructor_kwargs={"settings": infer},
         batch_size=config.batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=low, max_size=high,
                                   max_tasks_in_flight_per_actor=config.max_tasks_in_flight_per_actor),
         num_gpus=gpus if gpus > 0 else None, num_cpus=cpus, udf_modifying_row_count=False,
+        max_restarts=config.actor_max_restarts, max_task_retries=config.actor_max_task_retries,
     )
     ds = ds.map_batches(write_maps_batch, fn_kwargs={"settings": maps},
                         batch_size=config.batch_size, batch_format="numpy",
-                        num_cpus=config.write_cpus, udf_modifying_row_count=False)
+                        num_cpus=config.write_cpus, udf_modifying_row_count=False,
+                        max_retries=config.task_max_retries)
     return ds
 
 
@@ -137,12 +158,19 @@ def run_engine(work: Location, work_path: str, config: EngineConfig, decode: Dec
         import ray
 
         context = ray.data.DataContext.get_current()
-        saved = context.enable_progress_bars, context.enable_operator_progress_bars
         # The caller draws progress from the rows it stages; Ray's bars would interleave.
-        context.enable_progress_bars = context.enable_operator_progress_bars = False
+        # An actor whose __init__ fails (a checkpoint the driver could load but the worker
+        # cannot) fails the run at once: the error is deterministic, and the driver already
+        # proved the checkpoint loads, so retrying would only repeat it.
+        settings = {"enable_progress_bars": False, "enable_operator_progress_bars": False,
+                    "actor_init_retry_on_errors": False, "max_consecutive_actor_init_deaths": 0}
+        saved = {name: getattr(context, name) for name in settings if hasattr(context, name)}
+        for name in saved:
+            setattr(context, name, settings[name])
         try:
             ds = build_dataset(work, work_path, config, decode, infer, maps)
             for table in iter_results(ds, config.batch_size):
                 consume(table)
         finally:
-            context.enable_progress_bars, context.enable_operator_progress_bars = saved
+            for name, value in saved.items():
+                setattr(context, name, value)

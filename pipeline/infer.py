@@ -85,6 +85,7 @@ class InferSettings:
     torch_threads: int | None = None
     amp: str | None = "auto"
     expected_model_id: str | None = None
+    faults: Any = field(default=None, repr=False)  # faults.FaultHooks (tests only)
 
 
 class InferActor:
@@ -108,6 +109,7 @@ class InferActor:
                 f"with {settings.expected_model_id}")
         self.image_size = int(self.detector.image_size)
         self.pid = os.getpid()
+        self.batches_seen = 0
         # Reported once, with the first batch, so the driver can show actor start-up time.
         self._unreported_init_s = time.perf_counter() - t0
 
@@ -115,6 +117,9 @@ class InferActor:
         import torch
         import torch.nn.functional as F
 
+        self.batches_seen += 1
+        if self.settings.faults is not None:
+            self.settings.faults.on_actor_batch(self.batches_seen)
         t0 = time.perf_counter()
         out = {name: value for name, value in batch.items() if name != "pixels"}
         n = len(batch["image_uri"])

@@ -116,6 +116,11 @@ class Lease:
                     return self
             else:
                 content = read_lease(self.out)
+                if content and content.get("token") == self.token:
+                    # Our own create: it succeeded on the server but its answer was lost, and
+                    # the retry then found the object (ours) already there.
+                    self._start_heartbeat()
+                    return self
                 if content is not None and (content == {} or lease_expired(content)):
                     log.warning("taking over an expired lease on %s (run %s on %s)",
                                 self.out.display(), (content or {}).get("run_id"),

@@ -23,8 +23,10 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from .decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeSettings
+from . import faults
+from .decode import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_OBJECT_BYTES, DecodeSettings
 from .engine import EngineConfig, run_engine
+from .failures import engine_failure_line
 from .infer import InferSettings, ModelSpec, load_detector, resolve_thresholds
 from .listing import ObjectFilter, list_prefix, read_manifest, suffix_list
 from .lock import Lease, LeaseLost, OutputLocked
@@ -34,7 +36,7 @@ from .sinks import (MapWriterSettings, StagingWriter, commit_parts, create_map_s
 from .state import (RECORD_VERSION, STATUS_COMPLETE, Plan, diff_listing, find_resumable,
                     new_run_id, previous_runs, record_name, remaining_work, upload_file,
                     vanished_name, write_json)
-from .storage import FilesystemWrapper, Location, public_options, redact
+from .storage import FilesystemWrapper, Location, public_options, redact, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class ScanOptions:
     exclude: tuple[str, ...] = ()
     suffixes: tuple[str, ...] | None = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES  # larger objects become error rows, unread
     # storage (options apply to source, OUT and checkpoint unless the specific ones are given)
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     source_storage_options: dict[str, Any] | None = field(default=None, repr=False)
@@ -199,7 +202,9 @@ def _list_and_diff(src: Location, out: Location, opts: ScanOptions, model_id: st
             manifest = Location.of(opts.manifest, _opts(opts, "source"), opts.fs_wrapper)
             read_manifest(manifest, src, manifest_path, object_filter)
         else:
-            list_prefix(src, manifest_path, object_filter)
+            # A listing that fails midway on a transient error starts over (it rewrites the
+            # manifest from scratch, so a repeat is harmless).
+            with_retries(list_prefix, src, manifest_path, object_filter)
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -417,11 +422,13 @@ def _run_pipeline(out: Location, plan: Plan, remaining_path: str, left: int, sta
         decode_cpus=opts.decode_cpus, max_tasks_in_flight_per_actor=opts.max_tasks_in_flight_per_actor,
         device=opts.device, amp=opts.amp, ray_address=opts.ray_address,
         ray_init_kwargs=opts.ray_init_kwargs)
+    fault_hooks = faults.from_env()
     decode = DecodeSettings(image_size=image_size, max_image_pixels=opts.max_image_pixels,
-                            storage_options=_opts(opts, "source") or None, wrapper=opts.fs_wrapper)
+                            storage_options=_opts(opts, "source") or None, wrapper=opts.fs_wrapper,
+                            max_object_bytes=opts.max_object_bytes, faults=fault_hooks)
     infer = InferSettings(model=spec, map_size=plan.map_size, image_threshold=plan.image_threshold,
                           pixel_threshold=plan.pixel_threshold, device=opts.device, amp=opts.amp,
-                          expected_model_id=plan.model_id)
+                          expected_model_id=plan.model_id, faults=fault_hooks)
     maps = MapWriterSettings(out_uri=out.uri, store_name=plan.map_store,
                              storage_options=dict(out.storage_options) or None,
                              wrapper=opts.fs_wrapper)
@@ -438,7 +445,7 @@ def _run_pipeline(out: Location, plan: Plan, remaining_path: str, left: int, sta
     except (LeaseLost, ScanError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep one clear line
-        raise ScanError(one_line(f"run {plan.run_id} failed (rerun to resume)", exc)) from exc
+        raise ScanError(engine_failure_line(plan.run_id, exc)) from exc
     finally:
         clock.add("engine", time.perf_counter() - t0)
         clock.add("write", writer.write_s)

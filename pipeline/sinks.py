@@ -13,6 +13,8 @@ import datetime as dt
 import io
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .storage import Location, _fs_kwargs, with_retries
+from .storage import Location, _fs_kwargs, safe_relative_path, with_retries, wrap_zarr_store
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"vip2scan.schema_version"
@@ -215,6 +217,22 @@ def commit_parts(out: Location, run_id: str, scan_date: str,
     ``dedupe`` keeps only the first row per image_uri (holds the run's URIs in memory).
     """
     partition = scores_partition(scan_date)
+    local_tmp: list[str] = []
+
+    def tmp_dir() -> str:
+        if not local_tmp:
+            local_tmp.append(tempfile.mkdtemp(prefix="vip2scan-commit-"))
+        return local_tmp[0]
+
+    try:
+        return _commit_parts(out, run_id, partition, max_rows_per_file, dedupe, tmp_dir)
+    finally:
+        if local_tmp:
+            shutil.rmtree(local_tmp[0], ignore_errors=True)
+
+
+def _commit_parts(out: Location, run_id: str, partition: str, max_rows_per_file: int,
+                  dedupe: bool, tmp_dir: Callable[[], str]) -> CommitResult:
     files: list[str] = []
     rows = ok = 0
     writer: pq.ParquetWriter | None = None
@@ -231,10 +249,11 @@ def commit_parts(out: Location, run_id: str, scan_date: str,
             os.makedirs(os.path.dirname(final_path), exist_ok=True)
             # A dot-name is ignored by pyarrow datasets; the rename makes the file appear whole.
             tmp_path = os.path.join(os.path.dirname(final_path), f".{name}.inprogress")
-            sink = open(tmp_path, "wb")
         else:
-            tmp_path = final_path
-            sink = out.fs.open(final_path, "wb")
+            # Written locally first, then uploaded in one retried put: a failed or throttled
+            # upload is simply repeated, where a half-streamed multipart upload could not be.
+            tmp_path = os.path.join(tmp_dir(), name)
+        sink = open(tmp_path, "wb")
         writer = pq.ParquetWriter(sink, SCORES_SCHEMA, compression="zstd")
         rows_in_file = 0
 
@@ -243,13 +262,16 @@ def commit_parts(out: Location, run_id: str, scan_date: str,
         if writer is None:
             return
         writer.close()
+        sink.flush()
+        os.fsync(sink.fileno())
+        sink.close()
         if out.is_local:
-            sink.flush()
-            os.fsync(sink.fileno())
-            sink.close()
             os.replace(tmp_path, final_path)
         else:
-            with_retries(sink.close)
+            try:
+                with_retries(out.fs.put_file, tmp_path, final_path)
+            finally:
+                os.remove(tmp_path)
         writer, sink = None, None
 
     seen: set[str] = set()
@@ -286,13 +308,17 @@ def commit_parts(out: Location, run_id: str, scan_date: str,
 # --------------------------------------------------------------------------- Zarr maps
 
 def _zarr_store(out: Location, store_name: str, read_only: bool = False):
+    """The Zarr store ``store_name`` below OUT (a name read back from OUT must stay inside it)."""
     import zarr.storage
 
+    safe_relative_path(store_name)
     if out.is_local:
-        return zarr.storage.LocalStore(out.fs_path(store_name), read_only=read_only)
-    options = _fs_kwargs(out.protocol, out.storage_options)
-    return zarr.storage.FsspecStore.from_url(out.join(store_name), storage_options=options,
-                                             read_only=read_only)
+        store = zarr.storage.LocalStore(out.fs_path(store_name), read_only=read_only)
+    else:
+        options = _fs_kwargs(out.protocol, out.storage_options)
+        store = zarr.storage.FsspecStore.from_url(out.join(store_name), storage_options=options,
+                                                  read_only=read_only)
+    return wrap_zarr_store(store, out.wrapper)
 
 
 def create_map_store(out: Location, run_id: str, n_maps: int, resolution: int,

@@ -27,10 +27,12 @@ import pyarrow.parquet as pq
 
 from .listing import ObjectFilter
 from .sinks import maps_store_name, scores_partition
-from .storage import Location
+from .storage import Location, safe_relative_path
 
 RECORD_VERSION = 1
 STATUS_COMPLETE = "complete"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a run id
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 VANISHED_SCHEMA = pa.schema([pa.field("image_uri", pa.string(), nullable=False),
                              pa.field("run_id", pa.string(), nullable=False)])
 
@@ -65,13 +67,34 @@ def write_json(out: Location, content: dict[str, Any], *parts: str) -> None:
     out.write_bytes(json.dumps(content, indent=2, sort_keys=True, default=str).encode(), *parts)
 
 
+def trustworthy_record(record: dict[str, Any], file_name: str) -> bool:
+    """A record that names itself (``runs/<run_id>.json``) and only paths inside OUT.
+
+    Readers join a record's run_id, files and map store to OUT to read, write (reports) or
+    delete; a doctored record must not steer them outside OUT, so such records are ignored
+    (``verify`` reports them).
+    """
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str) or file_name != f"{run_id}.json" or \
+            not _SAFE_NAME.match(run_id):
+        return False
+    try:
+        for name in [*(record.get("files") or []), record.get("map_store"),
+                     record.get("vanished_file")]:
+            if name is not None:
+                safe_relative_path(name)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def list_records(out: Location) -> list[dict[str, Any]]:
-    """All readable run records, oldest first."""
+    """All readable, trustworthy run records, oldest first."""
     records = []
     for name in out.ls_names("runs"):
         if name.endswith(".json"):
             record = read_json(out, "runs", name)
-            if record and record.get("run_id"):
+            if record and trustworthy_record(record, name):
                 records.append(record)
     return sorted(records, key=lambda r: (str(r.get("started_at", "")), str(r["run_id"])))
 
@@ -280,8 +303,6 @@ def staging_runs(out: Location) -> list[str]:
     return out.ls_names("_staging")
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def remove_run_leftovers(out: Location, run_id: str, scan_date: str | None) -> None:
@@ -294,12 +315,14 @@ def remove_run_leftovers(out: Location, run_id: str, scan_date: str | None) -> N
         return
     if scan_date is not None and not _DATE.match(scan_date):
         scan_date = None
-    out.remove("_staging", run_id, recursive=True)
-    out.remove(maps_store_name(run_id), recursive=True)
+    # Outputs first, the staging folder last: a cleanup interrupted halfway leaves the staging
+    # behind, so the next scan (or verify --fix) still finds and finishes it.
     if scan_date:
         for name in out.ls_names(scores_partition(scan_date)):
             if name.startswith(f"{run_id}-"):
                 out.remove(scores_partition(scan_date), name)
+    out.remove(maps_store_name(run_id), recursive=True)
+    out.remove("_staging", run_id, recursive=True)
 
 
 def find_resumable(out: Location, source_uri: str, model_id: str) -> tuple[Plan | None, list[str]]:

@@ -20,14 +20,19 @@ import importlib
 import logging
 import os
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import fsspec
+import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
+
+# Redaction lives in .redaction; re-exported here, where callers have always found it.
+from .redaction import (SECRET_ENV_NAMES, SECRET_OPTION_NAMES,  # noqa: F401
+                        _secret_option_values, public_options, redact, register_secrets,
+                        register_uri_secrets)
 
 log = logging.getLogger(__name__)
 
@@ -35,72 +40,6 @@ T = TypeVar("T")
 FilesystemWrapper = Callable[[AbstractFileSystem], AbstractFileSystem]
 
 WRAPPER_ENV = "VIP2SCAN_FS_WRAPPER"
-# Option names whose values are credentials in fsspec/s3fs/gcsfs/adlfs storage options.
-SECRET_OPTION_NAMES = frozenset(
-    {"key", "secret", "token", "session_token", "password", "account_key", "sas_token",
-     "client_secret", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-     "credentials", "connection_string"}
-)
-SECRET_ENV_NAMES = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "GOOGLE_APPLICATION_CREDENTIALS_JSON", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
-    "RAY_AUTH_TOKEN",
-)
-
-_secret_values: set[str] = set()
-_secret_lock = threading.Lock()
-
-
-def register_secrets(values: Iterable[Any]) -> None:
-    """Remember credential values so :func:`redact` removes them from any text."""
-    with _secret_lock:
-        for value in values:
-            if isinstance(value, str) and len(value) >= 4:
-                _secret_values.add(value)
-
-
-def _secret_option_values(options: Mapping[str, Any]) -> list[str]:
-    found: list[str] = []
-    for name, value in options.items():
-        if isinstance(value, Mapping):
-            found.extend(_secret_option_values(value))
-        elif name.lower() in SECRET_OPTION_NAMES and isinstance(value, str):
-            found.append(value)
-    return found
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_SIGNED_QUERY = re.compile(
-    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|sig|token|"
-    r"access_token|key)=)[^&\s]+"
-)
-
-
-def redact(text: str) -> str:
-    """Remove credentials from text: URI userinfo, signed-URL parameters, known secret values."""
-    text = _USERINFO.sub(r"\g<scheme>***@", str(text))
-    text = _SIGNED_QUERY.sub(r"\1***", text)
-    env_values = [os.environ.get(name) for name in SECRET_ENV_NAMES]
-    with _secret_lock:
-        values = set(_secret_values)
-    values.update(v for v in env_values if v and len(v) >= 4)
-    # Longest first so a secret containing another secret is removed whole.
-    for value in sorted(values, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text
-
-
-def public_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Storage options safe to record: credential values replaced by '***'."""
-    clean: dict[str, Any] = {}
-    for name, value in (options or {}).items():
-        if isinstance(value, Mapping):
-            clean[name] = public_options(value)
-        elif name.lower() in SECRET_OPTION_NAMES:
-            clean[name] = "***"
-        else:
-            clean[name] = redact(str(value)) if isinstance(value, str) else value
-    return clean
 
 
 # --------------------------------------------------------------------------- retries
@@ -111,9 +50,12 @@ TRANSIENT_MARKERS = (
     "service unavailable", "connection reset", "connectionreset", "connection aborted",
     "broken pipe", "temporarily", "try again", " 500", " 502", " 503", " 504", "(500)",
     "(502)", "(503)", "(504)", "status 500", "status 503", "server disconnected",
+    "internalfailure", "could not connect to the endpoint", "connection closed",
 )
+# s3fs maps S3 error codes to errnos: SlowDown/ServiceUnavailable -> EBUSY, InternalError (HTTP
+# 500) -> EREMOTEIO; both are the server asking us to come back later.
 TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.ECONNABORTED, errno.EPIPE,
-                    errno.EAGAIN, errno.EBUSY}
+                    errno.EAGAIN, errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EBUSY)}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -261,6 +203,7 @@ class Location:
     @classmethod
     def of(cls, uri: str, storage_options: Mapping[str, Any] | None = None,
            wrapper: FilesystemWrapper | None = None) -> "Location":
+        register_uri_secrets(uri)
         return cls(normalise_uri(uri), dict(storage_options or {}), wrapper)
 
     @property
@@ -378,9 +321,60 @@ class Location:
             os.makedirs(self.fs_path(*parts), exist_ok=True)
 
     def pyarrow_filesystem(self):
-        """A pyarrow filesystem over this location (native for local, fsspec-backed otherwise)."""
-        import pyarrow.fs as pafs
+        """A pyarrow filesystem over this location (native for local, fsspec-backed otherwise).
 
+        Opening files and reading their info retry transient errors, so pyarrow, DuckDB and
+        Ray Data reading through it survive a throttled or briefly failing store.
+        """
         if self.is_local:
             return pafs.LocalFileSystem()
-        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        return pafs.PyFileSystem(RetryingFSSpecHandler(self.fs))
+
+
+class RetryingFSSpecHandler(pafs.FSSpecHandler):
+    """pyarrow's FSSpecHandler with transient-error retries on the calls that start a read.
+
+    Reads inside an open file go through the filesystem's own (s3fs) retries.
+    """
+
+    def get_file_info(self, paths):
+        return with_retries(super().get_file_info, paths)
+
+    def get_file_info_selector(self, selector):
+        return with_retries(super().get_file_info_selector, selector)
+
+    def open_input_file(self, path):
+        return with_retries(super().open_input_file, path)
+
+    def open_input_stream(self, path):
+        return with_retries(super().open_input_stream, path)
+
+
+# --------------------------------------------------------------------------- safe names
+
+def safe_relative_path(path: str) -> str:
+    """``path`` if it is a plain relative path below a root, else ValueError.
+
+    Names read back from OUT (a record's ``files``, a row's ``map_store``, a run id) are joined
+    to OUT to open or delete things; a doctored record must not point outside OUT, so absolute
+    paths, URIs, backslashes and '.'/'..' segments are refused.
+    """
+    text = str(path)
+    segments = text.split("/")
+    if (not text or text.startswith("/") or "://" in text or "\\" in text or "\x00" in text
+            or any(seg in ("", ".", "..") for seg in segments)):
+        raise ValueError(f"unsafe path below the output root: {redact(text)!r}")
+    return text
+
+
+def wrap_zarr_store(store: Any, wrapper: FilesystemWrapper | None) -> Any:
+    """Apply the ``wrap_zarr_store(store)`` method of the env and explicit fs wrappers, if any.
+
+    Zarr writes maps through its own async store, not through our fsspec filesystems, so a
+    wrapper that injects faults (or adds behaviour) can opt in to wrapping Zarr stores too.
+    """
+    for wrap in (_load_env_wrapper(), wrapper):
+        method = getattr(wrap, "wrap_zarr_store", None)
+        if method is not None:
+            store = method(store)
+    return store

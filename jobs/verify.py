@@ -1,0 +1,50 @@
+"""`vip2scan verify OUT [--run RUN_ID] [--fix]`: check an output tree's consistency (issue 7)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.query import StorageOption
+
+EXAMPLE = ("Example: vip2scan verify s3://bucket/vip2scan-out   (exit 0: consistent; 1: problems, "
+           "listed one per line; add --fix to remove abandoned staging data)")
+
+
+def verify(
+    out: Annotated[str, typer.Argument(help="The scan's output location (path or URI).")],
+    run: Annotated[Optional[str], typer.Option("--run", help="Check only this run id.")] = None,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="Remove abandoned staging data (older than the lock expiry) and nothing "
+                      "else; an interrupted run removed this way is rescanned by the next scan.")] = False,
+    expiry: Annotated[Optional[float], typer.Option(
+        "--expiry", min=0, metavar="SECONDS",
+        help="Age after which staging data counts as abandoned (default: the lock's ttl, 300 s).")] = None,
+    storage_option: StorageOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check that every run under OUT is complete and consistent: records, rows, maps, staging."""
+    from vip2scan.pipeline.verify import verify as run_verify
+
+    # A VerifyError (OUT missing or unreadable, or locked for --fix) reaches the CLI's handler:
+    # one "error:" line, exit 1.
+    report = run_verify(out, storage_options_from_flags(storage_option), run_id=run, fix=fix,
+                        expiry_s=expiry)
+    for removed in report.fixed:
+        typer.echo(f"removed {removed}")
+    scope = f"run {run}" if run else f"{len(report.runs_checked)} run(s)"
+    if report.ok:
+        typer.echo(f"{report.out}: consistent ({scope}, {report.rows_checked} rows, "
+                   f"{report.maps_checked} maps checked)")
+        return
+    typer.echo(f"{report.out}: {len(report.problems)} problem(s) ({scope}, "
+               f"{report.rows_checked} rows, {report.maps_checked} maps checked)")
+    for problem in report.problems:
+        typer.echo(f"  {problem.line()}")
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify", epilog=EXAMPLE)(verify)

@@ -1,0 +1,371 @@
+"""verify(): check that an OUT tree is consistent, and optionally remove abandoned staging data.
+
+Checks (issue 7):
+- every committed run has a readable record, and its ``files`` exist; no score file lies in
+  ``scores/`` without a committed run (unless that run's staging is still there);
+- the record's counts match its rows (rows, scored = ok rows, failed = error rows);
+- no ``image_uri`` appears twice in one run;
+- every ``ok`` row's ``map_index`` has a written map in the run's Zarr store, whose array has
+  the recorded resolution; no store holds a map without an ``ok`` row (unwritten slots have
+  no chunk and read as NaN, the fill value); no store exists without a run;
+- no staging leftover (``_staging/<run_id>/``, half-written temp files) is older than the lock
+  expiry, unless the live lease belongs to that run.
+
+``fix=True`` takes OUT's lease (so it never races a scan) and removes abandoned staging data:
+an abandoned run's ``_staging/<run_id>/`` and, when that run never committed, the half-written
+``maps/<run_id>.zarr`` and ``scores/*/<run_id>-*.parquet`` it left; committed runs, records and
+everything else are never touched. Rows and chunks are examined with DuckDB and store listings,
+so memory stays bounded by one run's map indices (8 bytes per row).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .lock import Lease, OutputLocked, lease_expired, read_lease
+from .sinks import MAPS_ARRAY, maps_store_name
+from .state import (STATUS_COMPLETE, _duckdb, _register_parquet, read_json, record_name,
+                    sql_str)
+from .storage import FilesystemWrapper, Location, redact, safe_relative_path
+
+DEFAULT_EXPIRY_S = 300.0  # ScanOptions.lock_ttl_s's default: a lease older than this is dead
+MAX_LISTED = 5  # example URIs / indices quoted per problem
+SAMPLED_MAPS = 4  # maps per run read back to check their values, beyond chunk existence
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SCORE_FILE = re.compile(r"^(?P<run>.+)-\d{5}\.parquet$")
+_TEMP_SUFFIXES = (".inprogress", ".tmp")
+
+
+class VerifyError(RuntimeError):
+    """OUT cannot be verified at all (missing, unreadable); one line, no secrets."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # record | files | counts | duplicates | maps | orphan | staging | fix
+    run_id: str | None
+    message: str
+
+    def line(self) -> str:
+        return redact(f"{f'run {self.run_id}: ' if self.run_id else ''}{self.message}")
+
+
+@dataclass
+class VerifyReport:
+    out: str
+    runs_checked: list[str] = field(default_factory=list)
+    rows_checked: int = 0
+    maps_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, run_id: str | None, message: str) -> None:
+        self.problems.append(Problem(kind, run_id, message))
+
+
+@dataclass
+class _Leftover:
+    run_id: str | None  # None: a temp file not tied to a run
+    path: str  # relative to OUT
+    age_s: float
+    committed: bool
+
+
+def verify(out: str, storage_options: Mapping[str, Any] | None = None, run_id: str | None = None,
+           fix: bool = False, expiry_s: float | None = None,
+           fs_wrapper: FilesystemWrapper | None = None) -> VerifyReport:
+    """Check OUT (or one run of it); with ``fix``, first remove abandoned staging data."""
+    loc = Location.of(out, storage_options, fs_wrapper)
+    try:
+        exists = loc.exists()
+    except Exception as exc:  # noqa: BLE001
+        raise VerifyError(redact(f"cannot read {loc.display()}: {type(exc).__name__}: {exc}")) \
+            from None
+    if not exists:
+        raise VerifyError(f"no such output location: {loc.display()}")
+    fixed: list[str] = []
+    if fix:
+        fixed = _fix(loc, run_id, expiry_s)
+    report = VerifyReport(out=loc.display(), fixed=fixed)
+    with tempfile.TemporaryDirectory(prefix="vip2scan-verify-") as workdir:
+        _check(loc, report, run_id, expiry_s, workdir)
+    return report
+
+
+# ------------------------------------------------------------------------------ checks
+
+def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: float | None,
+           workdir: str) -> None:
+    records = _records(loc, report, only)
+    score_files = _score_files(loc)
+    staged = set(loc.ls_names("_staging"))
+    con = _duckdb(workdir)
+    try:
+        for rid, record in records.items():
+            _check_run(loc, con, report, rid, record, score_files.get(rid, []))
+    finally:
+        con.close()
+    for rid, files in sorted(score_files.items()):
+        if rid not in records and rid not in staged and only in (None, rid):
+            report.add("orphan", rid, f"{len(files)} score file(s) without a run record or "
+                       f"staging, e.g. {files[0]}: rows of no committed run")
+    for name in loc.ls_names("maps"):
+        rid = name[: -len(".zarr")] if name.endswith(".zarr") else name
+        if rid not in records and rid not in staged and only in (None, rid):
+            report.add("orphan", rid, f"map store maps/{name} has no run record or staging")
+    for left in _leftovers(loc, only, expiry_s):
+        committed = "committed run; the scan's cleanup was interrupted" if left.committed \
+            else "uncommitted: a rerun of the same scan would resume it"
+        report.add("staging", left.run_id, f"abandoned {left.path} (last written "
+                   f"{left.age_s:.0f} s ago, older than the lock expiry; {committed}); "
+                   "`vip2scan verify --fix` removes it")
+
+
+def _records(loc: Location, report: VerifyReport, only: str | None) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    for name in loc.ls_names("runs"):
+        if not name.endswith(".json"):
+            continue
+        rid = name[: -len(".json")]
+        if only is not None and rid != only:
+            continue
+        record = read_json(loc, "runs", name)
+        if record is None:
+            report.add("record", rid, f"runs/{name} is not a readable JSON record")
+        elif record.get("run_id") != rid or not _RUN_ID.match(rid):
+            report.add("record", rid, f"runs/{name} names run {record.get('run_id')!r}")
+        elif record.get("status") != STATUS_COMPLETE:
+            report.add("record", rid, f"record status is {record.get('status')!r}, not complete")
+        else:
+            records[rid] = record
+    if only is not None and only not in records and not report.problems:
+        report.add("record", only, f"no record {record_name(only)} (not a committed run)")
+    return records
+
+
+def _score_files(loc: Location) -> dict[str, list[str]]:
+    """Committed-looking score files under scores/, by the run id in their name."""
+    found: dict[str, list[str]] = {}
+    for partition in loc.ls_names("scores"):
+        for name in loc.ls_names("scores", partition):
+            match = _SCORE_FILE.match(name)
+            if match and not name.startswith("."):
+                found.setdefault(match["run"], []).append(f"scores/{partition}/{name}")
+    return found
+
+
+def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,
+               on_disk: list[str]) -> None:
+    report.runs_checked.append(rid)
+    files = list(record.get("files") or [])
+    try:
+        for name in files + [f for f in [record.get("map_store"), record.get("vanished_file")] if f]:
+            safe_relative_path(name)
+    except ValueError as exc:
+        report.add("record", rid, f"record names a path outside OUT: {exc}")
+        return
+    missing = [f for f in files if not loc.exists(f)]
+    if missing:
+        report.add("files", rid, f"{len(missing)} score file(s) in the record are missing, "
+                   f"e.g. {missing[0]}")
+        return
+    extra = sorted(set(on_disk) - set(files))
+    if extra:
+        report.add("files", rid, f"{len(extra)} score file(s) of this run are not in its record "
+                   f"(readers of scores/ would count their rows twice), e.g. {extra[0]}")
+    if record.get("vanished_file") and not loc.exists(record["vanished_file"]):
+        report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
+    from .sinks import SCORES_SCHEMA
+
+    _register_parquet(con, "run_rows", loc, files,
+                      ["image_uri", "status", "map_store", "map_index", "run_id"], SCORES_SCHEMA)
+    total, ok, failed, foreign = (int(v or 0) for v in con.execute(
+        "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'error'), "
+        f"count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows").fetchone())
+    report.rows_checked += total
+    counts = record.get("counts") or {}
+    expected = {"rows": (record.get("rows"), total), "counts.scored": (counts.get("scored"), ok),
+                "counts.failed": (counts.get("failed"), failed),
+                "counts.to_scan": (counts.get("to_scan"), total)}
+    for label, (claimed, actual) in expected.items():
+        if claimed is not None and int(claimed) != actual:
+            report.add("counts", rid, f"{label} is {claimed} but the run has {actual} such rows")
+    if ok + failed != total or foreign:
+        report.add("counts", rid, f"{total - ok - failed} row(s) with an unknown status and "
+                   f"{foreign} row(s) of another run_id in this run's files")
+    dupes = con.execute("SELECT image_uri FROM run_rows GROUP BY image_uri HAVING count(*) > 1 "
+                        "ORDER BY image_uri").fetchall()
+    if dupes:
+        report.add("duplicates", rid, f"{len(dupes)} image_uri(s) appear more than once, e.g. "
+                   + ", ".join(d[0] for d in dupes[:MAX_LISTED]))
+    _check_maps(loc, con, report, rid, record, total)
+
+
+def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,
+                total: int) -> None:
+    store = record.get("map_store")
+    bad_rows = con.execute(
+        "SELECT count(*) FILTER (status = 'error' AND map_index IS NOT NULL), "
+        f"count(*) FILTER (status = 'ok' AND map_store IS DISTINCT FROM {sql_str(store or '')}), "
+        "count(*) FILTER (status = 'ok' AND map_index IS NULL) FROM run_rows").fetchone()
+    if not store:
+        return
+    error_with_map, wrong_store, ok_without_index = (int(v or 0) for v in bad_rows)
+    if error_with_map or wrong_store or ok_without_index:
+        report.add("maps", rid, f"{error_with_map} error row(s) with a map_index, {wrong_store} "
+                   f"ok row(s) naming another store, {ok_without_index} ok row(s) without one")
+    indices = np.asarray(con.execute(
+        "SELECT map_index FROM run_rows WHERE status = 'ok' AND map_index IS NOT NULL "
+        "ORDER BY map_index").fetchnumpy()["map_index"], dtype=np.int64)
+    if len(np.unique(indices)) != len(indices):
+        report.add("maps", rid, "several ok rows share a map_index")
+    try:
+        array = _open_maps(loc, store)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the problem to report
+        report.add("maps", rid, f"cannot open {store}: {type(exc).__name__}: {exc}")
+        return
+    size = int(record.get("map_size") or array.shape[-1])
+    if tuple(array.shape) != (total, size, size) or tuple(array.chunks) != (1, size, size):
+        report.add("maps", rid, f"{store}/{MAPS_ARRAY} has shape {tuple(array.shape)} and chunks "
+                   f"{tuple(array.chunks)}; expected ({total}, {size}, {size}), one map a chunk")
+    written = _written_indices(array)
+    report.maps_checked += len(written)
+    missing = np.setdiff1d(indices, written)
+    if len(missing):
+        report.add("maps", rid, f"{len(missing)} ok row(s) have no written map, e.g. map_index "
+                   + ", ".join(str(i) for i in missing[:MAX_LISTED]))
+    orphans = np.setdiff1d(written, indices)
+    if len(orphans):
+        report.add("maps", rid, f"{len(orphans)} map(s) without an ok row, e.g. map_index "
+                   + ", ".join(str(i) for i in orphans[:MAX_LISTED]))
+    present = np.intersect1d(indices, written)
+    for index in present[np.linspace(0, len(present) - 1, min(SAMPLED_MAPS, len(present)),
+                                     dtype=int)] if len(present) else []:
+        values = np.asarray(array[int(index)], dtype=np.float32)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            report.add("maps", rid, f"map {int(index)} holds values outside [0, 1] or NaN")
+
+
+def _open_maps(loc: Location, store: str) -> Any:
+    import zarr
+
+    from .sinks import _zarr_store
+
+    return zarr.open_array(_zarr_store(loc, store, read_only=True), path=MAPS_ARRAY, mode="r")
+
+
+def _written_indices(array: Any) -> np.ndarray:
+    """Sorted map indices whose chunk exists (one chunk per map), from a store listing."""
+    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+    from zarr.core.sync import sync
+
+    encoding = array.metadata.chunk_key_encoding
+    separator = getattr(encoding, "separator", "/")
+    prefix = f"{array.path}/" if array.path else ""
+    if isinstance(encoding, DefaultChunkKeyEncoding):
+        prefix += f"c{separator}"
+
+    async def collect() -> list[int]:
+        found = []
+        async for key in array.store_path.store.list_prefix(prefix):
+            head = key[len(prefix):].split(separator)[0]
+            if head.isdigit():
+                found.append(int(head))
+        return found
+
+    return np.unique(np.asarray(sync(collect()), dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------ staging
+
+def _age_s(loc: Location, rel: str, now: float) -> float:
+    """Seconds since anything under ``rel`` (a file or a folder) was last written."""
+    path = loc.fs_path(rel)
+    newest = 0.0
+    if loc.is_local:
+        entries = [path] if os.path.isfile(path) else \
+            [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs] or [path]
+        for entry in entries:
+            try:
+                newest = max(newest, os.stat(entry, follow_symlinks=False).st_mtime)
+            except OSError:
+                continue
+    else:
+        loc.fs.invalidate_cache()
+        for info in loc.fs.find(path, detail=True, withdirs=False).values():
+            stamp = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+            if isinstance(stamp, dt.datetime):
+                stamp = stamp.timestamp()
+            if isinstance(stamp, (int, float)):
+                newest = max(newest, float(stamp))
+    return now - newest if newest else float("inf")
+
+
+def _leftovers(loc: Location, only: str | None, expiry_s: float | None) -> list[_Leftover]:
+    """Staging folders and temp files older than the lock expiry (the live run's excluded)."""
+    lease = read_lease(loc)
+    live = lease.get("run_id") if lease and not lease_expired(lease) else None
+    ttl = float(expiry_s if expiry_s is not None else
+                (lease or {}).get("ttl_s") or DEFAULT_EXPIRY_S)
+    now = time.time()
+    found: list[_Leftover] = []
+    for rid in loc.ls_names("_staging"):
+        if rid == live or only not in (None, rid):
+            continue
+        age = _age_s(loc, f"_staging/{rid}", now)
+        if age > ttl:
+            committed = (read_json(loc, "runs", f"{rid}.json") or {}).get("status") \
+                == STATUS_COMPLETE
+            found.append(_Leftover(rid, f"_staging/{rid}", age, committed))
+    temp_dirs = [f"scores/{p}" for p in loc.ls_names("scores")] + ["runs"]
+    for folder in temp_dirs:
+        for name in loc.ls_names(folder):
+            if name.endswith(_TEMP_SUFFIXES) and (age := _age_s(loc, f"{folder}/{name}", now)) > ttl:
+                found.append(_Leftover(None, f"{folder}/{name}", age, False))
+    if only is None and loc.exists("_probe") and (age := _age_s(loc, "_probe", now)) > ttl:
+        found.append(_Leftover(None, "_probe", age, False))
+    return found
+
+
+def _fix(loc: Location, only: str | None, expiry_s: float | None) -> list[str]:
+    """Remove abandoned staging data under OUT's lease; returns what was removed."""
+    lease = Lease(loc, ttl_s=float(expiry_s or DEFAULT_EXPIRY_S))
+    try:
+        lease.acquire(wait=False)
+    except OutputLocked as exc:
+        raise VerifyError(f"not fixing: {exc}") from None
+    removed: list[str] = []
+    try:
+        for left in _leftovers(loc, only, expiry_s):
+            rid = left.run_id
+            if rid is not None and not left.committed and _RUN_ID.match(rid):
+                # Outputs first and the staging folder last, so an interrupted fix leaves the
+                # staging behind and the next verify still sees (and finishes) the leftover.
+                scan_date = (read_json(loc, "_staging", rid, "plan.json") or {}).get("scan_date")
+                for partition in loc.ls_names("scores"):
+                    if scan_date in (None, partition.removeprefix("scan_date=")):
+                        for name in loc.ls_names("scores", partition):
+                            if _SCORE_FILE.match(name) and name.startswith(f"{rid}-"):
+                                loc.remove("scores", partition, name)
+                                removed.append(f"scores/{partition}/{name}")
+                if loc.exists(maps_store_name(rid)):
+                    loc.remove(maps_store_name(rid), recursive=True)
+                    removed.append(maps_store_name(rid))
+            if rid is None or _RUN_ID.match(rid):
+                loc.remove(left.path, recursive=not left.path.endswith(_TEMP_SUFFIXES))
+                removed.append(left.path)
+    finally:
+        lease.release()
+    return removed
