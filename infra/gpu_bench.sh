@@ -10,6 +10,9 @@
 #
 # From the repository root on the GPU machine:
 #     bash infra/gpu_bench.sh            # JSON per batch size + a combined JSON on stdout
+# Through this workplace's device tool: run(command="bash infra/gpu_bench.sh", carry=[".whl"],
+# timeout_s=600); the JSON files land in $OUT (at most 6 files). Budget: about 1 min of lake
+# generation, then about 1-2 min per batch size; each bench run is capped at 400 s.
 # Environment knobs (all optional):
 #     GPU_BENCH_IMAGES=4000   lake size (518 px PNGs, generated once in parallel)
 #     GPU_BENCH_BATCHES="16 32 64"

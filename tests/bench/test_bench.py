@@ -1,0 +1,83 @@
+"""`vip2scan bench` runs end to end and its JSON holds every field of issue 6.
+
+No timing is asserted: figures depend on the machine and its load. What is asserted is that
+each measurement happened (positive where it must be measured, null where it was not asked
+for) and that the rescan really was the incremental no-op the fraction claims to measure.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from vip2scan.jobs.bench_report import STAGES
+from vip2scan.jobs.cli import app
+
+ENVIRONMENT_FIELDS = ("cpu_count", "torch_threads", "gpu_name", "torch_version", "ray_version",
+                      "backbone", "image_size", "batch_size", "device", "engine")
+MEMORY_FIELDS = ("driver_peak_rss_mb", "workers_peak_rss_mb")
+
+
+def _run(args: list[str]) -> dict:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "efficiency" in result.output  # the table was printed
+    return result
+
+
+def _assert_source_measured(report: dict, source: str, images: int) -> None:
+    pipeline = report["pipeline"][source]
+    assert pipeline["images"] == images and pipeline["failed"] == 0
+    assert pipeline["images_per_s"] > 0 and pipeline["ms_per_image"] > 0
+    assert report["efficiency"][source] == pytest.approx(
+        pipeline["images_per_s"] / report["bare_model"]["images_per_s"])
+    stages = report["stage_breakdown"][source]
+    assert set(stages["seconds"]) == set(STAGES) == set(stages["ms_per_image"])
+    assert stages["seconds"]["infer"] > 0 and stages["seconds"]["decode"] > 0
+    assert report["memory"][source]["driver_peak_rss_mb"] > 0
+    rescan = report["incremental"][source]
+    assert rescan["inference_started"] is False
+    assert rescan["counts"]["unchanged"] == images and rescan["counts"]["to_scan"] == 0
+    assert 0 < rescan["fraction_of_full_scan"] == pytest.approx(rescan["wall_s"] / pipeline["wall_s"])
+
+
+@pytest.mark.slow
+def test_bench_both_sources_with_ray_emits_every_field(tmp_path, s3_server, ray_local):
+    out = tmp_path / "bench.json"
+    _run(["bench", "--images", "64", "--source", "both", "--batch-size", "16", "--bare-seconds", "1",
+          "--s3-endpoint", s3_server.endpoint_url, "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    report = json.loads(out.read_text())
+
+    assert all(report["environment"][name] is not None for name in ENVIRONMENT_FIELDS if name != "gpu_name")
+    assert "gpu_name" in report["environment"]
+    assert report["environment"]["image_size"] == 224  # vip2-tiny's native size
+    bare = report["bare_model"]
+    assert bare["images_per_s"] > 0 and bare["ms_per_image"] == pytest.approx(1000 / bare["images_per_s"])
+    for source in ("local", "s3"):
+        _assert_source_measured(report, source, 64)
+        # Ray workers ran the decode tasks and the actor: their memory was seen.
+        assert report["memory"][source]["workers_peak_rss_mb"] > 0
+    assert report["memory"]["scale"] is None  # not asked for: present, null
+    assert set(report["targets"]) == {"efficiency_local", "efficiency_s3", "rescan_fraction_local",
+                                      "rescan_fraction_s3", "memory_growth"}
+    assert report["targets"]["memory_growth"]["value"] is None
+
+
+def test_bench_local_engine_scale_points(tmp_path):
+    out = tmp_path / "bench.json"
+    _run(["bench", "--engine", "local", "--source", "local", "--images", "12", "--image-size", "64",
+          "--batch-size", "4", "--bare-seconds", "0.5", "--scale", "--scale-images", "12,24",
+          "--workdir", str(tmp_path / "work"),
+          "--json", str(out)])
+    report = json.loads(out.read_text())
+
+    _assert_source_measured(report, "local", 12)
+    assert report["pipeline"]["s3"] is None and report["efficiency"]["s3"] is None
+    assert report["memory"]["local"]["workers_peak_rss_mb"] is None  # no Ray: no workers
+    scale = report["memory"]["scale"]
+    assert scale["source"] == "local" and [p["images"] for p in scale["points"]] == [12, 24]
+    assert all(p["driver_peak_rss_mb"] > 0 for p in scale["points"])
+    assert scale["max_growth"] == pytest.approx(
+        scale["points"][1]["driver_peak_rss_mb"] / scale["points"][0]["driver_peak_rss_mb"] - 1)
