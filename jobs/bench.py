@@ -62,34 +62,7 @@ def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- engine choice
-
-@contextlib.contextmanager
-def engine_selected(engine: str) -> Iterator[dict[str, Any]]:
-    """ScanOptions fields that select ``engine``.
-
-    When ScanOptions has an ``engine`` field, that is all. Until it has, the local engine is
-    swapped in for the Ray one for the duration of the bench (the two share a signature);
-    the swap is undone on exit.
-    """
-    from vip2scan.pipeline import ScanOptions
-
-    if "engine" in {f.name for f in dataclasses.fields(ScanOptions)}:
-        yield {"engine": engine}
-        return
-    if engine == "ray":
-        yield {}
-        return
-    from vip2scan.pipeline.local_engine import run_local_engine
-
-    scan_module = sys.modules["vip2scan.pipeline.scan"]
-    ray_engine = scan_module.run_engine
-    scan_module.run_engine = run_local_engine
-    try:
-        yield {}
-    finally:
-        scan_module.run_engine = ray_engine
-
+# --------------------------------------------------------------------------- Ray
 
 @contextlib.contextmanager
 def ray_running(engine: str) -> Iterator[float | None]:
@@ -133,14 +106,14 @@ def measure_bare(params: BenchParams, checkpoint: str, device: str) -> dict[str,
     return result.to_dict()
 
 
-def scan_options(params: BenchParams, device: str, storage_options: dict, engine_fields: dict) -> Any:
+def scan_options(params: BenchParams, device: str, storage_options: dict) -> Any:
     from vip2scan.pipeline import ScanOptions
 
     knobs = {"actors": params.actors, "cpus_per_actor": params.cpus_per_actor,
              "decode_cpus": params.decode_cpus, "torch_threads": params.torch_threads,
              "max_tasks_in_flight_per_actor": params.max_tasks_in_flight}
     return ScanOptions(batch_size=params.batch_size, device=device, storage_options=dict(storage_options),
-                       **{k: v for k, v in knobs.items() if v is not None}, **engine_fields)
+                       engine=params.engine, **{k: v for k, v in knobs.items() if v is not None})
 
 
 class ProgressClock:
@@ -171,6 +144,7 @@ def timed_scan(source: str, out: str, checkpoint: str, options: Any, exclude_pid
     from vip2scan.pipeline.benchmark import ProcessSampler
 
     gc.collect()
+    store_cpu_before = _cpu_of(exclude_pids)
     clock = ProgressClock()
     options = dataclasses.replace(options, progress=clock)
     with ProcessSampler(exclude_pids=exclude_pids, include_descendants=engine == "ray") as sampler:
@@ -178,7 +152,21 @@ def timed_scan(source: str, out: str, checkpoint: str, options: Any, exclude_pid
         summary = scan(source, out, checkpoint, options)
         end = time.perf_counter()
     images = int(summary.counts.get("scored", 0)) + int(summary.counts.get("failed", 0))
-    return summary, end - t0, sampler.figures.to_dict(), clock.figures(images, end)
+    processes = sampler.figures.to_dict()
+    # The object store (moto) shares the machine's cores: its CPU is shown, apart.
+    processes["object_store_cpu_s"] = _cpu_of(exclude_pids) - store_cpu_before if exclude_pids else None
+    return summary, end - t0, processes, clock.figures(images, end)
+
+
+def _cpu_of(pids: set[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
@@ -189,6 +177,7 @@ def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
     ips = images / wall if wall > 0 else None
     cpu_s = processes.pop("cpu_s")
     cpu_by_role = processes.pop("cpu_s_by_role")
+    store_cpu_s = processes.pop("object_store_cpu_s")
     rescan, rescan_wall, _, _ = timed_scan(source_uri, out_uri, checkpoint, options, exclude_pids, engine)
     return {
         "pipeline": {"images": images, "failed": int(summary.counts.get("failed", 0)), "wall_s": wall,
@@ -199,6 +188,8 @@ def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
                      "cpu_ms_per_image": None if not images or cpu_s is None else 1000.0 * cpu_s / images,
                      "cpu_ms_per_image_by_role": {role: 1000.0 * v / images for role, v in cpu_by_role.items()}
                      if images else None,
+                     "object_store_cpu_ms_per_image": None if not images or store_cpu_s is None
+                     else 1000.0 * store_cpu_s / images,
                      "run_id": summary.run_id, "counts": summary.counts, "io": summary.io},
         "stage_breakdown": bench_report.stage_breakdown(summary.stage_s, wall, images),
         "memory": processes,
@@ -209,7 +200,7 @@ def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
 
 
 def measure_scale(params: BenchParams, sources: bench_setup.Sources, checkpoint: str, device: str,
-                  engine_fields: dict, done: dict[int, dict]) -> dict[str, Any]:
+                  done: dict[int, dict]) -> dict[str, Any]:
     """Peak RSS of a full scan at each lake size (``done`` holds sizes already measured)."""
     kind = "local" if "local" in params.sources else params.sources[0]
     points = []
@@ -217,19 +208,23 @@ def measure_scale(params: BenchParams, sources: bench_setup.Sources, checkpoint:
         memory = done.get(images) if kind == params.sources[0] else None
         if memory is None:
             uri, storage_options = sources.lake(kind, images)
-            options = scan_options(params, device, storage_options, engine_fields)
+            options = scan_options(params, device, storage_options)
             _log(f"scale point: full scan of {images} images from {kind}")
             _, _, memory, _ = timed_scan(uri, sources.fresh_out(kind), checkpoint,
                                          options, sources.exclude_pids(), params.engine)
-            memory.pop("cpu_s"), memory.pop("cpu_s_by_role")
+            for key in ("cpu_s", "cpu_s_by_role", "object_store_cpu_s"):
+                memory.pop(key)
         points.append({"images": images, **memory})
-    growth = None
-    if len(points) >= 2:
-        first, last = points[0], points[-1]
-        ratios = [last[k] / first[k] - 1.0 for k in ("driver_peak_rss_mb", "workers_peak_rss_mb")
-                  if first.get(k) and last.get(k)]
-        growth = max(ratios) if ratios else None
-    return {"source": kind, "points": points, "max_growth": growth}
+    first, last = points[0], points[-1]
+    return {"source": kind, "points": points,
+            "max_growth": _max_growth(first, last, ("driver_peak_rss_mb", "workers_peak_rss_mb")),
+            "max_private_growth": _max_growth(first, last, ("driver_peak_private_mb", "workers_peak_private_mb"))}
+
+
+def _max_growth(first: dict, last: dict, keys: tuple[str, ...]) -> float | None:
+    """The largest relative growth from the first to the last point over ``keys``."""
+    ratios = [last[k] / first[k] - 1.0 for k in keys if first is not last and first.get(k) and last.get(k)]
+    return max(ratios) if ratios else None
 
 
 def run_bench(params: BenchParams) -> dict[str, Any]:
@@ -261,11 +256,11 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
     sources = bench_setup.Sources(params.workdir, params.image_size, params.s3_endpoint, params.keep_outputs)
     memory_by_size: dict[int, dict] = {}
     try:
-        with engine_selected(params.engine) as engine_fields, ray_running(params.engine) as ray_start_s:
+        with ray_running(params.engine) as ray_start_s:
             env["ray_start_s"] = ray_start_s
             for kind in params.sources:
                 uri, storage_options = sources.lake(kind, params.images)
-                options = scan_options(params, device, storage_options, engine_fields)
+                options = scan_options(params, device, storage_options)
                 _log(f"pipeline ({params.engine}) from {kind}: full scan, then unchanged rescan")
                 measured = measure_source(uri, sources.fresh_out(kind), checkpoint,
                                           options, sources.exclude_pids(), params.engine)
@@ -274,8 +269,7 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
                 if kind == params.sources[0]:
                     memory_by_size[params.images] = measured["memory"]
             if params.scale_images:
-                result["memory"]["scale"] = measure_scale(params, sources, checkpoint, device,
-                                                          engine_fields, memory_by_size)
+                result["memory"]["scale"] = measure_scale(params, sources, checkpoint, device, memory_by_size)
     finally:
         sources.close()
     _log("bare model again, after the scans")

@@ -71,6 +71,10 @@ def stage_breakdown(stage_s: dict[str, float], wall_s: float, images: int) -> di
         "seconds": seconds,
         "ms_per_image": per_image,
         "engine_wall_s": engine_s,
+        # Engine start to the first rows back, and model loading summed over actors: the
+        # start-up a short scan pays before it streams (null where the scan did not report it).
+        "first_rows_s": stage_s.get("first_rows"),
+        "actor_init_s": stage_s.get("actor_init"),
         # Checks, model facts, lease, planning, staging uploads: wall time outside the stages.
         "other_wall_s": max(0.0, wall_s - engine_s - seconds["list_diff"] - seconds["commit"]),
     }
@@ -133,11 +137,17 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(_row("steady efficiency", *[(p or {}).get("steady_efficiency") for p in pipe.values()], digits=3))
     lines.append(_row("CPU ms/image (bare {})".format(_fmt(bare and bare["cpu_ms_per_image"])),
                       *[(p or {}).get("cpu_ms_per_image") for p in pipe.values()]))
+    lines.append(_row("object store CPU ms/image", *[(p or {}).get("object_store_cpu_ms_per_image")
+                                                     for p in pipe.values()]))
     lines.append(_row("CPU efficiency", *[(p or {}).get("cpu_efficiency") for p in pipe.values()], digits=3))
     lines.append(_row("first rows after s", *[(p or {}).get("first_rows_s") for p in pipe.values()], digits=2))
     for stage in STAGES:
         cells = [None if b is None else b["ms_per_image"][stage] for b in result["stage_breakdown"].values()]
         lines.append(_row(f"  {STAGE_LABELS[stage]} ms/image", *cells, digits=2))
+    lines.append(_row("  engine start to rows s", *[None if b is None else b["first_rows_s"]
+                                                    for b in result["stage_breakdown"].values()], digits=2))
+    lines.append(_row("  actor init s", *[None if b is None else b["actor_init_s"]
+                                          for b in result["stage_breakdown"].values()], digits=2))
     lines.append(_row("  other wall s", *[None if b is None else b["other_wall_s"]
                                           for b in result["stage_breakdown"].values()], digits=2))
     for key, label in (("driver_peak_rss_mb", "driver peak RSS MiB"), ("workers_peak_rss_mb", "workers peak RSS MiB")):
@@ -156,7 +166,8 @@ def format_table(result: dict[str, Any]) -> str:
     if scale:
         points = ", ".join(f"{p['images']}: driver {_fmt(p['driver_peak_rss_mb'])} / workers "
                            f"{_fmt(p['workers_peak_rss_mb'])} MiB" for p in scale["points"])
-        lines.append(f"  memory scale ({scale['source']}): {points}; growth {_fmt(scale['max_growth'], 3)}")
+        lines.append(f"  memory scale ({scale['source']}): {points}; growth {_fmt(scale['max_growth'], 3)} "
+                     f"(private, without shared pages: {_fmt(scale['max_private_growth'], 3)})")
     if result["targets"]:
         met = ", ".join(f"{name} {_fmt(t['value'], 3)} (target {t['target']}): {_fmt(t['met'])}"
                         for name, t in result["targets"].items() if t["value"] is not None)

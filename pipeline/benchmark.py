@@ -157,6 +157,10 @@ class ProcessFigures:
     driver_peak_rss_mb: float | None = None
     workers_peak_rss_mb: float | None = None  # peak of the sum over Ray workers alive at once
     worker_max_rss_mb: float | None = None  # the largest single worker seen
+    # RSS less shared pages (file-backed and shared memory, e.g. the object store's mmap,
+    # which a worker's RSS accumulates as it touches more of it): what a leak would grow.
+    driver_peak_private_mb: float | None = None
+    workers_peak_private_mb: float | None = None
     workers_seen: int = 0
     cpu_s: float | None = None
     cpu_s_by_role: dict[str, float] = field(default_factory=dict)  # see process_role
@@ -240,24 +244,30 @@ class ProcessSampler:
         me = psutil.Process()
         mb = 1024.0 * 1024.0
         figures = self.figures
-        figures.driver_peak_rss_mb = max(figures.driver_peak_rss_mb or 0.0, me.memory_info().rss / mb)
+        mine = me.memory_info()
+        figures.driver_peak_rss_mb = max(figures.driver_peak_rss_mb or 0.0, mine.rss / mb)
+        figures.driver_peak_private_mb = max(figures.driver_peak_private_mb or 0.0,
+                                             (mine.rss - getattr(mine, "shared", 0)) / mb)
         self._note_cpu(me, first, me.pid)
-        total, largest, any_worker = 0.0, 0.0, False
+        total, private, largest, any_worker = 0.0, 0.0, 0.0, False
         for proc in self._descendants(me):
             try:
                 self._note_cpu(proc, first, me.pid)
                 if not _is_ray_worker(proc):
                     continue
-                rss = proc.memory_info().rss / mb
+                info = proc.memory_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+            rss = info.rss / mb
             any_worker = True
             self._seen_workers.add(proc.pid)
             total += rss
+            private += (info.rss - getattr(info, "shared", 0)) / mb
             largest = max(largest, rss)
         if any_worker:
             figures.workers_peak_rss_mb = max(figures.workers_peak_rss_mb or 0.0, total)
             figures.worker_max_rss_mb = max(figures.worker_max_rss_mb or 0.0, largest)
+            figures.workers_peak_private_mb = max(figures.workers_peak_private_mb or 0.0, private)
         figures.workers_seen = len(self._seen_workers)
         by_role: dict[str, float] = {}
         for pid, last in self._cpu_last.items():
