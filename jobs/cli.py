@@ -20,8 +20,7 @@ from vip2scan import __version__
 from vip2scan.jobs import errors
 from vip2scan.jobs.errors import click
 
-# Order here is the order in `vip2scan --help`. A listed module that does not exist yet
-# (another issue's command still being written) is skipped; any other import error is real.
+# Order here is the order in `vip2scan --help`; every listed module must exist.
 COMMAND_MODULES: tuple[str, ...] = (
     "scan",
     "query",
@@ -125,13 +124,7 @@ def is_debug() -> bool:
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
         module_name = f"vip2scan.jobs.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(module_name).register(app)
 
 
 _register_commands()
