@@ -120,3 +120,14 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A vip2-tiny checkpoint with a seeded random head, saved once per test session."""
+    from vip2scan.model.config import DetectorConfig
+    from vip2scan.model.detector import Detector
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "vip2-tiny")
+    Detector.from_config(DetectorConfig()).save_checkpoint(path)
+    return path

@@ -13,14 +13,9 @@ import pipeline_testkit  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> str:
-    """A vip2-tiny checkpoint with a seeded random head, saved once per session."""
-    from vip2scan.model.config import DetectorConfig
-    from vip2scan.model.detector import Detector
-
-    path = str(tmp_path_factory.mktemp("ckpt") / "vip2-tiny")
-    Detector.from_config(DetectorConfig()).save_checkpoint(path)
-    return path
+def checkpoint(tiny_checkpoint) -> str:
+    """The session's shared vip2-tiny checkpoint (tests/conftest.py)."""
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

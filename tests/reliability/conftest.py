@@ -13,17 +13,6 @@ import reliability_kit  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    """A vip2-tiny checkpoint with a seeded random head, saved once per session."""
-    from vip2scan.model.config import DetectorConfig
-    from vip2scan.model.detector import Detector
-
-    path = str(tmp_path_factory.mktemp("rel-ckpt") / "vip2-tiny")
-    Detector.from_config(DetectorConfig()).save_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def ray_for_faults(ray_local):
     """The shared local Ray, able to unpickle the fault wrappers defined in this folder."""
     import ray.cloudpickle
