@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import torch
 
+# The file layout is defined with the torch-free reader a scan's driver uses.
+from .checkpoint_facts import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE,  # noqa: F401
+                               is_checkpoint_dir)
+
 if TYPE_CHECKING:
     from .config import DetectorConfig
     from .detector import Detector
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT_NAME = "vip2scan-checkpoint"
-FORMAT_VERSION = 1
 CONVERSION_HINT = (
     "convert it once with vip2scan.model.checkpoint.convert_openai_weights(src, dst) "
     "(explicit opt-in: it loads the TorchScript archive with torch.jit.load) and point "
@@ -192,11 +192,6 @@ def save_checkpoint(detector: "Detector", uri: str, storage_options: dict | None
     with fs.open(_join(path, CONFIG_FILE), "wb") as f:
         f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
     return model_id
-
-
-def is_checkpoint_dir(uri: str, storage_options: dict | None = None) -> bool:
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    return fs.isdir(path) and fs.exists(_join(path, CONFIG_FILE))
 
 
 def load_checkpoint(uri: str, device: str | torch.device = "cpu", storage_options: dict | None = None,

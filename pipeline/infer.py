@@ -63,14 +63,46 @@ def load_detector(spec: ModelSpec, device: str = "cpu", amp: str | None = "auto"
     return detector
 
 
-def resolve_thresholds(detector: Any, image_threshold: float | None,
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver plans a run with: the model's id, input size and saved thresholds."""
+
+    model_id: str
+    image_size: int
+    image_threshold: float | None = None  # calibrated values saved in the checkpoint
+    pixel_threshold: float | None = None
+
+
+def model_facts(spec: ModelSpec) -> ModelFacts:
+    """The facts of ``spec``'s model, cheaply where possible.
+
+    A checkpoint directory used as saved is read without torch (config.json and the
+    weights header, checked against each other; see model/checkpoint_facts.py): the actors
+    load and verify the weights. Anything else (a released .pth, an OpenCLIP name, config
+    overrides that change the model id) is loaded in full here, which also proves it loads.
+    """
+    from vip2scan.model.checkpoint_facts import is_checkpoint_dir, read_checkpoint_facts
+
+    options = spec.storage_options or None
+    as_saved = spec.backbone is None and spec.weights is None and spec.image_size is None
+    if as_saved and is_checkpoint_dir(spec.checkpoint, options):
+        facts = read_checkpoint_facts(spec.checkpoint, options)
+        return ModelFacts(facts.model_id, facts.image_size, facts.image_threshold,
+                          facts.pixel_threshold)
+    detector = load_detector(spec, device="cpu")
+    config = detector.config
+    facts = ModelFacts(str(detector.model_id), int(detector.image_size),
+                       getattr(config, "image_threshold", None),
+                       getattr(config, "pixel_threshold", None))
+    del detector
+    return facts
+
+
+def resolve_thresholds(facts: ModelFacts, image_threshold: float | None,
                        pixel_threshold: float | None) -> tuple[float, float]:
     """Explicit values win, then the checkpoint's calibrated ones, then 0.5."""
-    config = detector.config
-    image = image_threshold if image_threshold is not None else \
-        getattr(config, "image_threshold", None)
-    pixel = pixel_threshold if pixel_threshold is not None else \
-        getattr(config, "pixel_threshold", None)
+    image = image_threshold if image_threshold is not None else facts.image_threshold
+    pixel = pixel_threshold if pixel_threshold is not None else facts.pixel_threshold
     return (float(DEFAULT_THRESHOLD if image is None else image),
             float(DEFAULT_THRESHOLD if pixel is None else pixel))
 

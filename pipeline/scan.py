@@ -27,7 +27,7 @@ from . import faults
 from .decode import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_OBJECT_BYTES, DecodeSettings
 from .engine import EngineConfig, run_engine
 from .failures import engine_failure_line
-from .infer import InferSettings, ModelSpec, load_detector, resolve_thresholds
+from .infer import InferSettings, ModelSpec, model_facts, resolve_thresholds
 from .listing import ObjectFilter, list_prefix, read_manifest, suffix_list
 from .lock import Lease, LeaseLost, OutputLocked
 from .preflight import ScanError, check_manifest, check_out, check_source, one_line
@@ -180,16 +180,15 @@ def _versions() -> dict[str, str]:
 
 
 def _model_facts(spec: ModelSpec, opts: ScanOptions) -> tuple[str, int, float, float]:
-    """Load the detector once in the driver: fail fast on a bad checkpoint, learn its id."""
+    """Learn the model's id, input size and thresholds; fail fast on a checkpoint that is
+    broken (before anything is locked or written)."""
     try:
-        detector = load_detector(spec, device="cpu")
+        facts = model_facts(spec)
     except Exception as exc:  # noqa: BLE001
         raise ScanError(one_line(f"cannot load checkpoint {redact(spec.checkpoint)}", exc)) from None
-    image_t, pixel_t = resolve_thresholds(detector, opts.threshold, opts.pixel_threshold)
-    facts = (str(detector.model_id), int(detector.image_size), image_t, pixel_t)
-    del detector
     gc.collect()
-    return facts
+    image_t, pixel_t = resolve_thresholds(facts, opts.threshold, opts.pixel_threshold)
+    return facts.model_id, facts.image_size, image_t, pixel_t
 
 
 def _list_and_diff(src: Location, out: Location, opts: ScanOptions, model_id: str,

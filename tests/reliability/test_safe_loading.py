@@ -163,3 +163,12 @@ def test_no_unsafe_deserialisation_in_the_sources():
         for path in sorted((REPO / folder).rglob("*.py")):
             offences += unsafe_loads(str(path.relative_to(REPO)), path.read_text())
     assert offences == []
+
+
+def test_scan_with_truncated_weights_fails_before_taking_the_lock(tmp_path, checkpoint_copy):
+    weights = checkpoint_copy / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    (tmp_path / "lake").mkdir()
+    with pytest.raises(ScanError, match="cannot load checkpoint .*outside the file"):
+        scan(str(tmp_path / "lake"), str(tmp_path / "out"), str(checkpoint_copy), ScanOptions())
+    assert not (tmp_path / "out" / "_lock").exists()
