@@ -1,13 +1,19 @@
-"""The Ray Data part of a scan: remaining work -> read+decode -> infer -> write maps -> driver.
+"""The Ray Data part of a scan: remaining work -> read+decode -> infer + write maps -> driver.
 
-    read_parquet(remaining work)            manifest rows, map_index fixed
-    .repartition(rows per block = batch)    small blocks so decode tasks run in parallel
+    work list, one read task per row group  manifest rows, map_index fixed
+    .repartition(rows per block)            blocks of ``decode_rows`` so decode tasks spread
     .map_batches(read_and_decode)           CPU tasks: bytes -> uint8 pixels | error row
-    .map_batches(InferActor, ActorPool)     one actor per GPU (or CPU actors)
-    .map_batches(write_maps_batch)          CPU tasks: Zarr chunks; maps dropped here
+    .map_batches(InferActor, ActorPool)     one actor per GPU (or CPU actors); each writes
+                                            its maps to Zarr and drops them
     .iter_batches()  (driver)               small rows -> staging parts (exactly-once record)
 
 Everything is streamed with Ray Data's backpressure; no stage holds the lake.
+
+Why the maps are written inside the actor rather than by a stage of their own: a map is
+256 KiB of float16 per image, so a separate stage moved every map through the object store
+and paid a task per batch (measured on 2 cores: ~5 ms of CPU per image, about an eighth of
+the model's own cost). Each actor accepts two concurrent calls and runs the model under a
+lock, so the Zarr write of one batch overlaps the inference of the next.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .decode import DecodeSettings, read_and_decode
 from .infer import InferActor, InferSettings
-from .sinks import MapWriterSettings, write_maps_batch
-from .storage import Location
+from .sinks import MapWriterSettings
+from .storage import Location, with_retries
 
 log = logging.getLogger(__name__)
+
+# max_retries / max_restarts / max_task_retries have no named map_batches parameter yet (Ray
+# 2.60 deprecates passing them as **ray_remote_args, without a replacement); they are set on
+# purpose, see EngineConfig.
+RETRY_ARGS_WARNING = ".*ray_remote_args.* is deprecated"
 
 
 @dataclass
@@ -38,15 +51,20 @@ class EngineConfig:
     cpus_per_actor: float = 1.0
     torch_threads: int | None = None  # CPU actors: None = cluster CPUs // max actors
     decode_cpus: float = 0.5  # per decode task; decode is I/O + PIL, mostly GIL-free
-    write_cpus: float = 0.25  # per map-writer task (I/O bound)
-    max_tasks_in_flight_per_actor: int = 2
+    # Rows per decode task: a task decodes ~2-3 ms of pixels per row on one core, so 64 rows
+    # keep Ray's per-task cost (~10-20 ms) small against the work; None = max(batch, 64).
+    decode_rows: int | None = None
+    # Batches queued at an actor (their blocks are fetched while the model runs) and, of
+    # those, how many run at once: one on the model, one writing its maps.
+    max_tasks_in_flight_per_actor: int = 3
+    concurrent_calls_per_actor: int = 2
     device: str | None = None
     amp: str | None = "auto"
     ray_address: str | None = None
     ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
     # Fault tolerance, set deliberately rather than left to Ray Data's defaults (which retry
     # crashed tasks and restart crashed actors forever, so a poison input loops the run):
-    task_max_retries: int = 3  # a decode / map-writer task whose worker process died
+    task_max_retries: int = 3  # a work-list read or decode task whose worker process died
     actor_max_restarts: int = 3  # an inference actor whose process died (OOM, segfault, kill)
     actor_max_task_retries: int = 3  # the batches it held, resubmitted to the restarted actor
 
@@ -97,15 +115,46 @@ def actor_pool(config: EngineConfig) -> tuple[int, int, float, float, int | None
     return low, high, per_gpu, config.cpus_per_actor, threads
 
 
+def read_work_row_groups(batch: dict[str, np.ndarray], work: Location, work_path: str) -> pa.Table:
+    """The rows of the work list's row groups ``batch["row_group"]``."""
+    def read() -> pa.Table:
+        with work.fs.open(work.fs_path(work_path), "rb") as handle:
+            return pq.ParquetFile(handle).read_row_groups([int(i) for i in batch["row_group"]])
+
+    return with_retries(read)
+
+
+def work_list_dataset(work: Location, work_path: str, max_retries: int = 3):
+    """The remaining-work Parquet file as a Dataset: one read task per row group.
+
+    Not ``ray.data.read_parquet``: for one small file, Ray 2.60's reader runs a listing task
+    and provisions 32 footer-reader actors first, ~5 s before the first row on 2 cores. The
+    work list is one file the driver just wrote (row groups of 4,096 rows), so its footer
+    is read here and the row groups are spread over plain tasks.
+    """
+    import ray
+
+    def row_group_count() -> int:
+        with work.fs.open(work.fs_path(work_path), "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_row_groups
+
+    groups = with_retries(row_group_count)
+    ds = ray.data.from_items([{"row_group": i} for i in range(groups)],
+                             override_num_blocks=max(1, groups))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
+        return ds.map_batches(read_work_row_groups,
+                              fn_kwargs={"work": work, "work_path": work_path},
+                              batch_size=1, batch_format="numpy", num_cpus=0.25,
+                              max_retries=max_retries)
+
+
 def build_dataset(work: Location, work_path: str, config: EngineConfig,
                   decode: DecodeSettings, infer: InferSettings, maps: MapWriterSettings):
     """The lazy Ray Data pipeline over the remaining work list."""
     low, high, gpus, cpus, threads = actor_pool(config)
     with warnings.catch_warnings():
-        # max_retries / max_restarts / max_task_retries have no named map_batches parameter
-        # yet (Ray 2.60 deprecates passing them as **ray_remote_args, without a replacement);
-        # they are set on purpose, see EngineConfig.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
         return _build_dataset(work, work_path, config, decode, infer, maps,
                               low, high, gpus, cpus, threads)
 
@@ -118,28 +167,30 @@ def _build_dataset(work: Location, work_path: str, config: EngineConfig, decode:
 
     infer = InferSettings(**{**infer.__dict__, "torch_threads": threads,
                              "device": config.device or infer.device})
-    filesystem = None if work.is_local else work.pyarrow_filesystem()
-    ds = ray.data.read_parquet(work.fs_path(work_path), filesystem=filesystem,
-                               partitioning=None, include_paths=False)
-    # The work list arrives as one or a few big blocks of URIs; cut it into blocks of about
-    # one batch so that decode tasks spread over the cluster (streaming, no shuffle).
-    ds = ds.repartition(target_num_rows_per_block=config.batch_size)
+    ds = work_list_dataset(work, work_path, config.task_max_retries)
+    # The work list arrives as one or a few big blocks of URIs; cut it into small blocks so
+    # that decode tasks spread over the cluster (streaming, no shuffle).
+    decode_rows = config.decode_rows or max(config.batch_size, 64)
+    ds = ds.repartition(target_num_rows_per_block=decode_rows)
     ds = ds.map_batches(read_and_decode, fn_kwargs={"settings": decode},
-                        batch_size=config.batch_size, batch_format="numpy",
+                        batch_size=decode_rows, batch_format="numpy",
                         num_cpus=config.decode_cpus, udf_modifying_row_count=False,
                         max_retries=config.task_max_retries)
+    # An actor task's output block is released only when the task ends, so actor tasks of one
+    # batch each let rows reach the driver (and be staged) as they are scored.
+    ds = ds.repartition(target_num_rows_per_block=config.batch_size)
+    calls = max(1, int(config.concurrent_calls_per_actor))
     ds = ds.map_batches(
-        InferActor, fn_constructor_kwargs={"settings": infer},
+        InferActor, fn_constructor_kwargs={"settings": infer, "maps": maps},
         batch_size=config.batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=low, max_size=high,
-                                  max_tasks_in_flight_per_actor=config.max_tasks_in_flight_per_actor),
+        compute=ActorPoolStrategy(
+            min_size=low, max_size=high,
+            max_tasks_in_flight_per_actor=max(calls, config.max_tasks_in_flight_per_actor),
+            # True threads: InferActor serialises the model itself and writes outside the lock.
+            max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1),
         num_gpus=gpus if gpus > 0 else None, num_cpus=cpus, udf_modifying_row_count=False,
         max_restarts=config.actor_max_restarts, max_task_retries=config.actor_max_task_retries,
     )
-    ds = ds.map_batches(write_maps_batch, fn_kwargs={"settings": maps},
-                        batch_size=config.batch_size, batch_format="numpy",
-                        num_cpus=config.write_cpus, udf_modifying_row_count=False,
-                        max_retries=config.task_max_retries)
     return ds
 
 

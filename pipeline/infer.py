@@ -11,11 +11,14 @@ float16 before it leaves the device, so little data flows downstream.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .sinks import MapWriterSettings, WriteMaps
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -121,9 +124,12 @@ class InferSettings:
 
 
 class InferActor:
-    """Ray Data actor: uint8 [N, S, S, 3] pixels -> scores + float16 [N, R, R] maps."""
+    """Ray Data actor: uint8 [N, S, S, 3] pixels -> scores + float16 [N, R, R] maps.
 
-    def __init__(self, settings: InferSettings):
+    With ``maps`` the maps are written to Zarr here and leave as ``write_s`` instead.
+    """
+
+    def __init__(self, settings: InferSettings, maps: MapWriterSettings | None = None):
         import torch
 
         t0 = time.perf_counter()
@@ -142,16 +148,28 @@ class InferActor:
         self.image_size = int(self.detector.image_size)
         self.pid = os.getpid()
         self.batches_seen = 0
+        self._model_lock = threading.Lock()
+        self._map_writer = WriteMaps(maps) if maps is not None else None
         # Reported once, with the first batch, so the driver can show actor start-up time.
         self._unreported_init_s = time.perf_counter() - t0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._model_lock:
+            self.batches_seen += 1
+            if self.settings.faults is not None:
+                self.settings.faults.on_actor_batch(self.batches_seen)
+            out = self.score(batch)
+        if self._map_writer is not None:
+            # A row leaves only once its map is durable: the driver stages rows (the
+            # exactly-once record) as soon as it sees them.
+            out = self._map_writer(out)
+        return out
+
+    def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Scores and maps of one batch (not thread-safe: ``__call__`` serialises it)."""
         import torch
         import torch.nn.functional as F
 
-        self.batches_seen += 1
-        if self.settings.faults is not None:
-            self.settings.faults.on_actor_batch(self.batches_seen)
         t0 = time.perf_counter()
         out = {name: value for name, value in batch.items() if name != "pixels"}
         n = len(batch["image_uri"])

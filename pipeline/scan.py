@@ -65,7 +65,7 @@ class ScanOptions:
     decode_cpus: float = 0.5
     device: str | None = None  # None: cuda when the actor sees a GPU, else cpu
     amp: str | None = "auto"  # autocast on CUDA: "auto" (bf16), "fp16", "off"
-    max_tasks_in_flight_per_actor: int = 2
+    max_tasks_in_flight_per_actor: int = 3
     # outputs
     map_size: int = 256
     write_maps: bool = True

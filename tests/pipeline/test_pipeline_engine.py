@@ -1,0 +1,33 @@
+"""Pieces of the Ray engine: reading the work list without Ray's Parquet reader."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vip2scan.pipeline.engine import work_list_dataset
+from vip2scan.pipeline.storage import Location
+
+
+def test_work_list_is_read_whole_and_in_order_across_row_groups(ray_ready, tmp_path):
+    rows = 1000
+    table = pa.table({"image_uri": [f"s3://lake/{i:05d}.png" for i in range(rows)],
+                      "map_index": pa.array(range(rows), pa.int64())})
+    pq.write_table(table, tmp_path / "work.parquet", row_group_size=128)  # 8 row groups
+    assert pq.ParquetFile(tmp_path / "work.parquet").metadata.num_row_groups == 8
+
+    ds = work_list_dataset(Location.of(str(tmp_path)), "work.parquet")
+    got = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert got.num_rows == rows
+    assert sorted(got["map_index"].to_pylist()) == list(range(rows))
+    assert got.sort_by("map_index").equals(table)
+
+
+def test_work_list_on_s3(ray_ready, s3_server, s3_bucket, tmp_path):
+    table = pa.table({"image_uri": ["a", "b", "c"], "map_index": pa.array([0, 1, 2], pa.int64())})
+    pq.write_table(table, tmp_path / "work.parquet")
+    s3_server.filesystem().put(str(tmp_path / "work.parquet"), f"{s3_bucket}/out/_staging/w.parquet")
+    work = Location.of(f"s3://{s3_bucket}/out", s3_server.storage_options)
+    ds = work_list_dataset(work, "_staging/w.parquet")
+    got = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert got.sort_by("map_index").equals(table)
