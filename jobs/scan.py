@@ -62,6 +62,8 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     rate = f", {summary.images_per_s:.1f} images/s" if summary.images_per_s else ""
     title = f"run {summary.run_id}: {summary.status}" if summary.run_id else summary.status.replace("_", " ")
     lines = [f"{title} in {summary.wall_s:.1f} s{rate}", f"  {shown}"]
+    if summary.model_id:
+        lines.append(f"  model {summary.model_id}")
     failed = int(counts.get("failed", 0) or 0)
     if failed:
         lines.append(f"  {failed} image(s) could not be scored (status='error' rows, with the reason)")
@@ -104,7 +106,8 @@ def scan(
     source: Annotated[str, typer.Argument(help="Image lake: s3://bucket/prefix, file:///dir or a local path.")],
     out: Annotated[str, typer.Option(help="Where scores/, maps/, runs/ go (path or URI).")],
     checkpoint: Annotated[Optional[str], typer.Option(
-        envvar="VIP2SCAN_CHECKPOINT", help="Our checkpoint directory or a released ViP2-CLIP .pth (path or URI).",
+        envvar="VIP2SCAN_CHECKPOINT",
+        help="Our checkpoint directory, a training run's output (its latest epoch) or a released ViP2-CLIP .pth (path or URI).",
         show_envvar=True)] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Override the checkpoint's OpenCLIP backbone.")] = None,
     weights: Annotated[Optional[str], typer.Option(
@@ -145,9 +148,13 @@ def scan(
         raise UsageError(MISSING_CHECKPOINT)
     actor_range = parse_actors(actors)  # usage errors first, before the heavy imports
     storage_options = storage_options_from_flags(storage_option)
+    from vip2scan.model.run_layout import resolve_checkpoint
     from vip2scan.pipeline import ScanOptions
     from vip2scan.pipeline import scan as run_scan
 
+    # A training run's output root means its latest epoch: resolved once, here, so every
+    # actor of the run loads the same epoch even if training writes a newer one meanwhile.
+    checkpoint = resolve_checkpoint(checkpoint, storage_options or None)
     bar = ProgressBar(progress and not dry_run)
     chosen = dict(
         backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, actors=actor_range,
