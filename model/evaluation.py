@@ -4,7 +4,7 @@ accumulation, separated so that the pass can also run on Ray Data (jobs/eval.py)
 Memory: records are scored grouped by category and, in exact mode, a category's maps
 are reduced to its metrics as soon as the next category starts, so memory holds one
 category's maps at a time. Streaming mode keeps fixed-size histograms instead
-(:class:`vip2scan.model.metrics.StreamingPixelMetrics`) and is chosen automatically
+(:class:`vip2scan.model.metrics_streaming.StreamingPixelMetrics`) and is chosen automatically
 when one category's maps would exceed :data:`EXACT_MAX_PIXELS`.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .metrics_table import CategoryMetrics, metrics_table
 from .training import has_pixel_truth, load_sample, prefetched, record_get
 
 # Exact pixel metrics sort every pixel of a category (about 25 bytes a pixel at the peak):
@@ -126,20 +127,20 @@ class EvalAccumulator:
             raise ValueError(f"mode must be exact or streaming, not {mode!r}")
         self.mode, self.calibrate = mode, calibrate
         self.finished: dict[str, dict] = {}
-        self.current: tuple[str, M.CategoryMetrics] | None = None
+        self.current: tuple[str, CategoryMetrics] | None = None
         self.n_images = 0
         self.scores: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.pooled = PooledPixelHistogram() if calibrate else None
 
-    def _metrics_for(self, category: str) -> M.CategoryMetrics:
+    def _metrics_for(self, category: str) -> CategoryMetrics:
         if self.current and self.current[0] == category:
             return self.current[1]
         self._finish_current()
         if category in self.finished:
             raise ValueError(f"category {category!r} came back after it was finalised: "
                              "batches must be grouped by category")
-        self.current = (category, M.CategoryMetrics(streaming=self.mode == "streaming"))
+        self.current = (category, CategoryMetrics(streaming=self.mode == "streaming"))
         return self.current[1]
 
     def _finish_current(self) -> None:
@@ -166,7 +167,7 @@ class EvalAccumulator:
 
     def result(self) -> EvalResult:
         self._finish_current()
-        rows = M.metrics_table(self.finished)
+        rows = metrics_table(self.finished)
         notes = []
         without = rows[-1].get("n_anomalous_without_mask", 0) if rows else 0
         if without:

@@ -1,7 +1,7 @@
-"""The paper's metrics (spec, "Metrics"), exact and streaming, numpy + scipy only.
+"""The paper's metrics (spec, "Metrics"), numpy + scipy only.
 
 Image level: AUROC, AP, F1-max. Pixel level: AUROC, AUPRO, F1-max, computed per
-category and then averaged over categories (:func:`metrics_table`).
+category and then averaged over categories (metrics_table.py).
 
 Conventions: functions take the truth first, like scikit-learn (``labels, scores`` or
 ``masks, maps``); masks may be bool, {0,1}/{0,255} integers or floats (binarised at
@@ -10,15 +10,14 @@ Conventions: functions take the truth first, like scikit-learn (``labels, scores
 Two pixel modes:
   * exact (:func:`pixel_auroc`, :func:`pixel_f1_max`, :func:`aupro`): all maps in
     memory; AUPRO equals the spec's per-threshold loop (:func:`aupro_loop`) to 1e-6.
-  * streaming (:class:`StreamingPixelMetrics`): memory independent of the number of
-    images; fixed bins on [0, 1], see its docstring for the deviation.
+  * streaming (:class:`~vip2scan.model.metrics_streaming.StreamingPixelMetrics`): memory
+    independent of the number of images; fixed bins on [0, 1], see its docstring for the
+    deviation.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from typing import Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -239,107 +238,6 @@ def aupro_loop(masks, maps, n_thresholds: int = N_THRESHOLDS, max_fpr: float = M
     return pro_curve_area(np.array(fprs), np.array(pros), max_fpr)
 
 
-# ---------------------------------------------------------------- streaming
-def _suffix(counts: np.ndarray) -> np.ndarray:
-    """s[k] = counts[k:].sum(), with s[len] = 0 -> [len + 1]."""
-    return np.r_[np.cumsum(counts[::-1])[::-1], 0.0]
-
-
-class StreamingPixelMetrics:
-    """Pixel AUROC, AUPRO and F1-max accumulated batch by batch in O(n_bins) memory.
-
-    Scores are clipped to [0, 1] (maps are probabilities) and counted in ``n_bins``
-    equal bins: normal-pixel counts, defect-pixel counts, and per bin the sum over
-    defect pixels of 1 / (area of the pixel's 8-connected region), plus the number of
-    regions and the running min / max score. From these:
-      * AUROC counts each bin as one tied score (ordering inside a bin is lost);
-      * F1-max takes the bin edges as thresholds;
-      * AUPRO uses the spec's thresholds between the running min and max; the counts
-        above a threshold are read from the bins, interpolated linearly inside the bin
-        the threshold falls in (scores assumed uniform within a bin).
-    Deviation from exact: only scores sharing a bin with a threshold (or with each
-    other) are treated approximately; with the default 2**16 bins it stays below 0.005
-    on the test data (tests/data/test_metrics.py), provided the maps span many bins
-    (a range much wider than 1 / n_bins). Regions never cross images, so batches may
-    be of any size; ``merge`` combines accumulators from parallel workers.
-    """
-
-    def __init__(self, n_bins: int = 1 << 16, n_thresholds: int = N_THRESHOLDS,
-                 max_fpr: float = MAX_FPR):
-        self.n_bins, self.n_thresholds, self.max_fpr = n_bins, n_thresholds, max_fpr
-        self.normal = np.zeros(n_bins)  # normal pixels per bin
-        self.defect = np.zeros(n_bins)  # defect pixels per bin
-        self.region_weight = np.zeros(n_bins)  # sum of 1 / region area per bin
-        self.n_regions = 0
-        self.lo, self.hi = math.inf, -math.inf
-
-    def update(self, maps, masks) -> None:
-        """Add maps float [N,H,W] (or [H,W]) with their masks [N,H,W]."""
-        masks, maps = _stack(masks, maps)
-        if maps.size == 0:
-            return
-        maps = np.clip(maps, 0.0, 1.0)
-        self.lo, self.hi = min(self.lo, float(maps.min())), max(self.hi, float(maps.max()))
-        bins = np.minimum((maps * self.n_bins).astype(np.int64), self.n_bins - 1)
-        labels, count, areas = _label_regions(masks)
-        self.n_regions += count
-        self.normal += np.bincount(bins[~masks], minlength=self.n_bins)
-        in_defect = bins[masks]
-        self.defect += np.bincount(in_defect, minlength=self.n_bins)
-        self.region_weight += np.bincount(in_defect, weights=1.0 / areas[labels[masks]],
-                                          minlength=self.n_bins)
-
-    def merge(self, other: "StreamingPixelMetrics") -> "StreamingPixelMetrics":
-        """Add another accumulator's counts (same n_bins) into this one; returns self."""
-        if other.n_bins != self.n_bins:
-            raise ValueError("cannot merge accumulators with different n_bins")
-        self.normal += other.normal
-        self.defect += other.defect
-        self.region_weight += other.region_weight
-        self.n_regions += other.n_regions
-        self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
-        return self
-
-    def _above(self, counts: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Approximate number of scores > t for thresholds t [T], from bin counts."""
-        pos = t * self.n_bins
-        k = np.clip(np.floor(pos).astype(np.int64), 0, self.n_bins - 1)
-        inside = np.clip(k + 1 - pos, 0.0, 1.0)  # part of bin k above t
-        return _suffix(counts)[k + 1] + counts[k] * inside
-
-    def aupro(self) -> float:
-        n_normal = self.normal.sum()
-        if self.n_regions == 0 or n_normal == 0 or not self.hi > self.lo:
-            return math.nan
-        t = pro_thresholds(self.lo, self.hi, self.n_thresholds)
-        fpr = self._above(self.normal, t) / n_normal
-        pro = self._above(self.region_weight, t) / self.n_regions
-        return pro_curve_area(fpr, pro, self.max_fpr)
-
-    def auroc(self) -> float:
-        n_pos, n_neg = self.defect.sum(), self.normal.sum()
-        if n_pos == 0 or n_neg == 0:
-            return math.nan
-        pos_above = _suffix(self.defect)[1:]
-        return float(np.sum(self.normal * (pos_above + 0.5 * self.defect)) / (n_pos * n_neg))
-
-    def f1_max(self) -> float:
-        n_pos = self.defect.sum()
-        if n_pos == 0:
-            return math.nan
-        tp, fp = _suffix(self.defect)[:-1], _suffix(self.normal)[:-1]
-        return float(np.max(2 * tp / (tp + fp + n_pos)))
-
-    def f1_max_threshold(self) -> float:
-        """Bin edge t where "score >= t" reaches F1-max (within 1 / n_bins of exact)."""
-        tp, fp = _suffix(self.defect)[:-1], _suffix(self.normal)[:-1]
-        return float(np.argmax(2 * tp / (tp + fp + self.defect.sum())) / self.n_bins)
-
-    def result(self) -> dict:
-        return {"pixel_auroc": self.auroc(), "pixel_aupro": self.aupro(),
-                "pixel_f1_max": self.f1_max()}
-
-
 class ImageMetrics:
     """Image AUROC / AP / F1-max, accumulated batch by batch (exact: keeps one float64
     score and one bool label per image, 9 bytes an image)."""
@@ -372,105 +270,3 @@ def pixel_metrics(masks, maps, n_thresholds: int = N_THRESHOLDS) -> dict:
     return {"pixel_auroc": _auroc_from_counts(tp, fp),
             "pixel_aupro": aupro(masks, maps, n_thresholds),
             "pixel_f1_max": _f1_max_from_counts(tp, fp)}
-
-
-class CategoryMetrics:
-    """Image and pixel metrics per category, exact (maps kept in memory) or streaming.
-
-    update(categories [N] str, scores [N], labels [N], maps [N,H,W] | None,
-    masks [N,H,W] | None, has_mask [N] bool | None). Anomalous images whose mask is
-    unknown (has_mask False) count for image metrics only and are reported as
-    ``n_anomalous_without_mask``.
-    """
-
-    def __init__(self, streaming: bool = False, n_bins: int = 1 << 16):
-        self.streaming, self.n_bins = streaming, n_bins
-        self.image: dict[str, ImageMetrics] = defaultdict(ImageMetrics)
-        self.pixel: dict[str, StreamingPixelMetrics] = {}
-        self.kept: dict[str, list] = defaultdict(list)  # exact mode: (maps, masks) chunks
-        self.counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3, np.int64))
-
-    def update(self, categories: Iterable[str], scores, labels, maps=None, masks=None,
-               has_mask=None) -> None:
-        categories = np.asarray(list(categories), dtype=object)
-        scores, labels = np.asarray(scores).ravel(), _binarise(labels).ravel()
-        has_mask = (np.ones(len(labels), bool) if has_mask is None
-                    else np.asarray(has_mask, bool).ravel())
-        for cat in dict.fromkeys(categories):  # first-seen order, each once
-            sel = categories == cat
-            self.image[cat].update(scores[sel], labels[sel])
-            self.counts[cat] += [sel.sum(), labels[sel].sum(), (labels & ~has_mask)[sel].sum()]
-            if maps is None:
-                continue
-            if masks is None:
-                raise ValueError("maps need their masks (all zero for normal images)")
-            # an anomalous image without a mask would pass its defect off as normal pixels
-            use = sel & (has_mask | ~labels)
-            m, s = _binarise(np.asarray(masks)[use]), np.asarray(maps)[use]
-            if self.streaming:
-                self.pixel.setdefault(cat, StreamingPixelMetrics(self.n_bins)).update(s, m)
-            else:  # float32 like the detector's maps: half the memory of float64
-                self.kept[cat].append((s.astype(np.float32, copy=False), m))
-
-    def results(self) -> dict[str, dict]:
-        """{category: {n_images, n_anomalous, n_anomalous_without_mask, image_*, pixel_*}}."""
-        out = {}
-        for cat in sorted(self.image):
-            n = self.counts[cat]
-            row = {"n_images": int(n[0]), "n_anomalous": int(n[1]),
-                   "n_anomalous_without_mask": int(n[2]), **self.image[cat].result()}
-            if cat in self.pixel:
-                row.update(self.pixel[cat].result())
-            elif self.kept.get(cat):
-                maps = np.concatenate([s for s, _ in self.kept[cat]])
-                row.update(pixel_metrics(np.concatenate([m for _, m in self.kept[cat]]), maps))
-            else:
-                row.update(dict.fromkeys(PIXEL_KEYS, math.nan))
-            out[cat] = row
-        return out
-
-    def table(self) -> list[dict]:
-        return metrics_table(self.results())
-
-    def calibrate(self) -> dict:
-        """Thresholds at F1-max over all categories pooled: {image_threshold,
-        pixel_threshold} (pixel NaN without maps; streaming: a bin edge)."""
-        images = ImageMetrics()
-        for acc in self.image.values():
-            images.merge(acc)
-        labels = np.concatenate(images.labels) if images.labels else np.zeros(0, bool)
-        out = {"image_threshold": (best_threshold(labels, np.concatenate(images.scores))
-                                   if labels.any() else math.nan), "pixel_threshold": math.nan}
-        if self.pixel:
-            pooled = StreamingPixelMetrics(self.n_bins)
-            for acc in self.pixel.values():
-                pooled.merge(acc)
-            if pooled.defect.sum():
-                out["pixel_threshold"] = pooled.f1_max_threshold()
-        elif self.kept:
-            chunks = [c for cat in self.kept.values() for c in cat]
-            masks = np.concatenate([m.ravel() for _, m in chunks])
-            if masks.any():
-                out["pixel_threshold"] = best_threshold(
-                    masks, np.concatenate([s.ravel() for s, _ in chunks]))
-        return out
-
-
-def metrics_table(per_category: Mapping[str, Mapping[str, float]], mean_name: str = "mean"
-                  ) -> list[dict]:
-    """Rows {"category": c, **metrics} per category (sorted), then a mean row.
-
-    The mean row averages each metric over the categories where it is defined (NaN
-    where none is); counts (keys starting with "n_") are summed instead.
-    """
-    rows = [{"category": c, **per_category[c]} for c in sorted(per_category)]
-    keys = list(dict.fromkeys(k for r in rows for k in r if k != "category"))
-    mean = {"category": mean_name}
-    for k in keys:
-        values = [r[k] for r in rows if k in r and r[k] is not None]
-        if k.startswith("n_"):
-            mean[k] = int(sum(values))
-        else:
-            finite = [float(v) for v in values if math.isfinite(float(v))]
-            mean[k] = float(np.mean(finite)) if finite else math.nan
-    return rows + [mean]

@@ -15,6 +15,8 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from defect_maps import disc_masks_and_maps
+
 from vip2scan.model.metrics import aupro, aupro_loop, pro_curve_area, pro_thresholds
 
 
@@ -37,17 +39,10 @@ def reference_structured_loop(masks, maps):
 
 
 def synthetic_maps(n, size, seed=0):
-    """Smooth random maps with 1-3 disc defects in 2 images out of 3 -> (masks, maps)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.ogrid[:size, :size]
-    masks = np.zeros((n, size, size), bool)
-    for i in range(n):
-        for _ in range(rng.integers(1, 4) if i % 3 else 0):
-            cy, cx = rng.integers(0, size, 2)
-            masks[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(3, size // 6) ** 2
-    maps = ndimage.gaussian_filter(rng.random((n, size, size), dtype=np.float32), (0, 4, 4))
-    maps += 0.05 * ndimage.gaussian_filter(masks.astype(np.float32), (0, 3, 3))
-    return masks, (maps - maps.min()) / (maps.max() - maps.min())
+    """1-3 disc defects in 2 images out of 3 on smooth noise -> (masks, float32 maps)."""
+    masks, maps = disc_masks_and_maps(n, size, seed, min_radius=3, radius_div=6, noise_blur=4,
+                                      signal=0.05, signal_blur=3)
+    return masks, maps.astype(np.float32)
 
 
 def timed(fn, *args, repeat=1):

@@ -10,7 +10,11 @@ from scipy import ndimage
 from sklearn.metrics import (auc, average_precision_score, precision_recall_curve,
                              roc_auc_score)
 
+from defect_maps import disc_masks_and_maps
+
 from vip2scan.model import metrics as M
+from vip2scan.model.metrics_streaming import StreamingPixelMetrics
+from vip2scan.model.metrics_table import CategoryMetrics, metrics_table
 
 EIGHT = np.ones((3, 3), int)
 FOUR = ndimage.generate_binary_structure(2, 1)
@@ -49,17 +53,9 @@ def sklearn_f1_max(y, s):
 
 
 def smooth_maps(n, size, seed, signal=0.08):
-    """Masks with 1-3 discs in 2 of 3 images; maps = smooth noise + a blurred defect bump."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.ogrid[:size, :size]
-    masks = np.zeros((n, size, size), bool)
-    for i in range(n):
-        for _ in range(rng.integers(1, 4) if i % 3 else 0):
-            cy, cx = rng.integers(0, size, 2)
-            masks[i] |= (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(2, size // 5) ** 2
-    maps = ndimage.gaussian_filter(rng.random((n, size, size)), (0, 2, 2))
-    maps += signal * ndimage.gaussian_filter(masks.astype(float), (0, 2, 2))
-    maps = (maps - maps.min()) / (maps.max() - maps.min())
+    """Maps in [0.1, 0.9]: smooth noise + a blurred defect bump (see defect_maps.py)."""
+    masks, maps = disc_masks_and_maps(n, size, seed, min_radius=2, radius_div=5, noise_blur=2,
+                                      signal=signal, signal_blur=2)
     return masks, (0.1 + 0.8 * maps).astype(np.float32)
 
 
@@ -180,14 +176,14 @@ def test_streaming_close_to_exact(seed, width):
     masks, maps = smooth_maps(30, 40, seed)
     maps = (0.5 + (maps - 0.5) * width / 0.8).astype(np.float32)  # width 0.01: ~650 bins used
     exact = M.pixel_metrics(masks, maps)
-    stream = M.StreamingPixelMetrics()
+    stream = StreamingPixelMetrics()
     for start in range(0, 30, 7):  # uneven batches
         stream.update(maps[start:start + 7], masks[start:start + 7])
     got = stream.result()
     for key in M.PIXEL_KEYS:
         assert abs(got[key] - exact[key]) < 0.005, (key, got[key], exact[key])
     # parallel workers' accumulators merge into the same numbers
-    a, b = M.StreamingPixelMetrics(), M.StreamingPixelMetrics()
+    a, b = StreamingPixelMetrics(), StreamingPixelMetrics()
     a.update(maps[:11], masks[:11])
     b.update(maps[11:], masks[11:])
     merged = a.merge(b).result()
@@ -196,7 +192,7 @@ def test_streaming_close_to_exact(seed, width):
 
 
 def test_streaming_memory_does_not_grow():
-    stream = M.StreamingPixelMetrics(n_bins=1024)
+    stream = StreamingPixelMetrics(n_bins=1024)
     masks, maps = smooth_maps(4, 16, seed=0)
     sizes = []
     for _ in range(5):
@@ -213,7 +209,7 @@ def test_image_accumulator_and_category_table():
     cats = ["a"] * 6 + ["b"] * 6
     has_mask = np.ones(12, bool)
     has_mask[1] = False  # an anomalous image whose mask is unknown
-    exact, stream = M.CategoryMetrics(), M.CategoryMetrics(streaming=True)
+    exact, stream = CategoryMetrics(), CategoryMetrics(streaming=True)
     for acc in (exact, stream):
         for start in (0, 5):
             sl = slice(start, start + 5) if start == 0 else slice(5, 12)
@@ -236,10 +232,10 @@ def test_image_accumulator_and_category_table():
         (res["a"]["image_auroc"] + res["b"]["image_auroc"]) / 2)
     assert table[-1]["n_images"] == 12
     # a metric undefined for one category is averaged over the others
-    rows = M.metrics_table({"x": {"pixel_aupro": 0.8}, "y": {"pixel_aupro": math.nan}})
+    rows = metrics_table({"x": {"pixel_aupro": 0.8}, "y": {"pixel_aupro": math.nan}})
     assert rows[-1]["pixel_aupro"] == pytest.approx(0.8)
     # image-only updates leave pixel metrics NaN
-    only = M.CategoryMetrics()
+    only = CategoryMetrics()
     only.update(["c"] * 4, [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     row = only.results()["c"]
     assert row["image_auroc"] == pytest.approx(0.75) and math.isnan(row["pixel_aupro"])
@@ -250,7 +246,7 @@ def test_calibrate_thresholds_reach_f1_max():
     labels = masks.any(axis=(1, 2))
     scores = maps.max(axis=(1, 2))
     cats = ["a", "b", "c"] * 3
-    exact, stream = M.CategoryMetrics(), M.CategoryMetrics(streaming=True)
+    exact, stream = CategoryMetrics(), CategoryMetrics(streaming=True)
     for acc in (exact, stream):
         acc.update(cats, scores, labels, maps, masks)
     got = exact.calibrate()
@@ -263,6 +259,6 @@ def test_calibrate_thresholds_reach_f1_max():
     streamed = stream.calibrate()
     assert streamed["image_threshold"] == got["image_threshold"]
     assert abs(streamed["pixel_threshold"] - got["pixel_threshold"]) < 0.01
-    none = M.CategoryMetrics()
+    none = CategoryMetrics()
     none.update(["a", "a"], [0.2, 0.3], [0, 0])
     assert all(math.isnan(v) for v in none.calibrate().values())
