@@ -22,10 +22,7 @@ def check_source(src: Location) -> None:
             if not os.path.isdir(src.path):
                 raise ScanError(f"source {src.display()} is not a directory")
             return
-        bucket = src.path.split("/", 1)[0]
-        if not src.fs.exists(bucket):
-            raise ScanError(f"source bucket {src.protocol}://{bucket} does not exist "
-                            "(or is not visible with these credentials)")
+        _require_bucket(src, "source")
     except ScanError:
         raise
     except PermissionError as exc:
@@ -34,23 +31,25 @@ def check_source(src: Location) -> None:
         raise ScanError(one_line(f"cannot reach source {src.display()}", exc)) from None
 
 
+def _require_bucket(location: Location, role: str) -> None:
+    bucket = location.path.split("/", 1)[0]
+    if not location.fs.exists(bucket):
+        raise ScanError(f"{role} bucket {location.protocol}://{bucket} does not exist "
+                        "(or is not visible with these credentials)")
+
+
 def check_out(out: Location, writable: bool) -> None:
     probe = f"_probe/{os.getpid()}-{time.time_ns()}"
     try:
         if not out.is_local:
-            bucket = out.path.split("/", 1)[0]
-            if not out.fs.exists(bucket):
-                raise ScanError(f"output bucket {out.protocol}://{bucket} does not exist "
-                                "(or is not visible with these credentials)")
+            _require_bucket(out, "output")
         if writable:
             out.write_bytes(b"probe", probe)
             out.remove(probe)
             out.remove("_probe", recursive=True)
     except ScanError:
         raise
-    except PermissionError as exc:
-        raise ScanError(one_line(f"output {out.display()} is not writable", exc)) from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - access denied or unreachable: either way, unusable
         raise ScanError(one_line(f"output {out.display()} is not writable", exc)) from None
 
 

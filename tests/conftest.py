@@ -7,7 +7,6 @@ subprocess, spoken to by s3fs over HTTP exactly as a production endpoint would b
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
+from local_servers import free_port
 
 # Fake, fixed credentials for moto. Set before any worker process starts so Ray
 # workers inherit them like they would inherit a node's real environment.
@@ -26,12 +26,6 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -131,3 +125,14 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("ckpt") / "vip2-tiny")
     Detector.from_config(DetectorConfig()).save_checkpoint(path)
     return path
+
+
+@pytest.fixture()
+def checkpoint_copy(tiny_checkpoint, tmp_path):
+    """A private copy of the session checkpoint, for tests that damage or edit it."""
+    import shutil
+    from pathlib import Path
+
+    copy = Path(tmp_path) / "ckpt"
+    shutil.copytree(tiny_checkpoint, copy)
+    return copy

@@ -1,36 +1,20 @@
-"""submit / jobs status / jobs logs against a real `ray start --head` with token authentication.
-
-The head runs with its own --temp-dir and ports and is stopped by signalling the
-`ray start --block` process we started (never `ray stop`, which would stop every Ray
-instance on the machine, other test sessions' included).
-"""
+"""submit / jobs status / jobs logs against a real `ray start --head` with token authentication
+(tests/ray_head.py: its own --temp-dir and ports, stopped without `ray stop`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from jobs_cli_helpers import VENV_BIN
+from local_servers import ray_head_process
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -47,49 +31,13 @@ def ray_head(tmp_path_factory):
     token_path.write_text(token)
     token_path.chmod(0o600)
     temp_dir = tempfile.mkdtemp(prefix="v2s-ray-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    dashboard_port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     env.update({"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0"})
-    command = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               "--node-ip-address", "127.0.0.1", "--port", str(_free_port()), "--num-cpus", "2",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-               "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-               "--ray-client-server-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
-               "--runtime-env-agent-port", str(_free_port()), "--temp-dir", temp_dir]
-    log = open(Path(temp_dir) / "ray-start.log", "wb")
-    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard_port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break  # answering, even if it wants a token
-        except OSError:
-            if head.poll() is not None or time.time() > deadline:
-                head.kill()
-                raise RuntimeError(f"ray head did not start: {(Path(temp_dir) / 'ray-start.log').read_text()[-2000:]}")
-            time.sleep(1)
-    try:
-        yield RayHead(address, token, {"RAY_ADDRESS": None, "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None,
-                                       "RAY_AUTH_TOKEN_PATH": str(token_path)})
-    finally:
-        # `ray start --block` stops its own node on SIGTERM; the node's processes share the
-        # process group we created (start_new_session), so anything left is ours to kill.
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the whole group is already gone
-        head.wait(timeout=15)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head_process(Path(temp_dir), env) as head:
+        yield RayHead(head.dashboard, token, {"RAY_ADDRESS": None, "RAY_AUTH_MODE": None,
+                                              "RAY_AUTH_TOKEN": None,
+                                              "RAY_AUTH_TOKEN_PATH": str(token_path)})
 
 
 def test_submit_runs_a_scan_as_a_ray_job(cli_subprocess, ray_head, converted_checkpoint, tmp_path) -> None:

@@ -7,19 +7,11 @@ import shutil
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from vip2scan.model.checkpoint_facts import (CheckpointFactsError, read_checkpoint_facts,
                                              safetensors_header)
-
-
-@pytest.fixture()
-def checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
-    copy = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, copy)
-    return copy
 
 
 def test_facts_agree_with_the_loaded_detector(tiny_checkpoint):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -42,13 +41,6 @@ def _evil_pth(path: Path, marker: Path) -> Path:
 def _torchscript(path: Path) -> Path:
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     return path
-
-
-@pytest.fixture()
-def checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
-    copy = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint, copy)
-    return copy
 
 
 def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path):

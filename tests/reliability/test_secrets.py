@@ -16,29 +16,19 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hostile_files import small_png
+from local_servers import ray_head_process
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sentinels() -> dict[str, str]:
@@ -77,49 +67,8 @@ def head(s3_server) -> Head:
     env.update(sentinels)
     env.update({"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
                 "RAY_USAGE_STATS_ENABLED": "0", "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url})
-    gcs_port, dash_port = _free_port(), _free_port()
-    command = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               "--node-ip-address", "127.0.0.1", "--port", str(gcs_port), "--num-cpus", "2",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", str(dash_port),
-               "--dashboard-agent-listen-port", str(_free_port()),
-               "--dashboard-agent-grpc-port", str(_free_port()),
-               "--ray-client-server-port", str(_free_port()),
-               "--metrics-export-port", str(_free_port()),
-               "--runtime-env-agent-port", str(_free_port()), "--temp-dir", str(temp_dir)]
-    log = open(temp_dir / "ray-start.log", "wb")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    dashboard = f"http://127.0.0.1:{dash_port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{dashboard}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break  # answering (it wants the token)
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError((temp_dir / "ray-start.log").read_text()[-2000:])
-            time.sleep(1)
-    try:
-        yield Head(f"127.0.0.1:{gcs_port}", dashboard, temp_dir, env)
-    finally:
-        # Stop only what we started: `ray start --block` ends its node on SIGTERM, and its
-        # processes share the session (process group) we created for it.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=15)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head_process(temp_dir, env) as started:
+        yield Head(started.gcs, started.dashboard, temp_dir, env)
 
 
 def _secret_values(env: dict[str, str], extra: list[str]) -> dict[str, str]:
