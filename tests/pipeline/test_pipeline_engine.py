@@ -31,3 +31,15 @@ def test_work_list_on_s3(ray_ready, s3_server, s3_bucket, tmp_path):
     ds = work_list_dataset(work, "_staging/w.parquet")
     got = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
     assert got.sort_by("map_index").equals(table)
+
+
+def test_object_store_budget_holds_a_fixed_number_of_decoded_batches_per_actor(ray_ready):
+    from vip2scan.pipeline.engine import (DECODED_BATCHES_PER_ACTOR, MIN_OBJECT_STORE_BUDGET,
+                                          EngineConfig, object_store_budget)
+
+    # Small CPU batches: the floor.
+    assert object_store_budget(EngineConfig(batch_size=32), 224) == MIN_OBJECT_STORE_BUDGET
+    # ViT-L at 518 px, batch 64, up to 4 actors: 16 decoded batches each, whatever the lake.
+    big = EngineConfig(batch_size=64, actors=(1, 4))
+    assert object_store_budget(big, 518) == DECODED_BATCHES_PER_ACTOR * 4 * 64 * 518 * 518 * 3
+    assert object_store_budget(EngineConfig(object_store_budget_mb=300), 518) == 300 * 2**20
