@@ -112,8 +112,11 @@ def scan_options(params: BenchParams, device: str, storage_options: dict) -> Any
     knobs = {"actors": params.actors, "cpus_per_actor": params.cpus_per_actor,
              "decode_cpus": params.decode_cpus, "torch_threads": params.torch_threads,
              "max_tasks_in_flight_per_actor": params.max_tasks_in_flight}
+    # The pipeline's actor runs the model as the bare measurement does.
     return ScanOptions(batch_size=params.batch_size, device=device, storage_options=dict(storage_options),
-                       engine=params.engine, **{k: v for k, v in knobs.items() if v is not None})
+                       engine=params.engine, channels_last=params.channels_last,
+                       compile=params.compile_model,
+                       **{k: v for k, v in knobs.items() if v is not None})
 
 
 class ProgressClock:
@@ -300,7 +303,7 @@ def bench(
         help="local, s3 (moto on 127.0.0.1 unless --s3-endpoint) or both.")] = "both",
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     batch_size: Annotated[int, typer.Option(
-        min=1, help="Images per inference batch (bare model and pipeline).")] = 16,
+        min=1, help="Images per inference batch (bare model and pipeline; the scan's default).")] = 32,
     scale: Annotated[bool, typer.Option(
         "--scale", help="Also measure peak RSS at 2,000 and 20,000 images.")] = False,
     scale_images: Annotated[Optional[str], typer.Option(
@@ -313,8 +316,9 @@ def bench(
     s3_endpoint: Annotated[Optional[str], typer.Option(
         help="Existing S3 endpoint (credentials from AWS_* env).")] = None,
     channels_last: Annotated[bool, typer.Option(
-        "--channels-last", help="Bare model in channels_last layout.")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="Bare model through torch.compile.")] = False,
+        "--channels-last", help="Model input in channels_last layout (bare model and pipeline).")] = False,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="Model through torch.compile (bare model and pipeline).")] = False,
     keep_outputs: Annotated[bool, typer.Option("--keep-outputs", help="Keep the scans' OUT folders.")] = False,
     bare_seconds: Annotated[float, typer.Option(min=0.1, help="Seconds per bare-model window.")] = 3.0,
     actors: Annotated[Optional[int], typer.Option(help="Pipeline knob: inference actors.")] = None,

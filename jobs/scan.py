@@ -117,6 +117,10 @@ def scan(
     actors: Annotated[Optional[str], typer.Option(
         metavar="N|MIN..MAX", help="Inference actors (default: one per GPU, else sized to the CPUs).")] = None,
     gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs each actor reserves (0 for CPU).")] = None,
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the model in each actor (GPU; costs a warm-up per actor).")] = False,
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="Feed the model channels_last input (skips one copy per batch).")] = False,
     map_size: Annotated[int, typer.Option(min=1, help="Stored anomaly-map resolution (square).")] = 256,
     maps: Annotated[bool, typer.Option("--maps/--no-maps", help="Write anomaly maps to Zarr.")] = True,
     threshold: Annotated[Optional[float], typer.Option(
@@ -158,7 +162,8 @@ def scan(
     bar = ProgressBar(progress and not dry_run)
     chosen = dict(
         backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, actors=actor_range,
-        gpus_per_actor=gpus_per_actor, map_size=map_size, write_maps=maps, threshold=threshold,
+        gpus_per_actor=gpus_per_actor, compile=compile_model or None,
+        channels_last=channels_last or None, map_size=map_size, write_maps=maps, threshold=threshold,
         pixel_threshold=pixel_threshold, full=full, limit=limit, dry_run=dry_run, retry_errors=retry_errors,
         manifest=manifest, include=tuple(include or ()), exclude=tuple(exclude or ()),
         storage_options=storage_options, ray_address=ray_address, wait=wait, max_image_pixels=max_image_pixels,

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from .infer import prepare_for_device
+
 WARMUP_BATCHES = 2
 # A warm measurement shorter than this is dominated by timer and scheduling noise.
 MIN_MEASURE_S = 3.0
@@ -61,21 +63,6 @@ def torch_threads(count: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-
-
-def prepare_for_device(detector: Any, channels_last: bool = False, compile_model: bool = False) -> Any:
-    """Apply the GPU-path options to a detector: channels_last layout and torch.compile.
-
-    channels_last only changes the patch-embedding convolution's layout (the rest of a ViT is
-    matmuls), so it is an option to measure, not a default. Returns the callable to run.
-    """
-    import torch
-
-    if channels_last:
-        detector = detector.to(memory_format=torch.channels_last)
-    if compile_model:
-        return torch.compile(detector, dynamic=False)
-    return detector
 
 
 def measure_bare_model(detector: Any, batch_size: int, *, device: str = "cpu",

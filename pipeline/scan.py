@@ -57,7 +57,7 @@ class ScanOptions:
     threshold: float | None = None  # image threshold; default: checkpoint's, else 0.5
     pixel_threshold: float | None = None  # pixel threshold; default: checkpoint's, else 0.5
     # compute
-    batch_size: int = 16
+    batch_size: int = 32  # CPU (2 cores, vip2-tiny): 36 img/s end to end vs 33 at 16
     actors: tuple[int, int] | None = None  # (min, max) inference actors
     gpus_per_actor: float | None = None  # None: 1 per actor when the cluster has GPUs
     cpus_per_actor: float = 1.0
@@ -65,6 +65,8 @@ class ScanOptions:
     decode_cpus: float = 0.5
     device: str | None = None  # None: cuda when the actor sees a GPU, else cpu
     amp: str | None = "auto"  # autocast on CUDA: "auto" (bf16), "fp16", "off"
+    channels_last: bool = False  # model input layout (only the patch embedding cares)
+    compile: bool = False  # torch.compile the detector in each actor (worth it on GPUs)
     max_tasks_in_flight_per_actor: int = 3
     # outputs
     map_size: int = 256
@@ -427,6 +429,8 @@ def _run_pipeline(out: Location, plan: Plan, remaining_path: str, left: int, sta
                             max_object_bytes=opts.max_object_bytes, faults=fault_hooks)
     infer = InferSettings(model=spec, map_size=plan.map_size, image_threshold=plan.image_threshold,
                           pixel_threshold=plan.pixel_threshold, device=opts.device, amp=opts.amp,
+                          channels_last=opts.channels_last, compile=opts.compile,
+                          batch_size=opts.batch_size,
                           expected_model_id=plan.model_id, faults=fault_hooks)
     maps = MapWriterSettings(out_uri=out.uri, store_name=plan.map_store,
                              storage_options=dict(out.storage_options) or None,

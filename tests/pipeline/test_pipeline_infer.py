@@ -93,3 +93,30 @@ def test_two_threads_calling_one_actor_get_the_serial_results(settings, tmp_path
     written = open_maps_array(out, maps.store_name)[:]
     ok = np.concatenate([b["status"] == "ok" for b in batches])
     assert np.isfinite(written[ok]).all()
+
+
+def test_channels_last_input_gives_the_same_scores(settings):
+    from dataclasses import replace
+
+    batch = _batches()[0]
+    plain = InferActor(settings)(dict(batch))
+    channels_last = InferActor(replace(settings, channels_last=True))(dict(batch))
+    np.testing.assert_allclose(plain["image_score"], channels_last["image_score"], rtol=1e-4,
+                               equal_nan=True)
+    np.testing.assert_allclose(plain["map"], channels_last["map"], atol=2e-3)
+
+
+def test_short_batches_are_padded_for_a_compiled_model(settings):
+    """A compiled model sees one static batch size; the padding rows never reach the output."""
+    from dataclasses import replace
+
+    actor = InferActor(replace(settings, batch_size=BATCH + 2))
+    actor.settings = replace(actor.settings, compile=True)  # padding on, without compiling
+    seen = []
+    model = actor.run
+    actor.run = lambda images: (seen.append(images.shape[0]), model(images))[1]
+    padded = actor(dict(_batches()[1]))
+    plain = InferActor(settings)(dict(_batches()[1]))
+    assert seen == [BATCH + 2]
+    np.testing.assert_allclose(padded["image_score"], plain["image_score"], rtol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(padded["map"], plain["map"], atol=2e-3)
