@@ -4,7 +4,10 @@ The lease is a small JSON object (token, run_id, host, pid, heartbeat, expiry), 
 if absent (O_EXCL locally, If-None-Match on S3) and refreshed by a heartbeat thread. A lease
 whose expiry has passed (its holder died) is taken over. Losing the lease (someone took it
 over because our heartbeats stopped) is detected by the heartbeat and surfaces as
-:class:`LeaseLost` at the next :meth:`Lease.check`.
+:class:`LeaseLost` at the next :meth:`Lease.check`. On S3 a heartbeat replaces the lease
+only if it is still the version the heartbeat read (If-Match), so a takeover that lands
+between the read and the write is never overwritten; a local OUT (one machine) has no
+conditional replace, and that window remains there.
 """
 
 from __future__ import annotations
@@ -47,15 +50,20 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 def read_lease(out: Location) -> dict[str, Any] | None:
     """The current lease content, None if there is none, {} if it is unreadable."""
+    return read_lease_versioned(out)[0]
+
+
+def read_lease_versioned(out: Location) -> tuple[dict[str, Any] | None, str | None]:
+    """(content as in :func:`read_lease`, the version tag a conditional replace needs)."""
     try:
-        data = out.read_bytes(LOCK_NAME)
+        data, version = out.read_versioned(LOCK_NAME)
     except FileNotFoundError:
-        return None
+        return None, None
     try:
         content = json.loads(data)
-        return content if isinstance(content, dict) else {}
+        return (content if isinstance(content, dict) else {}), version
     except ValueError:
-        return {}
+        return {}, version
 
 
 def lease_expired(content: dict[str, Any], now: dt.datetime | None = None) -> bool:
@@ -141,12 +149,17 @@ class Lease:
         with self._write_lock:
             if self._lost:
                 return
-            content = read_lease(self.out)
-            if not content or content.get("token") != self.token:
-                self._lost = (f"lease on {self.out.display()} was taken over by "
-                              f"{(content or {}).get('host', 'another process')}")
+            content, version = read_lease_versioned(self.out)
+            if content and content.get("token") == self.token and \
+                    self.out.replace_if_unchanged(self._content(), version, LOCK_NAME):
                 return
-            self.out.write_bytes(self._content(), LOCK_NAME)
+            # Not ours, or replaced between our read and our write (on S3 the write is
+            # conditional on the version we read, so a takeover there is never overwritten).
+            content = read_lease(self.out)
+            if content and content.get("token") == self.token:
+                return  # only our own earlier write changed the version: beat again next time
+            self._lost = (f"lease on {self.out.display()} was taken over by "
+                          f"{(content or {}).get('host', 'another process')}")
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()

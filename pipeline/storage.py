@@ -71,6 +71,12 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in TRANSIENT_MARKERS)
 
 
+def _precondition_failed(exc: BaseException) -> bool:
+    """S3's 412 for a conditional write or read (s3fs raises it as OSError(EINVAL, ...))."""
+    return isinstance(exc, OSError) and (exc.errno == errno.EINVAL
+                                         or "precondition" in str(exc).lower())
+
+
 def with_retries(
     fn: Callable[..., T],
     *args: Any,
@@ -279,8 +285,40 @@ class Location:
             with_retries(self.fs.pipe_file, path, data, mode="create")
         except FileExistsError:
             return False
-        except OSError as exc:  # some servers answer 412 without the code s3fs maps
-            if "precondition" in str(exc).lower() or exc.errno == errno.EINVAL:
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
+        return True
+
+    def read_versioned(self, *parts: str) -> tuple[bytes, str | None]:
+        """An object's bytes and the version tag a conditional replace needs (S3: the
+        ETag of exactly these bytes; local files: None)."""
+        if self.protocol not in ("s3", "s3a"):
+            return self.read_bytes(*parts), None
+        path = self.fs_path(*parts)
+
+        def get() -> tuple[bytes, str | None]:
+            # s3fs reads an open file with If-Match on the ETag it saw when opening it, so
+            # the bytes are exactly that version's (a replace in between fails the read,
+            # and it is repeated).
+            with self.fs.open(path, "rb") as handle:
+                return handle.read(), handle.details.get("ETag")
+
+        return with_retries(get, retry_if=lambda exc: is_transient(exc) or _precondition_failed(exc))
+
+    def replace_if_unchanged(self, data: bytes, version: str | None, *parts: str) -> bool:
+        """Overwrite an object only if it is still at ``version`` (S3 If-Match); False if
+        someone replaced it since. Without a version (local files) it simply overwrites."""
+        if version is None:
+            self.write_bytes(data, *parts)
+            return True
+        try:
+            with_retries(self.fs.pipe_file, self.fs_path(*parts), data, IfMatch=version)
+        except (FileExistsError, FileNotFoundError):
+            return False
+        except OSError as exc:
+            if _precondition_failed(exc):
                 return False
             raise
         return True

@@ -144,3 +144,45 @@ def test_heartbeat_extends_and_detects_takeover(tmp_path):
         lease.check()
     lease.release()
     assert read_lease(out)["token"] == "intruder"  # never deletes someone else's lease
+
+
+def test_a_takeover_between_heartbeat_read_and_write_is_not_overwritten_on_s3(s3_server, monkeypatch):
+    """The heartbeat reads the lease, a second scan takes it over (the first looked dead),
+    then the heartbeat writes: with If-Match on S3 the write fails and the first scan
+    learns it lost the lease, instead of silently taking it back from the second."""
+    from vip2scan.pipeline import lock
+
+    bucket = s3_server.make_bucket(f"lease-race-{int(time.time() * 1000) % 10**8}")
+    out = Location.of(f"s3://{bucket}/out", s3_server.storage_options)
+    first = Lease(out, ttl_s=60, heartbeat_s=3600).acquire()  # beats only when told to
+    intruder = {"token": "second-scan", "host": "other-host",
+                "expires_at": "2999-01-01T00:00:00+00:00"}
+    real_read = lock.read_lease_versioned
+
+    def read_then_takeover(location):
+        seen = real_read(location)
+        location.write_bytes(json.dumps(intruder).encode(), "_lock")  # lands in between
+        return seen
+
+    monkeypatch.setattr(lock, "read_lease_versioned", read_then_takeover)
+    first._beat()
+    monkeypatch.setattr(lock, "read_lease_versioned", real_read)
+    assert read_lease(out)["token"] == "second-scan"
+    with pytest.raises(LeaseLost, match="other-host"):
+        first.check()
+    first.release()
+    assert read_lease(out)["token"] == "second-scan"
+
+
+def test_heartbeat_on_s3_extends_the_lease(s3_server):
+    bucket = s3_server.make_bucket(f"lease-beat-{int(time.time() * 1000) % 10**8}")
+    out = Location.of(f"s3://{bucket}/out", s3_server.storage_options)
+    lease = Lease(out, ttl_s=60, heartbeat_s=3600).acquire()
+    before = read_lease(out)["expires_at"]
+    time.sleep(0.01)
+    lease._beat()
+    lease._beat()
+    assert read_lease(out)["expires_at"] > before and read_lease(out)["token"] == lease.token
+    lease.check()
+    lease.release()
+    assert read_lease(out) is None
