@@ -281,8 +281,12 @@ class Location:
                 fh.flush()
                 os.fsync(fh.fileno())
             return True
+        return self._conditional_put(path, data, mode="create")
+
+    def _conditional_put(self, path: str, data: bytes, **condition: Any) -> bool:
+        """One PUT with an S3 precondition; False when the precondition failed (412)."""
         try:
-            with_retries(self.fs.pipe_file, path, data, mode="create")
+            with_retries(self.fs.pipe_file, path, data, **condition)
         except FileExistsError:
             return False
         except OSError as exc:
@@ -314,14 +318,9 @@ class Location:
             self.write_bytes(data, *parts)
             return True
         try:
-            with_retries(self.fs.pipe_file, self.fs_path(*parts), data, IfMatch=version)
-        except (FileExistsError, FileNotFoundError):
-            return False
-        except OSError as exc:
-            if _precondition_failed(exc):
-                return False
-            raise
-        return True
+            return self._conditional_put(self.fs_path(*parts), data, IfMatch=version)
+        except FileNotFoundError:
+            return False  # removed since: not ours to write any more
 
     def exists(self, *parts: str) -> bool:
         return with_retries(self.fs.exists, self.fs_path(*parts))
