@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .storage import get_filesystem, redact, split_protocol, with_retries
+from .storage import credential_error_code, get_filesystem, redact, split_protocol, with_retries
 from vip2scan.model.preprocess import resize_to_model  # light: no torch import
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # PIL's own default bomb limit (about 13k x 13k)
 # Objects larger than this are error rows, never read: no image within the pixel limit needs
 # more (178 Mpx x 4 bytes uncompressed is 716 MB), and reading one is a whole RAM's worth.
 DEFAULT_MAX_OBJECT_BYTES = 1 << 30
+# Error text of a row whose read was refused for the credentials, not for the object: the
+# scan's driver stops the run on such a row rather than record it (see scan.py).
+CREDENTIALS_REJECTED = "credentials rejected"
 # Bytes a decode task holds at once: a batch's objects are fetched in groups up to this size
 # (always at least one object), so a batch of large images does not sit in memory together.
 DEFAULT_MAX_BATCH_READ_BYTES = 256 << 20
@@ -239,7 +242,9 @@ class ReadDecode:
                     error: np.ndarray, read_bytes: np.ndarray) -> None:
         if isinstance(blob, BaseException):
             status[i] = "error"
-            reason = "object not found" if isinstance(blob, FileNotFoundError) else \
+            credentials = credential_error_code(blob)
+            reason = f"{CREDENTIALS_REJECTED} ({credentials})" if credentials else \
+                "object not found" if isinstance(blob, FileNotFoundError) else \
                 "access denied" if isinstance(blob, PermissionError) else "read failed"
             error[i] = one_line(f"{reason}: {one_line(blob)}")
             return

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import faults
-from .decode import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_OBJECT_BYTES, DecodeSettings
+from .decode import (CREDENTIALS_REJECTED, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_OBJECT_BYTES,
+                     DecodeSettings)
 from .engine import EngineConfig, run_engine
 from .failures import engine_failure_line
 from .infer import InferSettings, ModelSpec, model_facts, resolve_thresholds
@@ -163,6 +164,16 @@ def _sum(table: pa.Table, name: str) -> float:
     if name not in table.column_names:
         return 0.0
     return float(np.nansum(table.column(name).to_numpy(zero_copy_only=False)))
+
+
+def _credentials_refused(table: pa.Table) -> tuple[str, str] | None:
+    """(image_uri, error) of the first row whose read was refused for the credentials."""
+    if "error" not in table.column_names:
+        return None
+    for uri, error in zip(table.column("image_uri").to_pylist(), table.column("error").to_pylist()):
+        if error and str(error).startswith(CREDENTIALS_REJECTED):
+            return uri, str(error)
+    return None
 
 
 def _fault_kill_after() -> int | None:
@@ -411,6 +422,14 @@ def _run_pipeline(out: Location, plan: Plan, remaining_path: str, left: int, sta
             clock.add(stage, _sum(table, name))
         io["objects_read"] += table.num_rows
         io["bytes_read"] += int(_sum(table, "read_bytes"))
+        refused = _credentials_refused(table)
+        if refused:
+            # Not recorded: these rows say nothing about the objects, and a rerun with
+            # valid credentials resumes this run and scans them.
+            raise ScanError(redact(" ".join(
+                f"stopping run {plan.run_id}: the source rejected the credentials reading "
+                f"{refused[0]} ({refused[1]}); {done} rows are staged, rerun with valid "
+                "credentials to resume".split())))
         writer.add(scores_table(table, run_id=plan.run_id, model_id=plan.model_id,
                                 scanned_at=now, map_store=plan.map_store))
         done += table.num_rows

@@ -71,6 +71,26 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in TRANSIENT_MARKERS)
 
 
+# S3 answers that are about the caller's credentials, never about one object: a run that
+# meets one stops (its credentials expired or were rotated) instead of turning every
+# remaining object into an error row. (AccessDenied stays per object: it can be an ACL.)
+CREDENTIAL_ERROR_CODES = frozenset({
+    "ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
+})
+
+
+def credential_error_code(exc: BaseException) -> str | None:
+    """The S3 error code when ``exc`` says the credentials themselves were rejected."""
+    for err in (exc, exc.__cause__):
+        code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
+        if code in CREDENTIAL_ERROR_CODES:
+            return code
+    if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return type(exc).__name__
+    return None
+
+
 def _precondition_failed(exc: BaseException) -> bool:
     """S3's 412 for a conditional write or read (s3fs raises it as OSError(EINVAL, ...))."""
     return isinstance(exc, OSError) and (exc.errno == errno.EINVAL

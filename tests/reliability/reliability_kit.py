@@ -45,7 +45,9 @@ class FaultPlan:
     - ``deny``: reads of these objects always fail with 403 AccessDenied;
     - ``fail_write_once``: the first write matching each pattern fails with a transient error
       (pipe/pipe_file/put_file/open for writing; and Zarr chunk writes for patterns that match
-      a Zarr key such as ``maps/c/``).
+      a Zarr key such as ``maps/c/``);
+    - ``expire``: after ``expire_after`` reads of paths matching these patterns, every further
+      read of them fails with ExpiredToken (the run's credentials expired mid-run).
     """
 
     state_dir: str
@@ -53,6 +55,8 @@ class FaultPlan:
     vanish: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     fail_write_once: tuple[str, ...] = field(default_factory=tuple)
+    expire: tuple[str, ...] = ()
+    expire_after: int = 0
 
     def __call__(self, fs: Any) -> Any:
         return FaultyFS(fs, self)
@@ -99,6 +103,16 @@ class FaultPlan:
         if any(p in path for p in self.deny):
             self._log(f"deny {path}")
             return s3_error("AccessDenied", 403)
+        if any(p in path for p in self.expire):
+            with self._locked("expiring-reads.count") as fh:
+                fh.seek(0)
+                count = int(fh.read() or 0) + 1
+                fh.seek(0)
+                fh.truncate()
+                fh.write(str(count))
+            if count > self.expire_after:
+                self._log(f"expired {path}")
+                return s3_error("ExpiredToken", 400)
         if not self.read_every:
             return None
         with self._locked("reads.count") as fh:

@@ -163,3 +163,40 @@ def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_server, s3_bucket
     finally:
         lease.release()
     assert read_lease(out) is None
+
+
+@pytest.mark.parametrize("engine", ["ray", "local"])
+def test_credentials_expiring_mid_run_stop_it_and_a_rerun_resumes(engine, s3_server, ray_for_faults,
+                                                                  tiny_checkpoint, tmp_path):
+    """ExpiredToken is about the run, not the object: the scan stops in one line instead of
+    writing an error row for every remaining object, records none of the refused reads, and
+    a rerun with working credentials resumes the same run and scores everything once."""
+    import time
+
+    from vip2scan.pipeline import ScanError
+
+    n = 40
+    bucket = s3_server.make_bucket(f"expire-{int(time.time() * 1000) % 10**8}")
+    fs = s3_server.filesystem()
+    for i in range(n):
+        fs.pipe_file(f"{bucket}/lake/x{i:02d}.png", small_png(300 + i))
+    lake, out = f"s3://{bucket}/lake", f"s3://{bucket}/out"
+    options = dict(batch_size=8, map_size=16, stage_rows=8, storage_options=s3_server.storage_options,
+                   engine=engine)
+    plan = FaultPlan(state_dir=str(tmp_path / "state"), expire=(f"{bucket}/lake/",), expire_after=12)
+
+    started = time.monotonic()
+    with pytest.raises(ScanError) as raised:
+        scan(lake, out, tiny_checkpoint, ScanOptions(**options, fs_wrapper=plan))
+    message = str(raised.value)
+    assert "\n" not in message and "rejected the credentials" in message and "ExpiredToken" in message
+    assert s3_server.key not in message and s3_server.secret not in message
+    assert time.monotonic() - started < 120
+    assert any(e.startswith("expired") for e in plan.events())
+
+    summary = scan(lake, out, tiny_checkpoint, ScanOptions(**options))
+    assert summary.status == "complete" and summary.resumed
+    rows = read_scores(out, s3_server.storage_options).to_pylist()
+    assert sorted(r["image_uri"] for r in rows) == sorted(f"{lake}/x{i:02d}.png" for i in range(n))
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+    assert verify(out, s3_server.storage_options).ok
