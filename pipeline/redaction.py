@@ -1,13 +1,15 @@
 """Keeping credentials out of every message, record and log line.
 
-:func:`redact` removes URI userinfo (with or without the scheme), signed-URL parameters and
-every credential value this process knows: values registered from storage options and URIs,
-and the standard credential environment variables. :func:`public_options` masks credential
-option values for records.
+:func:`redact` removes URI userinfo (with or without the scheme), signed-URL parameters,
+credential-bearing HTTP headers and AWS access key ids, and every credential value this
+process knows: values registered from storage options and URIs, and the standard credential
+environment variables. :func:`public_options` masks credential option values for records.
+:func:`install_log_redaction` passes every log record of the process through :func:`redact`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -74,11 +76,23 @@ _SIGNED_QUERY = re.compile(
 )
 
 
+# botocore's DEBUG log prints each request's headers, e.g. {'X-Amz-Security-Token': b'...',
+# 'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA.../...'}; credentials from an instance
+# role or a credentials file are not known to this process by value, so match them by form.
+_SECRET_HEADERS = re.compile(
+    r"(?i)((?:x-amz-security-token|authorization|x-goog-api-key|x-ms-authorization)"
+    r"['\"]?\s*[:=]\s*(?:b?['\"])?)([^'\",}\s][^'\",}]*)")
+_AWS_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+
+
 def redact(text: str) -> str:
-    """Remove credentials from text: URI userinfo, signed-URL parameters, known secret values."""
+    """Remove credentials from text: URI userinfo, signed-URL parameters, credential headers,
+    AWS access key ids, known secret values."""
     text = _USERINFO.sub(r"\g<scheme>***@", str(text))
     text = _BARE_USERINFO.sub("***@", text)
     text = _SIGNED_QUERY.sub(r"\1***", text)
+    text = _SECRET_HEADERS.sub(r"\1***", text)
+    text = _AWS_ACCESS_KEY_ID.sub("***", text)
     env_values = [os.environ.get(name) for name in SECRET_ENV_NAMES]
     with _secret_lock:
         values = set(_secret_values)
@@ -100,3 +114,33 @@ def public_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         else:
             clean[name] = redact(str(value)) if isinstance(value, str) else value
     return clean
+
+
+_log_redaction_installed = False
+
+
+def install_log_redaction() -> None:
+    """Pass every log record this process creates through :func:`redact` (idempotent).
+
+    Libraries log credentials at DEBUG: botocore logs every request's headers, the session
+    token among them. Redacting at record creation (a record factory, not a handler filter)
+    covers every logger and every handler, including handlers configured later; it costs
+    nothing for levels that are off, since no record is made for them.
+    """
+    global _log_redaction_installed
+    with _secret_lock:
+        if _log_redaction_installed:
+            return
+        _log_redaction_installed = True
+    make_record = logging.getLogRecordFactory()
+
+    def redacting_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logger's problem
+            return record
+        record.msg, record.args = redact(message), None
+        return record
+
+    logging.setLogRecordFactory(redacting_record)

@@ -31,7 +31,8 @@ from fsspec.spec import AbstractFileSystem
 
 # Redaction lives in .redaction; re-exported here, where callers have always found it.
 from .redaction import (SECRET_ENV_NAMES, SECRET_OPTION_NAMES,  # noqa: F401
-                        _secret_option_values, public_options, redact, register_secrets,
+                        _secret_option_values, install_log_redaction, public_options, redact,
+                        register_secrets,
                         register_uri_secrets)
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ def get_filesystem(
     """The process-local filesystem for ``protocol`` + options (built once per process)."""
     options = dict(storage_options or {})
     register_secrets(_secret_option_values(options))
+    install_log_redaction()  # before any storage client can log a request
     # The pid is part of the key: a forked child must never reuse its parent's async fs.
     key = (os.getpid(), protocol, _freeze(options), _wrapper_key(wrapper),
            os.environ.get(WRAPPER_ENV))

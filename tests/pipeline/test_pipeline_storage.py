@@ -87,6 +87,20 @@ def test_redaction_and_public_options():
     assert public_options(options) == {"key": "***", "secret": "***", "endpoint_url": "http://x"}
 
 
+def test_redaction_of_credentials_never_registered_by_value():
+    """What botocore's DEBUG log prints for an instance-role request, and bare key ids."""
+    logged = ("headers={'X-Amz-Security-Token': b'IQoJb3JpZ2luX2VjEJr//////wEaCXVz', "
+              "'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261129/"
+              "us-east-1/s3/aws4_request, SignedHeaders=host', 'User-Agent': b'Boto3'}")
+    clean = redact(logged)
+    assert "IQoJ" not in clean and "AKIAIOSFODNN7EXAMPLE" not in clean
+    assert "'User-Agent': b'Boto3'" in clean  # the rest of the line stays readable
+    assert redact("key ASIAABCDEFGHIJKLMNOP used") == "key *** used"
+    assert redact("authorization: Bearer abc.def") == "authorization: ***"
+    # Keys that merely contain the words are left alone.
+    assert redact("s3://lake/authorization/x.png") == "s3://lake/authorization/x.png"
+
+
 def test_retries_transient_errors_only():
     calls = []
 

@@ -234,3 +234,40 @@ def test_submit_keeps_explicit_secrets_out_of_the_cluster(head, s3_server):
     texts += [p.read_bytes().decode("latin-1") for p in head.temp_dir.rglob("*")
               if p.is_file() and not p.is_symlink()]
     assert not any(secret in text for text in texts)
+
+
+def test_library_debug_logs_do_not_carry_credentials(s3_server):
+    """botocore logs every request's headers at DEBUG, the session token among them. With
+    library DEBUG logging switched on, neither a registered credential nor one this process
+    never saw by value (an instance-role token) reaches any handler."""
+    import s3fs
+
+    from vip2scan.pipeline.storage import Location
+
+    registered = f"sntnl-registered-token-{secrets.token_hex(8)}"
+    unknown = f"sntnl-unknown-token-{secrets.token_hex(8)}"
+    bucket = s3_server.make_bucket(f"logs-{int(time.time() * 1000) % 10**8}")
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setLevel(logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("botocore", "aiobotocore", "s3fs", "urllib3")]
+    levels = [lg.level for lg in loggers]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for lg in loggers:
+        lg.setLevel(logging.DEBUG)
+    try:
+        out = Location.of(f"s3://{bucket}/out", {**s3_server.storage_options, "token": registered})
+        out.write_bytes(b"hello", "a.txt")
+        assert out.read_bytes("a.txt") == b"hello"
+        # Credentials the process never registered, used by a client of its own.
+        direct = s3fs.S3FileSystem(key=s3_server.key, secret=s3_server.secret, token=unknown,
+                                   endpoint_url=s3_server.endpoint_url, skip_instance_cache=True)
+        assert direct.cat_file(f"{bucket}/out/a.txt") == b"hello"
+    finally:
+        root.removeHandler(handler)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    text = captured.getvalue()
+    assert "X-Amz-Security-Token" in text  # the headers were logged: the test saw them
+    assert registered not in text and unknown not in text
