@@ -71,6 +71,16 @@ class FaultPlan:
         fcntl.flock(handle, fcntl.LOCK_EX)
         return handle
 
+    def _count(self, name: str) -> int:
+        """Add one to the counter ``name`` shared by all processes; the new value."""
+        with self._locked(name) as fh:
+            fh.seek(0)
+            count = int(fh.read() or 0) + 1
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(count))
+        return count
+
     def _marker(self, kind: str, key: str) -> str:
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
         return os.path.join(self.state_dir, f"{kind}-{digest}")
@@ -103,24 +113,13 @@ class FaultPlan:
         if any(p in path for p in self.deny):
             self._log(f"deny {path}")
             return s3_error("AccessDenied", 403)
-        if any(p in path for p in self.expire):
-            with self._locked("expiring-reads.count") as fh:
-                fh.seek(0)
-                count = int(fh.read() or 0) + 1
-                fh.seek(0)
-                fh.truncate()
-                fh.write(str(count))
-            if count > self.expire_after:
-                self._log(f"expired {path}")
-                return s3_error("ExpiredToken", 400)
+        if any(p in path for p in self.expire) and \
+                self._count("expiring-reads.count") > self.expire_after:
+            self._log(f"expired {path}")
+            return s3_error("ExpiredToken", 400)
         if not self.read_every:
             return None
-        with self._locked("reads.count") as fh:
-            fh.seek(0)
-            count = int(fh.read() or 0) + 1
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(count))
+        count = self._count("reads.count")
         if count % self.read_every or not self._first_time("read", path):
             return None
         code, status = TRANSIENT_ANSWERS[(count // self.read_every) % len(TRANSIENT_ANSWERS)]
