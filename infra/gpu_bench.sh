@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark of issue 6: ViT-L-14-336-quickgelu at 518 px, random weights, batch sizes
+# `vip2scan bench` on a GPU: ViT-L-14-336-quickgelu at 518 px, random weights, batch sizes
 # 16/32/64, bf16 autocast, pinned memory + non-blocking copies, one process on one GPU.
 #
 # Runs on the project's GPU machine (torch, torchvision, timm, pyarrow, fsspec, safetensors,
@@ -61,7 +61,7 @@ export PYTHONPATH="/tmp/vip2scan-src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 VIP2SCAN_BENCH_DIR="$WORKDIR"
 
 { "$PY" - <<'EOF' || { echo "environment check failed" >&2; exit 1; }
-import torch, open_clip, zarr, duckdb, vip2scan.pipeline.local_engine  # noqa: F401
+import torch, open_clip, zarr, duckdb, vip2scan.pipeline.engines.local  # noqa: F401
 print(f"torch {torch.__version__} cuda={torch.cuda.is_available()} "
       f"gpu={torch.cuda.get_device_name(0) if torch.cuda.is_available() else None} "
       f"open_clip {open_clip.__version__} zarr {zarr.__version__}", flush=True)

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from vip2scan import __version__
 from vip2scan.jobs import errors
+from vip2scan.jobs.config import parse_only
 from vip2scan.jobs.errors import click
 
 # Order here is the order in `vip2scan --help`; every listed module must exist.
@@ -35,7 +36,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 _debug = False
-PARSE_ONLY = "vip2scan.parse_only"  # ctx.meta key: parse the command line, run nothing
 
 
 class OneLineErrorsGroup(TyperGroup):
@@ -116,11 +116,6 @@ def root(
     _debug = _debug or debug
 
 
-def is_debug() -> bool:
-    """Whether --debug (or VIP2SCAN_DEBUG) is on, for commands that want to be chattier."""
-    return _debug
-
-
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
         module_name = f"vip2scan.jobs.{name}"
@@ -131,25 +126,10 @@ _register_commands()
 
 
 def parse_command_line(argv: Sequence[str]) -> click.Context:
-    """Parse a vip2scan command line with the real parser, running nothing.
-
-    Raises ``click.UsageError`` for an unknown command or flag, a missing argument, or a
-    bad value. Config files named by ``--config`` are not read (they may exist only where
-    the command will run). Used by ``submit`` and by tests that check the command lines
-    written in manifests and docs.
-    """
-    command: click.Command = typer.main.get_command(app)
-    ctx = command.make_context("vip2scan", list(argv), resilient_parsing=False)
-    ctx.meta[PARSE_ONLY] = True
-    while isinstance(command, TyperGroup):
-        rest = [*ctx._protected_args, *ctx.args]  # what click hands the subcommand
-        if not rest:
-            raise errors.UsageError("missing command", ctx=ctx)
-        name, sub, rest = command.resolve_command(ctx, rest)
-        assert sub is not None and name is not None
-        ctx = sub.make_context(name, rest, parent=ctx)
-        command = sub
-    return ctx
+    """Parse a vip2scan command line with the real parser, running nothing (see
+    :func:`vip2scan.jobs.config.parse_only`); for checking the command lines written in
+    manifests and docs."""
+    return parse_only(typer.main.get_command(app), argv)
 
 
 def main() -> None:

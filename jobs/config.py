@@ -1,4 +1,5 @@
-"""Option values from a TOML or YAML file (``--config``), and ``KEY=VALUE`` option parsing.
+"""Option values from a TOML or YAML file (``--config``), ``KEY=VALUE`` option parsing, and
+parsing a whole command line without running it (``submit`` checks what it sends).
 
 Precedence, highest first (click's own order, which we rely on):
   1. flags on the command line
@@ -24,13 +25,15 @@ Relative paths are taken relative to the working directory, as on the command li
 from __future__ import annotations
 
 import tomllib
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Sequence
 
 import typer
+from typer.core import TyperGroup
 
-from vip2scan.jobs.errors import BadParameter, click, register_secret
+from vip2scan.jobs.errors import BadParameter, UsageError, click, is_secret_name, register_secret
 
 SECTION_HELP = "TOML or YAML file of option values; flags win (see 'Configuration' in the README)."
+PARSE_ONLY = "vip2scan.parse_only"  # ctx.meta key: parse the command line, run nothing
 
 
 def read_config_file(uri: str) -> dict[str, Any]:
@@ -121,7 +124,7 @@ def config_to_defaults(data: dict[str, Any], command: click.Command, section: st
 
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """Eager callback: runs before the other options are parsed, so the file becomes their defaults."""
-    if not value or ctx.resilient_parsing or ctx.meta.get("vip2scan.parse_only"):
+    if not value or ctx.resilient_parsing or ctx.meta.get(PARSE_ONLY):
         return value
     data = read_config_file(value)
     section = ctx.info_name or ""
@@ -176,6 +179,27 @@ def storage_options_from_flags(items: list[str] | None) -> dict[str, Any]:
     """Parse --storage-option flags and remember secret-looking values so errors never show them."""
     options = parse_key_values(items)
     for key, value in options.items():
-        if any(word in key.lower() for word in ("secret", "token", "password", "key")) and isinstance(value, str):
+        if is_secret_name(key) and isinstance(value, str):
             register_secret(value)
     return options
+
+
+def parse_only(root: click.Command, argv: Sequence[str]) -> click.Context:
+    """Parse a vip2scan command line against ``root`` (the CLI's group), running nothing.
+
+    Raises ``click.UsageError`` for an unknown command or flag, a missing argument, or a
+    bad value. Config files named by ``--config`` are not read (they may exist only where
+    the command will run). Returns the innermost command's context.
+    """
+    command = root
+    ctx = command.make_context("vip2scan", list(argv), resilient_parsing=False)
+    ctx.meta[PARSE_ONLY] = True
+    while isinstance(command, TyperGroup):
+        rest = [*ctx._protected_args, *ctx.args]  # what click hands the subcommand
+        if not rest:
+            raise UsageError("missing command", ctx=ctx)
+        name, sub, rest = command.resolve_command(ctx, rest)
+        assert sub is not None and name is not None
+        ctx = sub.make_context(name, rest, parent=ctx)
+        command = sub
+    return ctx

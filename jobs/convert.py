@@ -34,7 +34,7 @@ TRUST_NOTICE = (
 
 
 def _is_released_pth(data: bytes) -> bool:
-    from vip2scan.model.checkpoint import safe_torch_load
+    from vip2scan.model.weights import safe_torch_load
 
     obj = safe_torch_load(data, what="source file")
     return isinstance(obj, dict) and "prompt_learner" in obj and "Zero_try" in obj
@@ -55,10 +55,11 @@ def convert(
     config: ConfigOption = None,
 ) -> None:
     """Convert OpenAI CLIP TorchScript weights to safetensors, or a released ViP2-CLIP .pth to a checkpoint."""
-    from vip2scan.model import checkpoint as ckpt
+    from vip2scan.model import weights as ckpt
+    from vip2scan.model.files import read_bytes
 
     storage_options = storage_options_from_flags(storage_option)
-    data = ckpt.read_bytes(src, storage_options)
+    data = read_bytes(src, storage_options)
     kind = ckpt.sniff_format(data)
     if kind == "safetensors":
         raise UsageError(f"{src} is already safetensors: pass it to scan with --weights as it is")
@@ -80,8 +81,14 @@ def convert(
 
     if _is_released_pth(data):
         del data
-        detector_config = _released_config(backbone, weights, image_size)
-        detector = ckpt.load_released_pth(src, config=detector_config, storage_options=storage_options)
+        from vip2scan.model.config import DetectorConfig
+        from vip2scan.model.detector import Detector
+
+        # Without --backbone the factory uses the released models' own backbone and size;
+        # another backbone starts from its defaults, random init unless --weights says otherwise.
+        base = DetectorConfig(backbone=backbone, weights=None) if backbone else None
+        detector = Detector.from_checkpoint(src, config=base, storage_options=storage_options,
+                                            overrides={"weights": weights, "image_size": image_size})
         model_id = detector.save_checkpoint(dst, storage_options=storage_options)
         typer.echo(f"wrote checkpoint {dst} (model_id {model_id}, backbone {detector.config.backbone})")
         typer.echo(f"use it with: vip2scan scan SOURCE --out OUT --checkpoint {dst}")
@@ -91,18 +98,6 @@ def convert(
     del data
     digest = ckpt.convert_openai_weights(src, dst, storage_options=storage_options)
     typer.echo(f"wrote backbone weights {dst} ({digest})")
-
-
-def _released_config(backbone: Optional[str], weights: Optional[str], image_size: Optional[int]):
-    from vip2scan.model.checkpoint import released_default_config
-    from vip2scan.model.config import DetectorConfig
-
-    if backbone is None:
-        base = released_default_config()
-    else:  # another backbone: its own defaults, random init unless --weights says otherwise
-        base = DetectorConfig(backbone=backbone, weights=None)
-    changes = {k: v for k, v in (("weights", weights), ("image_size", image_size)) if v is not None}
-    return base.replace(**changes)
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ TRAIN_SEED = 111  # the spec's training seed
 
 def broken_files() -> dict[str, bytes]:
     """Files a real lake contains that are not usable images; each must become an error row."""
-    from vip2scan.model.synthetic import encode_png, make_sample
+    from vip2scan.model.data.synthetic import encode_png, make_sample
 
     image, _ = make_sample("disc", None, size=64, seed=7)
     png = encode_png(image)
@@ -56,7 +56,7 @@ def training_batch(step: int, size: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from vip2scan.model.synthetic import CATEGORIES, DEFECT_TYPES, make_sample
+    from vip2scan.model.data.synthetic import CATEGORIES, DEFECT_TYPES, make_sample
 
     images, masks, labels = [], [], []
     for i in range(TRAIN_BATCH):
@@ -80,7 +80,7 @@ def train_head(checkpoint: str, steps: int, max_seconds: float) -> str:
 
     from vip2scan.model.config import DetectorConfig
     from vip2scan.model.detector import Detector
-    from vip2scan.model.train_step import make_optimizer, train_step
+    from vip2scan.model.training.step import make_optimizer, train_step
 
     torch.manual_seed(TRAIN_SEED)
     detector = Detector.from_config(DetectorConfig(backbone="vip2-tiny"))
@@ -99,7 +99,7 @@ def train_head(checkpoint: str, steps: int, max_seconds: float) -> str:
 
 def lake_auroc(out: str, run_id: str, truth: list[dict]) -> Optional[float]:
     """Image AUROC of this run against the generator's labels (None if one class is missing)."""
-    from vip2scan.jobs.outputs import Outputs
+    from vip2scan.pipeline.outputs import Outputs
     from vip2scan.model.metrics import image_auroc
     from vip2scan.pipeline.storage import normalise_uri
 
@@ -131,8 +131,8 @@ def demo(
 
     from vip2scan.jobs.report import build_report
     from vip2scan.jobs.scan import ProgressBar, format_summary
-    from vip2scan.model.synthetic import write_lake
-    from vip2scan.pipeline import ScanOptions, scan
+    from vip2scan.model.data.synthetic import write_lake
+    from vip2scan.pipeline import ScanOptions, layout, scan
 
     started = time.monotonic()
     root = Path(dir).resolve()
@@ -172,7 +172,8 @@ def demo(
     if auroc is not None:
         typer.echo(f"  image AUROC against the generator's labels ({root / 'lake_labels.csv'}): {auroc:.3f}")
     typer.echo(f"  report:  {report_uri}")
-    typer.echo(f"  scores:  {out}/scores/   maps: {out}/maps/   run records: {out}/runs/")
+    typer.echo(f"  scores:  {out}/{layout.SCORES}/   maps: {out}/{layout.MAPS}/   "
+               f"run records: {out}/{layout.RUNS}/")
     q = shlex.quote
     typer.echo("  try:")
     typer.echo(f"    vip2scan query {q(out)} "

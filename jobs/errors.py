@@ -22,21 +22,30 @@ except ImportError:  # pragma: no cover - older typer runs on the click package
 UsageError = click.exceptions.UsageError  # exit 2, one line
 BadParameter = click.exceptions.BadParameter
 
-__all__ = ["click", "UsageError", "BadParameter", "redact", "register_secret",
+__all__ = ["click", "UsageError", "BadParameter", "redact", "register_secret", "is_secret_name",
            "report_usage_error", "report_runtime_error"]
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 
-# Environment variables whose values must never reach a terminal, beyond the pipeline's list.
-_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE", re.I)
+# Names of settings that hold credentials, beyond the pipeline's fixed lists: environment
+# variables (their values are blanked from messages), --storage-option keys (remembered for
+# blanking) and what `submit` refuses to store in a cluster's job table. "key" counts only as
+# a whole word ("api_key", "key_id"), not inside one ("monkey", "keyboard_layout").
+SECRET_NAME = re.compile(r"secret|token|passw(?:or)?d|credential|private|access_?key|(?:^|_)key(?:$|_)",
+                         re.I)
 _MIN_SECRET_LEN = 6  # shorter values ("1", "true") would blank innocent text
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting called ``name`` (environment variable or option key) holds a credential."""
+    return SECRET_NAME.search(name) is not None
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret that did not come from the environment (e.g. --storage-option secret=...)."""
-    from vip2scan.pipeline.storage import register_secrets
+    from vip2scan.pipeline.redaction import register_secrets
 
     if value and len(value) >= _MIN_SECRET_LEN:
         register_secrets([value])
@@ -56,9 +65,9 @@ def _ray_token() -> str | None:
 def redact(text: str) -> str:
     """Blank credentials: the pipeline's rules (URL userinfo, signed URLs, known values) plus
     any *SECRET*/*TOKEN*/*PASSWORD* environment value and the Ray token file."""
-    from vip2scan.pipeline.storage import redact as redact_known
+    from vip2scan.pipeline.redaction import redact as redact_known
 
-    extra = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN}
+    extra = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LEN}
     token = _ray_token()
     if token:
         extra.add(token)
@@ -67,8 +76,13 @@ def redact(text: str) -> str:
     return redact_known(text)
 
 
-def one_line(exc: BaseException) -> str:
-    """The first meaningful line of an exception, prefixed by its type when the text is bare."""
+def headline(exc: BaseException) -> str:
+    """What a person reads at the terminal for a failed command: the exception's first
+    meaningful line, prefixed by its type only when the text says little without it.
+
+    Unlike the pipeline's ``one_line`` (an error *record*: always 'Name: message', whole text
+    on one line, cut to a length), this keeps a ScanError's own sentence as it is written.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     name = type(exc).__name__
@@ -89,4 +103,4 @@ def report_runtime_error(exc: BaseException, debug: bool) -> None:
     if debug:
         sys.stderr.write(redact("".join(traceback.format_exception(exc))))
     hint = "" if debug else " (run with --debug for the traceback)"
-    sys.stderr.write(redact(f"error: {one_line(exc)}{hint}") + "\n")
+    sys.stderr.write(redact(f"error: {headline(exc)}{hint}") + "\n")

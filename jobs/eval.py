@@ -2,7 +2,7 @@
 
 The inference pass runs locally in batches, or on Ray Data with --ray (decoding in CPU
 tasks, scoring in an actor pool); either way the scored batches reach
-:class:`vip2scan.model.evaluation.EvalAccumulator` grouped by category, so exact mode
+:class:`vip2scan.model.training.evaluation.EvalAccumulator` grouped by category, so exact mode
 holds one category's maps at a time and streaming mode a fixed-size histogram.
 --calibrate writes the F1-max image and pixel thresholds into the checkpoint's config,
 which scan then uses as its defaults.
@@ -55,11 +55,11 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def write_json(uri: str, payload: dict, storage_options: dict | None) -> None:
-    from vip2scan.model.training import write_text
+    from vip2scan.model.files import write_bytes
 
     clean = json.loads(json.dumps(payload, default=str), parse_constant=lambda _: None)
     clean["rows"] = [{k: _finite_or_none(v) for k, v in r.items()} for r in payload["rows"]]
-    write_text(uri, json.dumps(clean, indent=2) + "\n", storage_options)
+    write_bytes(uri, (json.dumps(clean, indent=2) + "\n").encode(), storage_options)
 
 
 def write_parquet(uri: str, rows: list[dict], meta: dict, storage_options: dict | None) -> None:
@@ -80,15 +80,16 @@ class _Scorer:
     def __init__(self, checkpoint: str, overrides: dict, storage_options: dict | None, use_gpu: bool):
         import torch
 
-        from vip2scan.model.evaluation import load_detector
+        from vip2scan.model.detector import Detector
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.detector = load_detector(checkpoint, device, storage_options, overrides)
+        self.detector = Detector.from_checkpoint(checkpoint, device=device, storage_options=storage_options,
+                                                 overrides=overrides)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from vip2scan.model.evaluation import score_batch
+        from vip2scan.model.training.evaluation import score_batch
 
         with torch.inference_mode():
             return score_batch(self.detector, batch)
@@ -96,7 +97,7 @@ class _Scorer:
 
 def _load_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict | None,
                 threads: int) -> dict[str, np.ndarray]:
-    from vip2scan.model.evaluation import load_eval_batch
+    from vip2scan.model.training.evaluation import load_eval_batch
 
     records = [dict(zip(batch, values)) for values in zip(*batch.values())]
     return load_eval_batch(records, size, storage_options, threads)
@@ -156,8 +157,10 @@ def evaluate(
     """Evaluate a checkpoint on labelled data: image and pixel metrics per category and mean."""
     import torch
 
-    from vip2scan.model import evaluation, training
-    from vip2scan.model.datasets import read_dataset
+    from vip2scan.model.checkpoint import save_thresholds
+    from vip2scan.model.data.readers import read_dataset
+    from vip2scan.model.detector import Detector
+    from vip2scan.model.training import evaluation, layout
 
     so = storage_options_from_flags(storage_option) or None
     wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
@@ -165,11 +168,12 @@ def evaluate(
     if not samples:
         raise UsageError(f"no labelled images found in {data}" + (f" for {wanted}" if wanted else ""))
     records = evaluation.sort_by_category([dataclasses.asdict(s) for s in samples])
-    ckpt = training.resolve_checkpoint(checkpoint, so)
+    ckpt = layout.resolve_checkpoint(checkpoint, so)
     overrides = {"backbone": backbone, "weights": weights, "image_size": image_size}
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    detector = evaluation.load_detector(ckpt, "cpu" if ray else device, so, overrides)
+    detector = Detector.from_checkpoint(ckpt, device="cpu" if ray else device, storage_options=so,
+                                        overrides=overrides)
     mode = evaluation.choose_mode(records, detector.image_size, streaming)
     typer.echo(f"evaluating {ckpt} (model {detector.model_id}) on {len(records)} images from {data}; "
                f"{mode} metrics", err=True)
@@ -192,7 +196,7 @@ def evaluate(
     if calibrate:
         if result.image_threshold is None and result.pixel_threshold is None:
             raise UsageError("--calibrate needs anomalous images (and masks for the pixel threshold)")
-        model_id = evaluation.save_thresholds(detector, ckpt, result.image_threshold, result.pixel_threshold, so)
+        model_id = save_thresholds(ckpt, result.image_threshold, result.pixel_threshold, so)
         meta.update(image_threshold=result.image_threshold, pixel_threshold=result.pixel_threshold,
                     calibrated_model_id=model_id)
         typer.echo(f"calibrated {ckpt}: image threshold {result.image_threshold}, pixel threshold "

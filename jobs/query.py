@@ -57,6 +57,11 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def options_for(uri: str, storage_options: dict) -> dict:
+    """Storage options apply to remote URIs; local files take none."""
+    return storage_options if "://" in uri and not uri.startswith("file://") else {}
+
+
 def write_result(table: Any, fmt: OutputFormat, to: Optional[str], storage_options: dict) -> Optional[bytes]:
     """Encode ``table`` as csv/json/parquet; write to ``to`` (any fsspec URI) or return the bytes."""
     import io
@@ -76,7 +81,7 @@ def write_result(table: Any, fmt: OutputFormat, to: Optional[str], storage_optio
     data = buffer.getvalue()
     if to is None:
         return data
-    with fsspec.open(to, "wb", **(storage_options if "://" in to and not to.startswith("file://") else {})) as f:
+    with fsspec.open(to, "wb", **options_for(to, storage_options)) as f:
         f.write(data)
     return None
 
@@ -92,7 +97,7 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL (DuckDB) over a scan's outputs and print or save the result."""
-    from vip2scan.jobs.outputs import Outputs
+    from vip2scan.pipeline.outputs import Outputs
 
     if format is OutputFormat.parquet and to is None:
         raise UsageError("--format parquet needs --to FILE")

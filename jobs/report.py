@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.query import StorageOption
+from vip2scan.jobs.query import StorageOption, options_for
 
 EXAMPLE = "Example: vip2scan report s3://bucket/vip2scan-out --top 24   (then open OUT/reports/<run_id>/report.html)"
 
@@ -56,10 +56,12 @@ def thumbnail_and_overlay(image_bytes: bytes, anomaly_map: np.ndarray) -> tuple[
     the overlay keeps the image's aspect instead of the model's square input.
     """
     from matplotlib import colormaps
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    with Image.open(io.BytesIO(image_bytes)) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
+    from vip2scan.model.images import open_upright
+
+    # The scan's own decoder: the thumbnail shows the pixels that were scored.
+    image = open_upright(image_bytes)
     image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BICUBIC)
     heat = Image.fromarray(np.clip(anomaly_map, 0.0, 1.0).astype(np.float32), mode="F")
     heat = np.asarray(heat.resize(image.size, Image.BILINEAR))
@@ -122,9 +124,11 @@ started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(thres
 def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: dict) -> str:
     """Write OUT/reports/<run_id>/ and return the URI of its report.html."""
     import fsspec
-    from vip2scan.pipeline import read_map
 
-    from vip2scan.jobs.outputs import RUN_COUNT_FIELDS, Outputs
+    from vip2scan.pipeline import read_map
+    from vip2scan.pipeline.layout import report_dir
+    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.schema import RUN_COUNT_FIELDS
 
     outputs = Outputs(out, storage_options)
     record = outputs.run_record(run_id)
@@ -149,28 +153,24 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
         "SELECT image_uri, error FROM scores WHERE run_id = ? AND status = 'error' ORDER BY image_uri LIMIT ?",
         params=[run_id, MAX_ERRORS_SHOWN]).to_arrow_table().to_pylist()
 
-    report_dir = outputs.path("reports", run_id)
+    folder = report_dir(run_id)
     fs = outputs.fs
-    if fs.exists(report_dir + "/top"):  # a rerun with a smaller --top must not leave stale images
-        fs.rm(report_dir + "/top", recursive=True)
-    fs.makedirs(report_dir + "/top", exist_ok=True)
-    fs.pipe(report_dir + "/histogram.png", histogram_png(scores, threshold))
+    top_dir = outputs.path(folder, "top")
+    if fs.exists(top_dir):  # a rerun with a smaller --top must not leave stale images
+        fs.rm(top_dir, recursive=True)
+    fs.makedirs(top_dir, exist_ok=True)
+    fs.pipe(outputs.path(folder, "histogram.png"), histogram_png(scores, threshold))
     for i, row in enumerate(top):
-        with fsspec.open(row["image_uri"], "rb", **_options_for(row["image_uri"], storage_options)) as f:
+        with fsspec.open(row["image_uri"], "rb", **options_for(row["image_uri"], storage_options)) as f:
             image_bytes = f.read()
         anomaly_map = read_map(row, out, storage_options=storage_options)
         image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map)
         row["image_png"], row["overlay_png"] = f"top/{i + 1:03d}-image.png", f"top/{i + 1:03d}-map.png"
-        fs.pipe(f"{report_dir}/{row['image_png']}", image_png)
-        fs.pipe(f"{report_dir}/{row['overlay_png']}", overlay_png)
+        fs.pipe(outputs.path(folder, row["image_png"]), image_png)
+        fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
     page = render_html(record, counts, threshold, top, errors)
-    fs.pipe(report_dir + "/report.html", page.encode("utf-8"))
-    return outputs.uri("reports", run_id, "report.html")
-
-
-def _options_for(uri: str, storage_options: dict) -> dict:
-    """Storage options apply to remote URIs; local files take none."""
-    return storage_options if "://" in uri and not uri.startswith("file://") else {}
+    fs.pipe(outputs.path(folder, "report.html"), page.encode("utf-8"))
+    return outputs.uri(folder, "report.html")
 
 
 def report(

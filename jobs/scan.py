@@ -152,7 +152,7 @@ def scan(
         raise UsageError(MISSING_CHECKPOINT)
     actor_range = parse_actors(actors)  # usage errors first, before the heavy imports
     storage_options = storage_options_from_flags(storage_option)
-    from vip2scan.model.run_layout import resolve_checkpoint
+    from vip2scan.model.training.layout import resolve_checkpoint
     from vip2scan.pipeline import ScanOptions
     from vip2scan.pipeline import scan as run_scan
 

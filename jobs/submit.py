@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shlex
 import sys
 import time
@@ -23,8 +22,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vip2scan.jobs.config import ConfigOption, parse_key_values
-from vip2scan.jobs.errors import UsageError
+from vip2scan.jobs.config import ConfigOption, parse_key_values, parse_only
+from vip2scan.jobs.errors import UsageError, click, is_secret_name
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -34,9 +33,6 @@ SUBMIT_EXAMPLE = (
 )
 STATUS_EXAMPLE = "Example: vip2scan jobs status raysubmit_abc123 --address http://head:8265"
 LOGS_EXAMPLE = "Example: vip2scan jobs logs raysubmit_abc123 --follow"
-
-# Names of settings that hold credentials (storage options and environment variables).
-_SECRET_NAME = re.compile(r"secret|token|password|passwd|credential|(^|_)key($|_)|access_key|session", re.I)
 
 AddressOption = Annotated[
     Optional[str],
@@ -74,14 +70,13 @@ def job_client(address: Optional[str]) -> Any:
     return JobSubmissionClient(address)
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Parse the command to submit with the real CLI so a typo fails here, not on the cluster."""
-    from vip2scan.jobs.cli import parse_command_line
-
+def check_command_line(root: click.Command, argv: list[str]) -> None:
+    """Parse the command to submit with the real CLI (``root``, the group `submit` runs
+    under) so a typo fails here, not on the cluster."""
     if not argv:
         raise UsageError("nothing to submit: put the vip2scan command after '--', e.g. -- scan SOURCE ...")
     try:
-        ctx = parse_command_line(argv)
+        ctx = parse_only(root, argv)
     except UsageError as exc:
         raise UsageError(f"the command to submit is invalid: {exc.format_message()}") from None
     options = parse_key_values(ctx.params.get("storage_option") or [])
@@ -90,7 +85,7 @@ def check_command_line(argv: list[str]) -> None:
 
 def refuse_secrets(values: dict[str, Any], where: str) -> None:
     """A job's entrypoint and runtime_env are stored by the cluster and shown in its dashboard."""
-    secret = sorted(k for k in values if _SECRET_NAME.search(k))
+    secret = sorted(k for k in values if is_secret_name(k))
     if secret:
         raise UsageError(f"{where} would store credentials ({', '.join(secret)}) in the cluster's job table; "
                          "give the cluster its own credentials (instance role, Kubernetes Secret, node env)")
@@ -128,6 +123,7 @@ def _wait_for_end(client: Any, job_id: str, poll_s: float = 1.0) -> str:
 
 
 def submit(
+    ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(metavar="-- COMMAND ...", help="The vip2scan command to run.")],
     address: AddressOption = None,
     env: Annotated[Optional[list[str]], typer.Option(
@@ -146,7 +142,7 @@ def submit(
     argv = [a for a in command]
     if argv and argv[0] == "vip2scan":
         argv = argv[1:]
-    check_command_line(argv)
+    check_command_line(ctx.find_root().command, argv)
     runtime_env = build_runtime_env(env, working_dir, pip)  # refusals before contacting the cluster
     client = job_client(address)
     submission_id = client.submit_job(

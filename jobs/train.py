@@ -1,9 +1,9 @@
 """`vip2scan train DATA --out CKPT`: the ViP2-CLIP head on Ray Train (or in one process).
 
-The epoch loop itself is :func:`vip2scan.model.training.train_loop`; this module adds the
+The epoch loop itself is :func:`vip2scan.model.training.loop.train_loop`; this module adds the
 command line, a Ray Train session (ranks, gradient all-reduce, per-epoch reports) and
 progress output. Ray Train keeps its run state under CKPT/_ray; our checkpoints are
-CKPT/epoch_NNN, CKPT/latest and CKPT/best (see model/training.py).
+CKPT/epoch_NNN, CKPT/latest and CKPT/best (see model/training/layout.py).
 
 Test hook: VIP2SCAN_FAULT_KILL_WORKER_AT_EPOCH=N makes rank 0 exit abruptly after its
 first batch of epoch N, once per output (a marker file under CKPT/_ray records that it
@@ -116,9 +116,9 @@ def _make_ray_session(settings):
     import torch.distributed as dist
     from ray.train.torch import get_device
 
-    from vip2scan.model import training
+    from vip2scan.model.training import layout, loop
 
-    class RaySession(training.Session):
+    class RaySession(loop.Session):
         def __init__(self):
             ctx = ray.train.get_context()
             self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -134,7 +134,7 @@ def _make_ray_session(settings):
             driver refuses to start on an OUT that has one unless --resume is given, so
             any pointer found now was written by this run (or is the one to resume).
             """
-            epochs = [training.read_latest_epoch(settings.out, settings.storage_options) or 0]
+            epochs = [layout.read_latest_epoch(settings.out, settings.storage_options) or 0]
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
@@ -143,7 +143,7 @@ def _make_ray_session(settings):
             return max(epochs) or None
 
         def average_gradients(self, params) -> None:
-            training.allreduce_mean_([p.grad for p in params])
+            loop.allreduce_mean_([p.grad for p in params])
 
         def broadcast_parameters(self, params) -> None:
             if self.world_size > 1:
@@ -174,19 +174,20 @@ def _make_ray_session(settings):
                 with open(os.path.join(d, POINTER_FILE), "w") as f:
                     json.dump({"epoch": epoch, "checkpoint": metrics.get("checkpoint")}, f)
                 ray.train.report(_plain(metrics), checkpoint=ray.train.Checkpoint.from_directory(d),
-                                 checkpoint_dir_name=training.epoch_dir_name(epoch))
+                                 checkpoint_dir_name=layout.epoch_dir_name(epoch))
 
     return RaySession()
 
 
 def _claim_fault_marker(out: str, storage_options: dict | None) -> bool:
     """True the first time for this output (then the marker exists)."""
-    from vip2scan.model import training
+    from vip2scan.model.files import join_uri, read_text, write_bytes
+    from vip2scan.model.training.layout import RAY_DIR
 
-    marker = training.join_uri(out, training.RAY_DIR, FAULT_MARKER)
-    if training.read_text(marker, storage_options) is not None:
+    marker = join_uri(out, RAY_DIR, FAULT_MARKER)
+    if read_text(marker, storage_options) is not None:
         return False
-    training.write_text(marker, "fired\n", storage_options)
+    write_bytes(marker, b"fired\n", storage_options)
     return True
 
 
@@ -194,7 +195,7 @@ def ray_train_worker(config: dict) -> None:
     """Ray Train's per-worker entry point."""
     import torch
 
-    from vip2scan.model import training
+    from vip2scan.model.training import loop
 
     # Ray Train routes worker logging at INFO to the driver; open_clip logs every model
     # build at INFO on the root logger. Our progress is written to stdout directly.
@@ -202,8 +203,8 @@ def ray_train_worker(config: dict) -> None:
     threads = int(config.pop("_threads", 0) or 0)
     if threads:  # one worker per reserved CPU: don't let torch oversubscribe the node
         torch.set_num_threads(threads)
-    settings = training.TrainSettings(**config)
-    training.train_loop(settings, _make_ray_session(settings))
+    settings = loop.TrainSettings(**config)
+    loop.train_loop(settings, _make_ray_session(settings))
 
 
 def run_ray(settings, workers: int, use_gpu: bool, cpus_per_worker: float, max_failures: int,
@@ -236,7 +237,7 @@ def _worker_entry(config: dict) -> None:
 
 # ------------------------------------------------------------------ the command
 def _read_records(data: str, split: Optional[str], categories: Optional[list[str]], storage_options: dict) -> list[dict]:
-    from vip2scan.model.datasets import read_dataset
+    from vip2scan.model.data.readers import read_dataset
 
     samples = read_dataset(data, split=split, categories=categories, storage_options=storage_options)
     if not samples:
@@ -274,11 +275,13 @@ def train(
     config: ConfigOption = None,
 ) -> None:
     """Train the ViP2-CLIP head (ICA + FGP) on labelled images; the backbone stays frozen."""
-    from vip2scan.model import training
+    from vip2scan.model.data.loading import has_pixel_truth
+    from vip2scan.model.files import join_uri
+    from vip2scan.model.training import layout, loop
     from vip2scan.model.config import DetectorConfig
 
     storage_options = storage_options_from_flags(storage_option)
-    latest = training.read_latest_epoch(out, storage_options)
+    latest = layout.read_latest_epoch(out, storage_options)
     if latest and not resume:
         raise UsageError(f"{out} already holds checkpoints (latest: epoch {latest}); "
                          "pass --resume to continue, or choose another --out")
@@ -288,12 +291,12 @@ def train(
     if image_size:
         model = model.replace(image_size=image_size)
     fault = os.environ.get(FAULT_ENV)
-    settings = training.TrainSettings(
+    settings = loop.TrainSettings(
         out=out, records=records, model=model.to_dict(), val_records=val_records, epochs=epochs,
         batch_size=batch_size, lr_ica=lr_ica, lr_fgp=lr_fgp, seed=seed, resume=resume,
         loader_threads=threads, storage_options=storage_options or None,
         fault_kill_epoch=int(fault) if fault else None)
-    skipped = sum(1 for r in records if not training.has_pixel_truth(r))
+    skipped = sum(1 for r in records if not has_pixel_truth(r))
     typer.echo(f"training on {len(records) - skipped} images ({len(set(r['category'] for r in records))} "
                f"categories) from {data}" + (f"; {skipped} anomalous without mask skipped" if skipped else "")
                + (f"; resuming after epoch {latest}" if latest and resume else ""))
@@ -302,19 +305,18 @@ def train(
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         progress = TerminalProgress()
-        final = training.train_loop(settings, training.Session(device, progress.batch, progress.epoch))
+        final = loop.train_loop(settings, loop.Session(device, progress.batch, progress.epoch))
     else:
         final = run_ray(settings, workers, use_gpu, cpus_per_worker, max_failures, ray_address)
-    done = training.read_latest_epoch(out, storage_options)
+    done = layout.read_latest_epoch(out, storage_options)
     if not done:
         raise RuntimeError("training finished without writing a checkpoint")
     if not final:
         typer.echo(f"nothing to do: {out} already has epoch {done} of {epochs}")
-    best = training.join_uri(out, training.BEST_DIR)
-    typer.echo(f"checkpoint: {training.join_uri(out, training.epoch_dir_name(done))}"
-               + (f"  best: {best}" if val else ""))
+    checkpoint = join_uri(out, layout.epoch_dir_name(done))
+    typer.echo(f"checkpoint: {checkpoint}" + (f"  best: {join_uri(out, layout.BEST_DIR)}" if val else ""))
     typer.echo(f"next: vip2scan eval DATA --checkpoint {out}   |   "
-               f"vip2scan scan SOURCE --out OUT --checkpoint {training.join_uri(out, training.epoch_dir_name(done))}")
+               f"vip2scan scan SOURCE --out OUT --checkpoint {checkpoint}")
 
 
 train.__doc__ = (train.__doc__ or "") + "\n\n" + EXAMPLE

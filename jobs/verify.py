@@ -1,4 +1,4 @@
-"""`vip2scan verify OUT [--run RUN_ID] [--fix]`: check an output tree's consistency (issue 7)."""
+"""`vip2scan verify OUT [--run RUN_ID] [--fix]`: check an output tree's consistency."""
 
 from __future__ import annotations
 

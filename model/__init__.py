@@ -4,29 +4,28 @@ Public API::
 
     DetectorConfig, resolve_config          configs as data
     Detector                                 from_config / from_checkpoint / __call__ / save_checkpoint
-    resize_to_model, to_batch                CPU preprocessing (uint8)
-    make_optimizer                           optimiser groups (train_step.train_step: one step)
     load_released_pth, convert_openai_weights, CheckpointError
+    decode_image, resize_to_model, to_batch  the one decoder and CPU preprocessing (uint8)
+    make_optimizer                           optimiser groups (training.step.train_step: one step)
 """
 
 import importlib
 from typing import Any
 
-# Names resolve lazily (PEP 562) so that light modules such as ``preprocess`` or
-# ``synthetic`` can be imported by CPU decode workers without paying for torch and
+# Names resolve lazily (PEP 562) so that light modules such as ``images`` or
+# ``data.synthetic`` can be imported by CPU decode workers without paying for torch and
 # open_clip (seconds and hundreds of MB per worker process).
 _EXPORTS = {
-    "CheckpointError": "checkpoint",
-    "convert_openai_weights": "checkpoint",
-    "load_released_pth": "checkpoint",
+    "CheckpointError": "weights",
+    "convert_openai_weights": "weights",
+    "load_released_pth": "detector",
     "DetectorConfig": "config",
     "resolve_config": "config",
     "Detector": "detector",
-    "resize_to_model": "preprocess",
-    "to_batch": "preprocess",
-    # train_step itself is not re-exported: the submodule of the same name would shadow
-    # it as soon as anything imports vip2scan.model.train_step.
-    "make_optimizer": "train_step",
+    "decode_image": "images",
+    "resize_to_model": "images",
+    "to_batch": "images",
+    "make_optimizer": "training.step",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CheckpointError, load_state_dict_file
+from .weights import CheckpointError, clean_state_dict, load_state_dict_file, sha256_uri
 from .config import backbone_config, register_embedded_configs
 
 log = logging.getLogger(__name__)
@@ -171,20 +171,6 @@ def _is_uri_or_path(weights: str) -> bool:
         weights.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
 
 
-def _clean_state_dict(sd: dict) -> dict:
-    """Unwrap common containers and prefixes so an OpenCLIP state dict matches the model."""
-    for key in ("state_dict", "model"):
-        if key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    # Metadata entries OpenAI's files carry; not parameters.
-    for k in ("input_resolution", "context_length", "vocab_size"):
-        sd.pop(k, None)
-    # The causal mask is a non-persistent buffer in OpenCLIP; TorchScript exports carry it.
-    return {k: v for k, v in sd.items() if not k.endswith("attn_mask")}
-
-
 def create_clip(name: str, weights: str | None = None, seed: int = 0,
                 storage_options: dict | None = None) -> tuple[nn.Module, str | None]:
     """Build OpenCLIP model ``name`` and load weights. Returns (model, weight digest or None).
@@ -202,7 +188,7 @@ def create_clip(name: str, weights: str | None = None, seed: int = 0,
             model = open_clip.create_model(name, pretrained=None)
         if weights is not None:
             sd, digest = load_state_dict_file(weights, storage_options=storage_options)
-            sd = _clean_state_dict(sd)
+            sd = clean_state_dict(sd)
             own = model.state_dict()
             bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
                    if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -233,8 +219,6 @@ def _pretrained_digest(name: str, tag: str) -> str | None:
     """sha256 of the cached file behind an OpenCLIP pretrained tag, when it can be found."""
     try:
         from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-        from .checkpoint import sha256_uri
 
         path = download_pretrained(get_pretrained_cfg(name, tag))
         return sha256_uri(path) if path else None

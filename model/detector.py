@@ -3,20 +3,25 @@
     det = Detector.from_config(DetectorConfig())            # seeded, untrained head
     det = Detector.from_checkpoint("s3://bucket/ckpt")      # ours, or a released .pth
     score, amap = det(images_uint8)                          # [N], [N, S, S] in [0, 1]
+
+No file I/O here: reading and writing checkpoints is model/checkpoint.py's job;
+:meth:`Detector.from_checkpoint` only assembles what it read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
 from . import scoring
 from .backbone import CLIP_MEAN, CLIP_STD, Backbone, build_backbone, tokenizer_for
+from .checkpoint import (CheckpointContent, CheckpointError, compute_model_id, read_checkpoint,
+                         read_released_pth, released_default_config, save_checkpoint)
 from .config import DetectorConfig, resolve_config
 from .fgp import FineGrainedPerception
 from .prompts import ImageConditionedPrompts
@@ -53,7 +58,7 @@ class Detector(nn.Module):
                                           storage_options=storage_options)
         if cfg.weights is not None and digest is not None:
             if cfg.weights_digest and cfg.weights_digest != digest:
-                raise ckpt.CheckpointError(
+                raise CheckpointError(
                     f"backbone weights {cfg.weights!r} have digest {digest}, but the config records "
                     f"{cfg.weights_digest}: a different file than the one this model was built with")
             cfg = cfg.replace(weights_digest=digest)
@@ -71,19 +76,67 @@ class Detector(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, uri: str, device: str | torch.device = "cpu", storage_options: dict | None = None,
-                        config: DetectorConfig | None = None, overrides: dict | None = None) -> "Detector":
+                        config: DetectorConfig | None = None, overrides: dict | None = None,
+                        amp: str | None = "auto") -> "Detector":
         """Our checkpoint dir (local, file://, s3://...) or a released ViP2-CLIP ``.pth``.
 
-        ``config`` gives the backbone for a released file (default: ViT-L-14-336-quickgelu,
-        OpenAI weights, 518 px); ``overrides`` changes saved config fields on load.
+        The one way to build a detector from a checkpoint. ``overrides`` changes saved config
+        fields on load (e.g. ``{"image_size": 336}`` or a local copy of the backbone weights) by
+        the rule in :func:`vip2scan.model.checkpoint.apply_overrides`; ``config`` gives the
+        backbone of a released file (default: ViT-L-14-336-quickgelu, OpenAI weights, 518 px).
         """
-        return ckpt.load_checkpoint(uri, device=device, storage_options=storage_options, config=config,
-                                    overrides=overrides)
+        content = read_checkpoint(uri, storage_options=storage_options, config=config, overrides=overrides)
+        return cls.from_content(content, device=device, storage_options=storage_options, amp=amp)
+
+    @classmethod
+    def from_content(cls, content: CheckpointContent, device: str | torch.device = "cpu",
+                     storage_options: dict | None = None, amp: str | None = "auto") -> "Detector":
+        """Build the backbone for ``content.config`` and load the head tensors into it."""
+        det = cls.from_config(content.config, device="cpu", storage_options=storage_options,
+                              init_head=False, amp=amp)
+        det.load_head(content.ica, content.fgp, where=content.where, unused=content.unused)
+        if content.saved_model_id and det.model_id != content.saved_model_id:
+            raise CheckpointError(f"{content.where!r}: model_id {det.model_id} does not match the saved "
+                                  f"{content.saved_model_id} (files edited or mixed)")
+        return det.to(device)
 
     def save_checkpoint(self, uri: str, storage_options: dict | None = None) -> str:
         """Write our format (dir with weights.safetensors + config.json). Returns the model_id."""
-        self._model_id = ckpt.save_checkpoint(self, uri, storage_options=storage_options)
+        self._model_id = save_checkpoint(self.config, self.head_state_dict(), uri, storage_options)
         return self._model_id
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """ICA + FGP tensors (parameters and buffers), keyed 'ica.*' / 'fgp.*', on CPU, contiguous."""
+        return {f"{prefix}.{k}": v.detach().to("cpu").contiguous()
+                for prefix, mod in (("ica", self.ica), ("fgp", self.fgp))
+                for k, v in mod.state_dict().items()}
+
+    def load_head(self, ica_sd: dict, fgp_sd: dict, where: str, unused: list[str] = ()) -> None:
+        """Copy tensors into the head, refusing missing keys and shape mismatches (clear errors)."""
+        unused = list(unused)
+        for mod, sd, group in ((self.ica, ica_sd, "prompt_learner"), (self.fgp, fgp_sd, "Zero_try")):
+            target = mod.state_dict()
+            missing = [k for k in target if k not in sd]
+            if missing:
+                raise CheckpointError(f"{where}: missing key(s) in {group}: {missing}")
+            fixed = {}
+            for k, ref in target.items():
+                t = sd[k]
+                if not isinstance(t, torch.Tensor):
+                    raise CheckpointError(f"{where}: {group}.{k} is not a tensor")
+                if t.shape != ref.shape:
+                    # Tolerate only singleton-dimension differences such as (1, n, D) vs (n, D).
+                    if t.numel() == ref.numel() and [s for s in t.shape if s != 1] == [s for s in ref.shape if s != 1]:
+                        t = t.reshape(ref.shape)
+                    else:
+                        raise CheckpointError(f"{where}: shape mismatch for {group}.{k}: file has "
+                                              f"{tuple(t.shape)}, model expects {tuple(ref.shape)}")
+                fixed[k] = t.to(ref.dtype)
+            unused += [f"{group}.{k}" for k in sd if k not in target]
+            mod.load_state_dict(fixed, strict=True)
+        if unused:
+            warnings.warn(f"{where}: ignoring unused checkpoint entries {sorted(unused)}", stacklevel=3)
+        self.refresh_model_id()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -94,7 +147,7 @@ class Detector(nn.Module):
 
     def refresh_model_id(self) -> str:
         """Recompute the id after the head or config changed (training, calibration)."""
-        self._model_id = ckpt.compute_model_id(self.config, ckpt.head_state_dict(self))
+        self._model_id = compute_model_id(self.config, self.head_state_dict())
         return self._model_id
 
     def set_thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> None:
@@ -187,3 +240,12 @@ class Detector(nn.Module):
         super().train(mode)
         self.backbone.eval()  # frozen, always in eval mode
         return self
+
+
+def load_released_pth(uri: str, config: DetectorConfig | None = None, device: str | torch.device = "cpu",
+                      storage_options: dict | None = None) -> Detector:
+    """A released ViP2-CLIP ``.pth`` as a Detector; the backbone comes from ``config``
+    (default: ViT-L-14-336-quickgelu with OpenAI weights at 518 px)."""
+    content = read_released_pth(uri, config=config or released_default_config(),
+                                storage_options=storage_options)
+    return Detector.from_content(content, device=device, storage_options=storage_options)

@@ -7,10 +7,12 @@
 Importing this package does not import Ray or torch; they load when a scan needs them.
 """
 
+from .errors import ScanError
 from .lock import OutputLocked
-from .read import read_map, read_scores
-from .scan import RunSummary, ScanError, ScanOptions, scan
-from .sinks import SCHEMA_VERSION, SCORES_SCHEMA
+from .options import ScanOptions
+from .outputs import read_map, read_scores
+from .scan import RunSummary, scan
+from .schema import SCHEMA_VERSION, SCORES_SCHEMA
 
 __all__ = [
     "scan", "ScanOptions", "RunSummary", "ScanError", "OutputLocked", "read_map", "read_scores",

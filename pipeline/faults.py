@@ -4,6 +4,9 @@ Set in the driver's environment; :func:`from_env` turns them into a small pickla
 travels to the Ray workers inside the stage settings (so they work on an already running Ray,
 whose workers do not see the driver's later environment changes):
 
+- ``VIP2SCAN_FAULT_KILL_DRIVER_AFTER_BATCHES=N``: the scan's driver dies right after the
+  durable staging part that brings its staged batches to N or more (read in the driver
+  itself, so it needs no marker);
 - ``VIP2SCAN_FAULT_KILL_ACTOR_AFTER_BATCHES=N``: an inference actor dies (``os._exit``) when it
   receives its N-th batch, before scoring it;
 - ``VIP2SCAN_FAULT_KILL_DECODE_AFTER_BATCHES=N``: a decode worker dies on its N-th batch;
@@ -19,10 +22,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+KILL_DRIVER_ENV = "VIP2SCAN_FAULT_KILL_DRIVER_AFTER_BATCHES"
 KILL_ACTOR_ENV = "VIP2SCAN_FAULT_KILL_ACTOR_AFTER_BATCHES"
 KILL_DECODE_ENV = "VIP2SCAN_FAULT_KILL_DECODE_AFTER_BATCHES"
 MARKER_DIR_ENV = "VIP2SCAN_FAULT_MARKER_DIR"
 CRASH_EXIT_CODE = 87
+DRIVER_CRASH_EXIT_CODE = 86
 
 
 @dataclass(frozen=True)
@@ -69,3 +74,15 @@ def from_env() -> FaultHooks | None:
     return FaultHooks(marker_dir=marker_dir,
                       kill_actor_after_batches=int(actor) if actor else None,
                       kill_decode_after_batches=int(decode) if decode else None)
+
+
+def driver_kill_after() -> int | None:
+    """Staged batches after which the driver dies (read once, when a run starts)."""
+    value = os.environ.get(KILL_DRIVER_ENV)
+    return int(value) if value else None
+
+
+def on_driver_flush(batches_staged: int, kill_after: int | None) -> None:
+    """Die like a killed driver once ``kill_after`` batches are durably staged."""
+    if kill_after is not None and batches_staged >= kill_after:
+        os._exit(DRIVER_CRASH_EXIT_CODE)

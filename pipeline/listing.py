@@ -7,7 +7,6 @@ so the driver never holds the lake: memory is bounded by one page (S3) or one di
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 import os
 from dataclasses import dataclass
@@ -16,18 +15,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .schema import MANIFEST_SCHEMA, utc_timestamp
 from .storage import Location, normalise_uri, split_protocol
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("image_uri", pa.string(), nullable=False),
-        pa.field("size_bytes", pa.int64()),
-        pa.field("etag", pa.string()),
-        pa.field("mtime", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 PAGE_ROWS = 10_000
 
@@ -54,19 +45,6 @@ class ObjectFilter:
         return not any(fnmatch.fnmatchcase(relative_key, g) for g in self.exclude)
 
 
-def _to_utc(value: Any) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
-    if isinstance(value, str):
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-    return None
-
-
 class ManifestWriter:
     """Buffers manifest rows and writes them to a local Parquet file page by page."""
 
@@ -81,7 +59,7 @@ class ManifestWriter:
         self._buffer["image_uri"].append(image_uri)
         self._buffer["size_bytes"].append(None if size_bytes is None else int(size_bytes))
         self._buffer["etag"].append(etag.strip('"') if isinstance(etag, str) and etag else None)
-        self._buffer["mtime"].append(_to_utc(mtime))
+        self._buffer["mtime"].append(utc_timestamp(mtime))
         if len(self._buffer["image_uri"]) >= self.page_rows:
             self.flush()
 

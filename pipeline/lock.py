@@ -1,4 +1,4 @@
-"""OUT/_lock: a lease so two scans of the same OUT never overlap.
+"""The lease on OUT: two scans of the same OUT never overlap.
 
 The lease is a small JSON object (token, run_id, host, pid, heartbeat, expiry), created only
 if absent (O_EXCL locally, If-None-Match on S3) and refreshed by a heartbeat thread. A lease
@@ -22,11 +22,11 @@ import threading
 import time
 from typing import Any
 
-from .storage import Location, redact
+from .layout import LOCK
+from .redaction import redact
+from .storage import Location
 
 log = logging.getLogger(__name__)
-
-LOCK_NAME = "_lock"
 
 
 class OutputLocked(RuntimeError):
@@ -56,7 +56,7 @@ def read_lease(out: Location) -> dict[str, Any] | None:
 def read_lease_versioned(out: Location) -> tuple[dict[str, Any] | None, str | None]:
     """(content as in :func:`read_lease`, the version tag a conditional replace needs)."""
     try:
-        data, version = out.read_versioned(LOCK_NAME)
+        data, version = out.read_versioned(LOCK)
     except FileNotFoundError:
         return None, None
     try:
@@ -115,7 +115,7 @@ class Lease:
         deadline = None if wait is True else time.monotonic() + (0 if wait is False else float(wait))
         while True:
             self.acquired_at = _now()
-            if self.out.create_exclusive(self._content(), LOCK_NAME):
+            if self.out.create_exclusive(self._content(), LOCK):
                 # Read back: on stores without a real conditional create, a racing writer may
                 # have replaced our object; whoever reads their own token back holds the lease.
                 content = read_lease(self.out)
@@ -133,7 +133,7 @@ class Lease:
                     log.warning("taking over an expired lease on %s (run %s on %s)",
                                 self.out.display(), (content or {}).get("run_id"),
                                 (content or {}).get("host"))
-                    self.out.remove(LOCK_NAME)
+                    self.out.remove(LOCK)
                     continue
             if content is None:
                 continue  # released between our attempt and the read: try again now
@@ -151,7 +151,7 @@ class Lease:
                 return
             content, version = read_lease_versioned(self.out)
             if content and content.get("token") == self.token and \
-                    self.out.replace_if_unchanged(self._content(), version, LOCK_NAME):
+                    self.out.replace_if_unchanged(self._content(), version, LOCK):
                 return
             # Not ours, or replaced between our read and our write (on S3 the write is
             # conditional on the version we read, so a takeover there is never overwritten).
@@ -187,7 +187,7 @@ class Lease:
         with self._write_lock:
             content = read_lease(self.out)
             if content and content.get("token") == self.token:
-                self.out.remove(LOCK_NAME)
+                self.out.remove(LOCK)
 
     def __enter__(self) -> "Lease":
         return self

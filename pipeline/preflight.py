@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
-from .storage import Location, redact
-
-
-class ScanError(RuntimeError):
-    """A scan that cannot start or finish; the message is one line without secrets."""
-
-
-def one_line(prefix: str, exc: BaseException) -> str:
-    return redact(" ".join(f"{prefix}: {type(exc).__name__}: {exc}".split()))
+from .errors import ScanError, one_line
+from .layout import PROBE, probe_name
+from .storage import Location
 
 
 def check_source(src: Location) -> None:
@@ -39,14 +32,14 @@ def _require_bucket(location: Location, role: str) -> None:
 
 
 def check_out(out: Location, writable: bool) -> None:
-    probe = f"_probe/{os.getpid()}-{time.time_ns()}"
+    probe = probe_name()
     try:
         if not out.is_local:
             _require_bucket(out, "output")
         if writable:
             out.write_bytes(b"probe", probe)
             out.remove(probe)
-            out.remove("_probe", recursive=True)
+            out.remove(PROBE, recursive=True)
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001 - access denied or unreachable: either way, unusable

@@ -55,11 +55,11 @@ def register_uri_secrets(uri: str) -> None:
     register_secrets(found)
 
 
-def _secret_option_values(options: Mapping[str, Any]) -> list[str]:
+def secret_option_values(options: Mapping[str, Any]) -> list[str]:
     found: list[str] = []
     for name, value in options.items():
         if isinstance(value, Mapping):
-            found.extend(_secret_option_values(value))
+            found.extend(secret_option_values(value))
         elif name.lower() in SECRET_OPTION_NAMES and isinstance(value, str):
             found.append(value)
     return found

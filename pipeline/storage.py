@@ -5,120 +5,34 @@ value (URI + options + an optional filesystem wrapper). The filesystem itself is
 and cached per process, because s3fs/fsspec async filesystems are not fork-safe: Ray workers
 must build their own instead of inheriting the driver's.
 
-Two hooks for reliability work:
-- ``wrapper``: a picklable callable ``fs -> fs`` applied to every filesystem a Location builds
-  (fault injection, custom retries). Also settable for a whole process tree with the env var
-  ``VIP2SCAN_FS_WRAPPER="package.module:callable"``.
-- :func:`with_retries`: bounded exponential backoff with jitter around transient errors.
-Secrets never appear in messages: :func:`redact` scrubs URIs and known credential values.
+Every call a Location makes is retried on transient errors (retries.py). A ``wrapper`` (a
+picklable callable ``fs -> fs``) is applied to every filesystem a Location builds, for fault
+injection or custom retries; it is also settable for a whole process tree with the env var
+``VIP2SCAN_FS_WRAPPER="package.module:callable"``. Secrets never appear in messages: every
+message goes through redaction.py's :func:`redact`.
 """
 
 from __future__ import annotations
 
-import errno
 import importlib
-import logging
 import os
 import random
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
 
-# Redaction lives in .redaction; re-exported here, where callers have always found it.
-from .redaction import (SECRET_ENV_NAMES, SECRET_OPTION_NAMES,  # noqa: F401
-                        _secret_option_values, install_log_redaction, public_options, redact,
-                        register_secrets,
-                        register_uri_secrets)
+from .layout import WRITE_TEMP_SUFFIX
+from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
+                        secret_option_values)
+from .retries import is_transient, precondition_failed, with_retries
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 FilesystemWrapper = Callable[[AbstractFileSystem], AbstractFileSystem]
 
 WRAPPER_ENV = "VIP2SCAN_FS_WRAPPER"
-
-
-# --------------------------------------------------------------------------- retries
-
-TRANSIENT_MARKERS = (
-    "slowdown", "slow down", "throttl", "too many requests", "requesttimeout", "timed out",
-    "timeout", "internalerror", "internal server error", "serviceunavailable",
-    "service unavailable", "connection reset", "connectionreset", "connection aborted",
-    "broken pipe", "temporarily", "try again", " 500", " 502", " 503", " 504", "(500)",
-    "(502)", "(503)", "(504)", "status 500", "status 503", "server disconnected",
-    "internalfailure", "could not connect to the endpoint", "connection closed",
-)
-# s3fs maps S3 error codes to errnos: SlowDown/ServiceUnavailable -> EBUSY, InternalError (HTTP
-# 500) -> EREMOTEIO; both are the server asking us to come back later.
-TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ETIMEDOUT, errno.ECONNABORTED, errno.EPIPE,
-                    errno.EAGAIN, errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EBUSY)}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying (throttling, 5xx, resets, timeouts); False for 403/404."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
-                        NotADirectoryError, FileExistsError, ValueError, TypeError)):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
-        return True
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(marker in text for marker in TRANSIENT_MARKERS)
-
-
-# S3 answers that are about the caller's credentials, never about one object: a run that
-# meets one stops (its credentials expired or were rotated) instead of turning every
-# remaining object into an error row. (AccessDenied stays per object: it can be an ACL.)
-CREDENTIAL_ERROR_CODES = frozenset({
-    "ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired",
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
-})
-
-
-def credential_error_code(exc: BaseException) -> str | None:
-    """The S3 error code when ``exc`` says the credentials themselves were rejected."""
-    for err in (exc, exc.__cause__):
-        code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
-        if code in CREDENTIAL_ERROR_CODES:
-            return code
-    if type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
-        return type(exc).__name__
-    return None
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    """S3's 412 for a conditional write or read (s3fs raises it as OSError(EINVAL, ...))."""
-    return isinstance(exc, OSError) and (exc.errno == errno.EINVAL
-                                         or "precondition" in str(exc).lower())
-
-
-def with_retries(
-    fn: Callable[..., T],
-    *args: Any,
-    attempts: int = 5,
-    base_delay_s: float = 0.2,
-    max_delay_s: float = 5.0,
-    retry_if: Callable[[BaseException], bool] = is_transient,
-    **kwargs: Any,
-) -> T:
-    """Call ``fn`` retrying transient errors with bounded exponential backoff and full jitter."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt >= attempts or not retry_if(exc):
-                raise
-            delay = random.uniform(0, min(max_delay_s, base_delay_s * 2 ** (attempt - 1)))
-            log.debug("transient storage error (attempt %d/%d), retrying in %.2fs: %s",
-                      attempt, attempts, delay, redact(str(exc)))
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- filesystems
@@ -127,7 +41,8 @@ _fs_cache: dict[tuple, AbstractFileSystem] = {}
 _fs_cache_lock = threading.Lock()
 
 
-def _load_env_wrapper() -> FilesystemWrapper | None:
+def env_wrapper() -> FilesystemWrapper | None:
+    """The wrapper named by VIP2SCAN_FS_WRAPPER, if any."""
     spec = os.environ.get(WRAPPER_ENV)
     if not spec:
         return None
@@ -183,7 +98,7 @@ def normalise_uri(uri: str) -> str:
     return f"{protocol}://{path}"
 
 
-def _fs_kwargs(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def fs_kwargs(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = dict(options)
     if protocol == "s3":
         # Accept the AWS standard endpoint variable like boto does, so moto/MinIO work
@@ -202,7 +117,7 @@ def get_filesystem(
 ) -> AbstractFileSystem:
     """The process-local filesystem for ``protocol`` + options (built once per process)."""
     options = dict(storage_options or {})
-    register_secrets(_secret_option_values(options))
+    register_secrets(secret_option_values(options))
     install_log_redaction()  # before any storage client can log a request
     # The pid is part of the key: a forked child must never reuse its parent's async fs.
     key = (os.getpid(), protocol, _freeze(options), _wrapper_key(wrapper),
@@ -210,10 +125,10 @@ def get_filesystem(
     with _fs_cache_lock:
         fs = _fs_cache.get(key)
         if fs is None:
-            kwargs = _fs_kwargs(protocol, options)
+            kwargs = fs_kwargs(protocol, options)
             # skip_instance_cache: fsspec's own instance cache is not pid-aware for every fs.
             fs = fsspec.filesystem(protocol, skip_instance_cache=True, **kwargs)
-            for wrap in (_load_env_wrapper(), wrapper):
+            for wrap in (env_wrapper(), wrapper):
                 if wrap is not None:
                     fs = wrap(fs)
             _fs_cache[key] = fs
@@ -251,10 +166,6 @@ class Location:
     def fs(self) -> AbstractFileSystem:
         return get_filesystem(self.protocol, self.storage_options, self.wrapper)
 
-    def child(self, *parts: str) -> "Location":
-        """A Location below this one, sharing its options."""
-        return Location(self.join(*parts), self.storage_options, self.wrapper)
-
     def join(self, *parts: str) -> str:
         """URI of a path below the root."""
         tail = "/".join(p.strip("/") for p in parts if p)
@@ -280,7 +191,7 @@ class Location:
         path = self.fs_path(*parts)
         if self.is_local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}.tmp"
+            tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}{WRITE_TEMP_SUFFIX}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -312,7 +223,7 @@ class Location:
         except FileExistsError:
             return False
         except OSError as exc:
-            if _precondition_failed(exc):
+            if precondition_failed(exc):
                 return False
             raise
         return True
@@ -331,7 +242,7 @@ class Location:
             with self.fs.open(path, "rb") as handle:
                 return handle.read(), handle.details.get("ETag")
 
-        return with_retries(get, retry_if=lambda exc: is_transient(exc) or _precondition_failed(exc))
+        return with_retries(get, retry_if=lambda exc: is_transient(exc) or precondition_failed(exc))
 
     def replace_if_unchanged(self, data: bytes, version: str | None, *parts: str) -> bool:
         """Overwrite an object only if it is still at ``version`` (S3 If-Match); False if
@@ -375,10 +286,6 @@ class Location:
                 names.append(name)
         return sorted(names)
 
-    def makedirs(self, *parts: str) -> None:
-        if self.is_local:
-            os.makedirs(self.fs_path(*parts), exist_ok=True)
-
     def pyarrow_filesystem(self):
         """A pyarrow filesystem over this location (native for local, fsspec-backed otherwise).
 
@@ -407,33 +314,3 @@ class RetryingFSSpecHandler(pafs.FSSpecHandler):
 
     def open_input_stream(self, path):
         return with_retries(super().open_input_stream, path)
-
-
-# --------------------------------------------------------------------------- safe names
-
-def safe_relative_path(path: str) -> str:
-    """``path`` if it is a plain relative path below a root, else ValueError.
-
-    Names read back from OUT (a record's ``files``, a row's ``map_store``, a run id) are joined
-    to OUT to open or delete things; a doctored record must not point outside OUT, so absolute
-    paths, URIs, backslashes and '.'/'..' segments are refused.
-    """
-    text = str(path)
-    segments = text.split("/")
-    if (not text or text.startswith("/") or "://" in text or "\\" in text or "\x00" in text
-            or any(seg in ("", ".", "..") for seg in segments)):
-        raise ValueError(f"unsafe path below the output root: {redact(text)!r}")
-    return text
-
-
-def wrap_zarr_store(store: Any, wrapper: FilesystemWrapper | None) -> Any:
-    """Apply the ``wrap_zarr_store(store)`` method of the env and explicit fs wrappers, if any.
-
-    Zarr writes maps through its own async store, not through our fsspec filesystems, so a
-    wrapper that injects faults (or adds behaviour) can opt in to wrapping Zarr stores too.
-    """
-    for wrap in (_load_env_wrapper(), wrapper):
-        method = getattr(wrap, "wrap_zarr_store", None)
-        if method is not None:
-            store = method(store)
-    return store

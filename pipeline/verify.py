@@ -1,6 +1,6 @@
 """verify(): check that an OUT tree is consistent, and optionally remove abandoned staging data.
 
-Checks (issue 7):
+Checks:
 - every committed run has a readable record, and its ``files`` exist; no score file lies in
   ``scores/`` without a committed run (unless that run's staging is still there);
 - the record's counts match its rows (rows, scored = ok rows, failed = error rows);
@@ -8,21 +8,20 @@ Checks (issue 7):
 - every ``ok`` row's ``map_index`` has a written map in the run's Zarr store, whose array has
   the recorded resolution; no store holds a map without an ``ok`` row (unwritten slots have
   no chunk and read as NaN, the fill value); no store exists without a run;
-- no staging leftover (``_staging/<run_id>/``, half-written temp files) is older than the lock
+- no staging leftover (a run's staging folder, half-written temp files) is older than the lock
   expiry, unless the live lease belongs to that run.
 
 ``fix=True`` takes OUT's lease (so it never races a scan) and removes abandoned staging data:
-an abandoned run's ``_staging/<run_id>/`` and, when that run never committed, the half-written
-``maps/<run_id>.zarr`` and ``scores/*/<run_id>-*.parquet`` it left; committed runs, records and
-everything else are never touched. Rows and chunks are examined with DuckDB and store listings,
-so memory stays bounded by one run's map indices (8 bytes per row).
+an abandoned run's staging folder and, when that run never committed, the half-written map
+store and score files it left; committed runs, records and everything else are never
+touched. Rows and chunks are examined with DuckDB and store listings, so memory stays bounded
+by one run's map indices (8 bytes per row). layout.py has the paths.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,18 +29,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .errors import one_line
+from .layout import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, TEMP_SUFFIXES,
+                     is_run_id, maps_store_name, partition_date, record_name,
+                     run_id_of_record, run_id_of_score_file, run_id_of_store,
+                     safe_relative_path, staging_dir, staging_file)
 from .lock import Lease, OutputLocked, lease_expired, read_lease
-from .sinks import MAPS_ARRAY, maps_store_name
-from .state import (STATUS_COMPLETE, _duckdb, _register_parquet, read_json, record_name,
-                    sql_str)
-from .storage import FilesystemWrapper, Location, redact, safe_relative_path
+from .maps import open_maps, written_indices
+from .outputs import duckdb_connect, register_parquet, sql_str
+from .records import read_json
+from .redaction import redact
+from .schema import SCORES_SCHEMA, STATUS_COMPLETE
+from .storage import FilesystemWrapper, Location
 
 DEFAULT_EXPIRY_S = 300.0  # ScanOptions.lock_ttl_s's default: a lease older than this is dead
 MAX_LISTED = 5  # example URIs / indices quoted per problem
 SAMPLED_MAPS = 4  # maps per run read back to check their values, beyond chunk existence
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SCORE_FILE = re.compile(r"^(?P<run>.+)-\d{5}\.parquet$")
-_TEMP_SUFFIXES = (".inprogress", ".tmp")
 
 
 class VerifyError(RuntimeError):
@@ -91,8 +94,7 @@ def verify(out: str, storage_options: Mapping[str, Any] | None = None, run_id: s
     try:
         exists = loc.exists()
     except Exception as exc:  # noqa: BLE001
-        raise VerifyError(redact(f"cannot read {loc.display()}: {type(exc).__name__}: {exc}")) \
-            from None
+        raise VerifyError(one_line(f"cannot read {loc.display()}", exc)) from None
     if not exists:
         raise VerifyError(f"no such output location: {loc.display()}")
     fixed: list[str] = []
@@ -110,8 +112,8 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
            workdir: str) -> None:
     records = _records(loc, report, only)
     score_files = _score_files(loc)
-    staged = set(loc.ls_names("_staging"))
-    con = _duckdb(workdir)
+    staged = set(loc.ls_names(STAGING))
+    con = duckdb_connect(workdir)
     try:
         for rid, record in records.items():
             _check_run(loc, con, report, rid, record, score_files.get(rid, []))
@@ -121,10 +123,10 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
         if rid not in records and rid not in staged and only in (None, rid):
             report.add("orphan", rid, f"{len(files)} score file(s) without a run record or "
                        f"staging, e.g. {files[0]}: rows of no committed run")
-    for name in loc.ls_names("maps"):
-        rid = name[: -len(".zarr")] if name.endswith(".zarr") else name
+    for name in loc.ls_names(MAPS):
+        rid = run_id_of_store(name)
         if rid not in records and rid not in staged and only in (None, rid):
-            report.add("orphan", rid, f"map store maps/{name} has no run record or staging")
+            report.add("orphan", rid, f"map store {MAPS}/{name} has no run record or staging")
     for left in _leftovers(loc, only, expiry_s):
         committed = "committed run; the scan's cleanup was interrupted" if left.committed \
             else "uncommitted: a rerun of the same scan would resume it"
@@ -135,17 +137,15 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
 
 def _records(loc: Location, report: VerifyReport, only: str | None) -> dict[str, dict]:
     records: dict[str, dict] = {}
-    for name in loc.ls_names("runs"):
-        if not name.endswith(".json"):
+    for name in loc.ls_names(RUNS):
+        rid = run_id_of_record(name)
+        if rid is None or (only is not None and rid != only):
             continue
-        rid = name[: -len(".json")]
-        if only is not None and rid != only:
-            continue
-        record = read_json(loc, "runs", name)
+        record = read_json(loc, RUNS, name)
         if record is None:
-            report.add("record", rid, f"runs/{name} is not a readable JSON record")
-        elif record.get("run_id") != rid or not _RUN_ID.match(rid):
-            report.add("record", rid, f"runs/{name} names run {record.get('run_id')!r}")
+            report.add("record", rid, f"{RUNS}/{name} is not a readable JSON record")
+        elif record.get("run_id") != rid or not is_run_id(rid):
+            report.add("record", rid, f"{RUNS}/{name} names run {record.get('run_id')!r}")
         elif record.get("status") != STATUS_COMPLETE:
             report.add("record", rid, f"record status is {record.get('status')!r}, not complete")
         else:
@@ -158,11 +158,11 @@ def _records(loc: Location, report: VerifyReport, only: str | None) -> dict[str,
 def _score_files(loc: Location) -> dict[str, list[str]]:
     """Committed-looking score files under scores/, by the run id in their name."""
     found: dict[str, list[str]] = {}
-    for partition in loc.ls_names("scores"):
-        for name in loc.ls_names("scores", partition):
-            match = _SCORE_FILE.match(name)
-            if match and not name.startswith("."):
-                found.setdefault(match["run"], []).append(f"scores/{partition}/{name}")
+    for partition in loc.ls_names(SCORES):
+        for name in loc.ls_names(SCORES, partition):
+            rid = run_id_of_score_file(name)
+            if rid is not None:
+                found.setdefault(rid, []).append(f"{SCORES}/{partition}/{name}")
     return found
 
 
@@ -187,10 +187,8 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
                    f"(readers of scores/ would count their rows twice), e.g. {extra[0]}")
     if record.get("vanished_file") and not loc.exists(record["vanished_file"]):
         report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
-    from .sinks import SCORES_SCHEMA
-
-    _register_parquet(con, "run_rows", loc, files,
-                      ["image_uri", "status", "map_store", "map_index", "run_id"], SCORES_SCHEMA)
+    register_parquet(con, "run_rows", loc, files,
+                     ["image_uri", "status", "map_store", "map_index", "run_id"], SCORES_SCHEMA)
     total, ok, failed, foreign = (int(v or 0) for v in con.execute(
         "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'error'), "
         f"count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows").fetchone())
@@ -232,7 +230,7 @@ def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record:
     if len(np.unique(indices)) != len(indices):
         report.add("maps", rid, "several ok rows share a map_index")
     try:
-        array = _open_maps(loc, store)
+        array = open_maps(loc, store)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the problem to report
         report.add("maps", rid, f"cannot open {store}: {type(exc).__name__}: {exc}")
         return
@@ -240,7 +238,7 @@ def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record:
     if tuple(array.shape) != (total, size, size) or tuple(array.chunks) != (1, size, size):
         report.add("maps", rid, f"{store}/{MAPS_ARRAY} has shape {tuple(array.shape)} and chunks "
                    f"{tuple(array.chunks)}; expected ({total}, {size}, {size}), one map a chunk")
-    written = _written_indices(array)
+    written = written_indices(array)
     report.maps_checked += len(written)
     missing = np.setdiff1d(indices, written)
     if len(missing):
@@ -256,36 +254,6 @@ def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record:
         values = np.asarray(array[int(index)], dtype=np.float32)
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             report.add("maps", rid, f"map {int(index)} holds values outside [0, 1] or NaN")
-
-
-def _open_maps(loc: Location, store: str) -> Any:
-    import zarr
-
-    from .sinks import _zarr_store
-
-    return zarr.open_array(_zarr_store(loc, store, read_only=True), path=MAPS_ARRAY, mode="r")
-
-
-def _written_indices(array: Any) -> np.ndarray:
-    """Sorted map indices whose chunk exists (one chunk per map), from a store listing."""
-    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-    from zarr.core.sync import sync
-
-    encoding = array.metadata.chunk_key_encoding
-    separator = getattr(encoding, "separator", "/")
-    prefix = f"{array.path}/" if array.path else ""
-    if isinstance(encoding, DefaultChunkKeyEncoding):
-        prefix += f"c{separator}"
-
-    async def collect() -> list[int]:
-        found = []
-        async for key in array.store_path.store.list_prefix(prefix):
-            head = key[len(prefix):].split(separator)[0]
-            if head.isdigit():
-                found.append(int(head))
-        return found
-
-    return np.unique(np.asarray(sync(collect()), dtype=np.int64))
 
 
 # ------------------------------------------------------------------------------ staging
@@ -321,21 +289,20 @@ def _leftovers(loc: Location, only: str | None, expiry_s: float | None) -> list[
                 (lease or {}).get("ttl_s") or DEFAULT_EXPIRY_S)
     now = time.time()
     found: list[_Leftover] = []
-    for rid in loc.ls_names("_staging"):
+    for rid in loc.ls_names(STAGING):
         if rid == live or only not in (None, rid):
             continue
-        age = _age_s(loc, f"_staging/{rid}", now)
+        age = _age_s(loc, staging_dir(rid), now)
         if age > ttl:
-            committed = (read_json(loc, "runs", f"{rid}.json") or {}).get("status") \
-                == STATUS_COMPLETE
-            found.append(_Leftover(rid, f"_staging/{rid}", age, committed))
-    temp_dirs = [f"scores/{p}" for p in loc.ls_names("scores")] + ["runs"]
+            committed = (read_json(loc, record_name(rid)) or {}).get("status") == STATUS_COMPLETE
+            found.append(_Leftover(rid, staging_dir(rid), age, committed))
+    temp_dirs = [f"{SCORES}/{p}" for p in loc.ls_names(SCORES)] + [RUNS]
     for folder in temp_dirs:
         for name in loc.ls_names(folder):
-            if name.endswith(_TEMP_SUFFIXES) and (age := _age_s(loc, f"{folder}/{name}", now)) > ttl:
+            if name.endswith(TEMP_SUFFIXES) and (age := _age_s(loc, f"{folder}/{name}", now)) > ttl:
                 found.append(_Leftover(None, f"{folder}/{name}", age, False))
-    if only is None and loc.exists("_probe") and (age := _age_s(loc, "_probe", now)) > ttl:
-        found.append(_Leftover(None, "_probe", age, False))
+    if only is None and loc.exists(PROBE) and (age := _age_s(loc, PROBE, now)) > ttl:
+        found.append(_Leftover(None, PROBE, age, False))
     return found
 
 
@@ -350,21 +317,21 @@ def _fix(loc: Location, only: str | None, expiry_s: float | None) -> list[str]:
     try:
         for left in _leftovers(loc, only, expiry_s):
             rid = left.run_id
-            if rid is not None and not left.committed and _RUN_ID.match(rid):
+            if rid is not None and not left.committed and is_run_id(rid):
                 # Outputs first and the staging folder last, so an interrupted fix leaves the
                 # staging behind and the next verify still sees (and finishes) the leftover.
-                scan_date = (read_json(loc, "_staging", rid, "plan.json") or {}).get("scan_date")
-                for partition in loc.ls_names("scores"):
-                    if scan_date in (None, partition.removeprefix("scan_date=")):
-                        for name in loc.ls_names("scores", partition):
-                            if _SCORE_FILE.match(name) and name.startswith(f"{rid}-"):
-                                loc.remove("scores", partition, name)
-                                removed.append(f"scores/{partition}/{name}")
+                scan_date = (read_json(loc, staging_file(rid, PLAN_FILE)) or {}).get("scan_date")
+                for partition in loc.ls_names(SCORES):
+                    if scan_date in (None, partition_date(partition)):
+                        for name in loc.ls_names(SCORES, partition):
+                            if run_id_of_score_file(name) is not None and name.startswith(f"{rid}-"):
+                                loc.remove(SCORES, partition, name)
+                                removed.append(f"{SCORES}/{partition}/{name}")
                 if loc.exists(maps_store_name(rid)):
                     loc.remove(maps_store_name(rid), recursive=True)
                     removed.append(maps_store_name(rid))
-            if rid is None or _RUN_ID.match(rid):
-                loc.remove(left.path, recursive=not left.path.endswith(_TEMP_SUFFIXES))
+            if rid is None or is_run_id(rid):
+                loc.remove(left.path, recursive=not left.path.endswith(TEMP_SUFFIXES))
                 removed.append(left.path)
     finally:
         lease.release()

@@ -1,4 +1,4 @@
-"""`vip2scan bench` runs end to end and its JSON holds every field of issue 6.
+"""`vip2scan bench` runs end to end and its JSON holds every field it promises.
 
 No timing is asserted: figures depend on the machine and its load. What is asserted is that
 each measurement happened (positive where it must be measured, null where it was not asked
@@ -12,7 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vip2scan.jobs.bench_report import STAGES
+from vip2scan.jobs.bench.report import STAGES
 from vip2scan.jobs.cli import app
 
 ENVIRONMENT_FIELDS = ("cpu_count", "torch_threads", "gpu_name", "torch_version", "ray_version",

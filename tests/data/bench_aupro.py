@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from defect_maps import disc_masks_and_maps
 
-from vip2scan.model.metrics import aupro, aupro_loop, pro_curve_area, pro_thresholds
+from vip2scan.model.metrics.exact import aupro, aupro_loop, pro_curve_area, pro_thresholds
 
 
 def reference_structured_loop(masks, maps):

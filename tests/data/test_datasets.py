@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vip2scan.model import datasets as D
-from vip2scan.model.synthetic import DEFECT_TYPES, encode_png, make_sample, write_mvtec_tree
+from vip2scan.model.data import readers as D
+from vip2scan.model.images import load_image, load_mask
+from vip2scan.model.data.synthetic import DEFECT_TYPES, encode_png, make_sample, write_mvtec_tree
 
 CATS = ("wood_like", "tile")
 
@@ -108,8 +109,8 @@ def test_visa_local_equals_s3(roots):
     assert len(D.read_visa(local, split=None)) == 6
     assert [s.category for s in D.read_visa(local, split="train", categories={"pcb1"})] == ["pcb1"]
     assert relative(D.read_dataset(local), local) == relative(test_local, local)
-    mask = D.load_mask(test_local[1].mask_uri, 24)
-    assert np.array_equal(mask, make_sample("disc", "blob", 24, seed=2)[1] / 255)  # candle 002
+    mask = load_mask(test_local[1].mask_uri, 24)
+    assert np.array_equal(mask, make_sample("disc", "blob", 24, seed=2)[1] > 0)  # candle 002
 
 
 def manifest_rows():
@@ -159,8 +160,8 @@ def test_manifest_local_equals_s3(roots, fmt):
     assert [s.mask_missing for s in got] == [False, False, True, False]
     assert len(D.read_manifest(f"{local}/manifest.{fmt}", split="test")) == 3
     # images load the same from both places
-    a = D.load_image(got[1].image_uri, 8)
-    b = D.load_image(f"{remote}/img/1.png", 8, storage_options=opts)
+    a = load_image(got[1].image_uri, 8)
+    b = load_image(f"{remote}/img/1.png", 8, storage_options=opts)
     assert np.array_equal(a, b) and a.shape == (8, 8, 3) and a.dtype == np.uint8
 
 
@@ -182,17 +183,18 @@ def test_load_image_and_mask(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "a.png")
     Image.fromarray(img[..., 0]).convert("L").save(tmp_path / "gray.png")
-    got = D.load_image(str(tmp_path / "a.png"), 16)
+    got = load_image(str(tmp_path / "a.png"), 16)
     want = np.asarray(Image.fromarray(img).resize((16, 16), Image.BICUBIC))
     assert np.array_equal(got, want)
-    assert np.array_equal(D.load_image(f"file://{tmp_path}/a.png"), img)  # no size: as stored
-    assert D.load_image(str(tmp_path / "gray.png"), 8).shape == (8, 8, 3)  # grey -> RGB
+    assert np.array_equal(load_image(f"file://{tmp_path}/a.png"), img)  # no size: as stored
+    assert load_image(str(tmp_path / "gray.png"), 8).shape == (8, 8, 3)  # grey -> RGB
     mask = np.zeros((20, 30), np.uint8)
-    mask[5:10, 5:20] = 200  # above half intensity
-    mask[12:15, 5:20] = 100  # below it
+    mask[5:10, 5:20] = 200
+    mask[12:15, 5:20] = 1  # any non-zero pixel is a defect, as in the reference code
     Image.fromarray(mask).save(tmp_path / "m.png")
-    got = D.load_mask(str(tmp_path / "m.png"))
-    assert got.dtype == np.float32 and np.array_equal(got, (mask > 127).astype(np.float32))
-    small = D.load_mask(str(tmp_path / "m.png"), 10)
-    assert small.shape == (10, 10) and set(np.unique(small)) == {0.0, 1.0}
-    assert not D.load_mask(None, 12).any() and D.load_mask(None, 12).shape == (12, 12)
+    got = load_mask(str(tmp_path / "m.png"), 20)
+    assert got.dtype == bool and got.shape == (20, 20)
+    assert np.array_equal(load_mask(str(tmp_path / "m.png"), 10)[:, :1], np.zeros((10, 1), bool))
+    same = load_mask(f"file://{tmp_path}/m.png", 20)
+    assert np.array_equal(got, same) and got[7].any() and got[13].any() and not got[0].any()
+    assert not load_mask(None, 12).any() and load_mask(None, 12).shape == (12, 12)

@@ -12,9 +12,9 @@ from sklearn.metrics import (auc, average_precision_score, precision_recall_curv
 
 from defect_maps import disc_masks_and_maps
 
-from vip2scan.model import metrics as M
-from vip2scan.model.metrics_streaming import StreamingPixelMetrics
-from vip2scan.model.metrics_table import CategoryMetrics, metrics_table
+from vip2scan.model.metrics import exact as M
+from vip2scan.model.metrics.streaming import StreamingPixelMetrics
+from vip2scan.model.metrics.table import CategoryMetrics, metrics_table
 
 EIGHT = np.ones((3, 3), int)
 FOUR = ndimage.generate_binary_structure(2, 1)
@@ -242,23 +242,26 @@ def test_image_accumulator_and_category_table():
 
 
 def test_calibrate_thresholds_reach_f1_max():
+    """What `eval --calibrate` writes: the pooled image and pixel thresholds at F1-max."""
+    from vip2scan.model.training.evaluation import EvalAccumulator
+
     masks, maps = smooth_maps(9, 20, seed=4)
     labels = masks.any(axis=(1, 2))
     scores = maps.max(axis=(1, 2))
-    cats = ["a", "b", "c"] * 3
-    exact, stream = CategoryMetrics(), CategoryMetrics(streaming=True)
-    for acc in (exact, stream):
-        acc.update(cats, scores, labels, maps, masks)
-    got = exact.calibrate()
-    pred = scores >= got["image_threshold"]
+    batch = {"category": np.array(["a", "b", "c"] * 3, object), "label": labels.astype(np.int64),
+             "has_mask": np.ones(9, bool), "image_score": scores.astype(np.float32),
+             "anomaly_map": maps.astype(np.float32), "mask": masks}
+    order = np.argsort(batch["category"], kind="stable")
+    acc = EvalAccumulator("exact", calibrate=True)
+    acc.update({k: v[order] for k, v in batch.items()})
+    got = acc.result()
+    pred = scores >= got.image_threshold
     assert 2 * (pred & labels).sum() / (pred.sum() + labels.sum()) == pytest.approx(
-        M.f1_max(labels, scores))
-    pix = maps >= got["pixel_threshold"]
+        M.f1_max(labels, scores.astype(np.float32)))
+    pix = maps >= got.pixel_threshold
     f1 = 2 * (pix & masks).sum() / (pix.sum() + masks.sum())
-    assert f1 == pytest.approx(M.pixel_f1_max(masks, maps), abs=1e-12)
-    streamed = stream.calibrate()
-    assert streamed["image_threshold"] == got["image_threshold"]
-    assert abs(streamed["pixel_threshold"] - got["pixel_threshold"]) < 0.01
-    none = CategoryMetrics()
-    none.update(["a", "a"], [0.2, 0.3], [0, 0])
-    assert all(math.isnan(v) for v in none.calibrate().values())
+    assert f1 == pytest.approx(M.pixel_f1_max(masks, maps), abs=1e-3)  # a 2**-16 bin edge
+    none = EvalAccumulator("exact", calibrate=True)
+    none.update({k: v[:2] * 0 if k in ("label",) else v[:2] for k, v in batch.items()}
+                | {"mask": np.zeros((2, 20, 20), bool), "category": np.array(["a", "a"], object)})
+    assert none.result().image_threshold is None and none.result().pixel_threshold is None

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vip2scan.model import synthetic
-from vip2scan.model.synthetic import (CATEGORIES, DEFECT_TYPES, MIN_DELTA, make_base,
+from vip2scan.model.data import synthetic
+from vip2scan.model.data.synthetic import (CATEGORIES, DEFECT_TYPES, MIN_DELTA, make_base,
                                       make_sample, write_lake, write_mvtec_tree)
 
 

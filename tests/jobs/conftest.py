@@ -98,7 +98,7 @@ def s3_scan(s3_server, converted_checkpoint, ray_local) -> S3Scan:
     """
     import time as _time
 
-    from vip2scan.model.synthetic import write_lake
+    from vip2scan.model.data.synthetic import write_lake
 
     bucket = s3_server.make_bucket(f"jobs-e2e-{int(_time.time() * 1000) % 10**8}")
     lake, out = f"s3://{bucket}/lake", f"s3://{bucket}/out"

@@ -109,7 +109,7 @@ def test_report_writes_pngs_and_an_html_whose_links_all_exist(cli, s3_scan, s3_s
 @pytest.fixture(scope="module")
 def rescanned(cli, s3_scan, s3_server, converted_checkpoint):
     """Delete one image and add one, then scan again: the second run of the same lake."""
-    from vip2scan.model.synthetic import encode_png, make_sample
+    from vip2scan.model.data.synthetic import encode_png, make_sample
 
     fs = s3_server.filesystem()
     gone = s3_scan.truth[0]["image_uri"]

@@ -41,7 +41,7 @@ def ray_head(tmp_path_factory):
 
 
 def test_submit_runs_a_scan_as_a_ray_job(cli_subprocess, ray_head, converted_checkpoint, tmp_path) -> None:
-    from vip2scan.model.synthetic import write_lake
+    from vip2scan.model.data.synthetic import write_lake
 
     lake, out = tmp_path / "lake", tmp_path / "out"
     write_lake(str(lake), 8, seed=2)

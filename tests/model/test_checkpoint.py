@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from vip2scan.model import CheckpointError, Detector, DetectorConfig, convert_openai_weights
 from vip2scan.model.backbone import create_clip
-from vip2scan.model.checkpoint import sha256_uri
+from vip2scan.model.weights import sha256_uri
 
 
 def _same(a, b, images):
@@ -275,3 +275,31 @@ def test_backbone_weights_that_do_not_fit_refused(tmp_path):
     save_file({"visual.proj": torch.zeros(3, 3)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointError, match="do not match"):
         Detector.from_config(DetectorConfig(weights=str(tmp_path / "bad.safetensors")))
+
+
+# ------------------------------------------------------------------- the override rule
+def test_a_new_image_size_rederives_defaults_unless_pinned(fresh_tiny, tmp_path):
+    from vip2scan.model.config import default_sigma, default_top_k
+
+    fresh_tiny.save_checkpoint(str(tmp_path / "derived"))
+    saved = fresh_tiny.config
+    det = Detector.from_checkpoint(str(tmp_path / "derived"), overrides={"image_size": 112})
+    assert det.config.image_size == 112
+    assert det.config.top_k == default_top_k(112, saved.patch_size) != saved.top_k
+    assert det.config.sigma == pytest.approx(default_sigma(112))
+    assert det.config.blocks == saved.blocks and det.config.fgp_heads == saved.fgp_heads
+    # values the trainer chose on purpose (not the default for the saved size) are kept
+    pinned = Detector.from_config(saved.replace(top_k=5, sigma=2.5))
+    pinned.save_checkpoint(str(tmp_path / "pinned"))
+    det = Detector.from_checkpoint(str(tmp_path / "pinned"), overrides={"image_size": 112})
+    assert (det.config.top_k, det.config.sigma) == (5, 2.5)
+    # an explicit override always wins, and None means "as saved"
+    det = Detector.from_checkpoint(str(tmp_path / "pinned"),
+                                   overrides={"image_size": 112, "top_k": 3, "backbone": None})
+    assert det.config.top_k == 3 and det.config.backbone == saved.backbone
+
+
+def test_unknown_override_names_are_refused(fresh_tiny, tmp_path):
+    fresh_tiny.save_checkpoint(str(tmp_path / "ck"))
+    with pytest.raises(ValueError, match="imag_size"):
+        Detector.from_checkpoint(str(tmp_path / "ck"), overrides={"imag_size": 112})

@@ -4,12 +4,12 @@ the backbone stays frozen; optimiser groups follow the reference learning rates.
 import numpy as np
 import torch
 
-from vip2scan.model.train_step import make_optimizer, train_step
+from vip2scan.model.training.step import make_optimizer, train_step
 
 
 def _batch(n: int = 8, size: int = 224, seed: int = 0) -> dict[str, torch.Tensor]:
     try:
-        from vip2scan.model.synthetic import CATEGORIES, DEFECT_TYPES, make_sample
+        from vip2scan.model.data.synthetic import CATEGORIES, DEFECT_TYPES, make_sample
     except ImportError:  # the data helper's generator not there yet: simple numpy defects
         return _numpy_batch(n, size, seed)
     imgs, masks, labels = [], [], []

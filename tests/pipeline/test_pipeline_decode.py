@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipeline_testkit import AWKWARD, BROKEN, MAX_IMAGE_PIXELS, awkward_files, broken_files
-from vip2scan.pipeline.decode import DecodeError, DecodeSettings, decode_image, read_and_decode
+from vip2scan.model.images import DecodeError, decode_image
+from vip2scan.pipeline.stages.decode import DecodeSettings, read_and_decode
 
 SIZE = 24
 
@@ -32,7 +33,7 @@ def test_broken_images_raise_with_reason(name):
 
 @pytest.mark.parametrize("shape", [(40, 30), (24, 24), (7, 300)])
 def test_decode_resizes_like_the_model_preprocessing(shape):
-    from vip2scan.model.preprocess import resize_to_model
+    from vip2scan.model.images import resize_to_model
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (*shape, 3), np.uint8))
     buffer = io.BytesIO()
@@ -46,7 +47,7 @@ def test_decode_workers_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, vip2scan.pipeline.decode; print('torch' in sys.modules)"
+    code = "import sys, vip2scan.pipeline.stages.decode; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
@@ -98,3 +99,21 @@ def test_batch_task_turns_unreadable_objects_into_error_rows(tmp_path):
     assert "not found" in out["error"][2]
     assert out["width"][0] == 16 and out["map_index"].tolist() == [0, 1, 2]
     assert (out["pixels"][1:] == 0).all()
+
+
+def test_scan_stage_and_dataset_reader_give_identical_pixels(tmp_path):
+    """The one decoder: what a scan scores is what train, eval and calibration see."""
+    from image_files import AWKWARD_FILES
+
+    from vip2scan.model.data.loading import load_sample
+
+    uris = []
+    for name, make in sorted(AWKWARD_FILES.items()):
+        (tmp_path / name).write_bytes(make())
+        uris.append(f"file://{tmp_path / name}")
+    batch = {"image_uri": np.array(uris, dtype=object), "map_index": np.arange(len(uris))}
+    out = read_and_decode(batch, DecodeSettings(image_size=SIZE, max_image_pixels=MAX_IMAGE_PIXELS))
+    assert out["status"].tolist() == ["ok"] * len(uris)
+    for i, uri in enumerate(uris):
+        image, _, _ = load_sample({"image_uri": uri, "label": 0}, SIZE)
+        np.testing.assert_array_equal(out["pixels"][i], image, err_msg=uri)

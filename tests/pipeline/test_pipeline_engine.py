@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vip2scan.pipeline.engine import work_list_dataset
+from vip2scan.pipeline.engines.ray import work_list_dataset
 from vip2scan.pipeline.storage import Location
 
 
@@ -34,8 +34,9 @@ def test_work_list_on_s3(ray_ready, s3_server, s3_bucket, tmp_path):
 
 
 def test_object_store_budget_holds_a_fixed_number_of_decoded_batches_per_actor(ray_ready):
-    from vip2scan.pipeline.engine import (DECODED_BATCHES_PER_ACTOR, MIN_OBJECT_STORE_BUDGET,
-                                          EngineConfig, object_store_budget)
+    from vip2scan.pipeline.engines import EngineConfig
+    from vip2scan.pipeline.engines.ray import (DECODED_BATCHES_PER_ACTOR, MIN_OBJECT_STORE_BUDGET,
+                                               object_store_budget)
 
     # Small CPU batches: the floor.
     assert object_store_budget(EngineConfig(batch_size=32), 224) == MIN_OBJECT_STORE_BUDGET

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from vip2scan.pipeline.infer import InferActor, InferSettings, ModelSpec
-from vip2scan.pipeline.sinks import (MapWriterSettings, create_map_store, open_maps_array,
-                                     write_maps_batch)
+from vip2scan.pipeline.maps import cached_maps_array, create_map_store
+from vip2scan.pipeline.stages.infer import (InferActor, InferSettings, MapWriterSettings, ModelSpec,
+                                            write_maps_batch)
 from vip2scan.pipeline.storage import Location
 
 N_BATCHES, BATCH, MAP = 4, 3, 32
@@ -56,8 +56,8 @@ def test_writing_maps_in_the_actor_matches_a_separate_writer(settings, tmp_path)
         np.testing.assert_array_equal(a["image_uri"], b["image_uri"])
         np.testing.assert_allclose(a["image_score"], b["image_score"], rtol=1e-5, equal_nan=True)
         assert (b["write_s"] >= 0).all()
-    written_a = open_maps_array(out_a, maps_a.store_name)[:]
-    written_b = open_maps_array(out_b, maps_b.store_name)[:]
+    written_a = cached_maps_array(out_a, maps_a.store_name)[:]
+    written_b = cached_maps_array(out_b, maps_b.store_name)[:]
     ok = np.concatenate([b["status"] == "ok" for b in batches])
     assert np.isfinite(written_b[ok]).all() and np.isnan(written_b[~ok]).all()
     np.testing.assert_allclose(written_a, written_b, atol=1e-3, equal_nan=True)
@@ -90,7 +90,7 @@ def test_two_threads_calling_one_actor_get_the_serial_results(settings, tmp_path
     assert actor.batches_seen == N_BATCHES
     for key, scores in expected.items():
         np.testing.assert_allclose(results[key], scores, rtol=1e-5, equal_nan=True)
-    written = open_maps_array(out, maps.store_name)[:]
+    written = cached_maps_array(out, maps.store_name)[:]
     ok = np.concatenate([b["status"] == "ok" for b in batches])
     assert np.isfinite(written[ok]).all()
 

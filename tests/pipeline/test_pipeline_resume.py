@@ -29,7 +29,7 @@ def _rows(out: str) -> list[dict]:
 def test_killed_driver_resumes_same_run_exactly_once(tmp_path, checkpoint, ray_ready):
     import ray
 
-    from vip2scan.model.synthetic import write_lake
+    from vip2scan.model.data.synthetic import write_lake
 
     lake, out = str(tmp_path / "lake"), str(tmp_path / "out")
     write_lake(lake, N_LAKE, size=32, seed=3)

@@ -35,7 +35,7 @@ def _lake_reads(readlog: ReadLog, lake: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory, checkpoint, ray_ready):
-    from vip2scan.model.synthetic import write_lake
+    from vip2scan.model.data.synthetic import write_lake
 
     base = tmp_path_factory.mktemp("local")
     lake, out = str(base / "lake"), str(base / "out")

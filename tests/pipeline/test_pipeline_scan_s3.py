@@ -17,7 +17,7 @@ SENTINEL = "SENTINEL-secret-0f9e8d"
 
 
 def test_scan_s3_lake_into_s3_output(s3_server, s3_bucket, checkpoint, ray_ready):
-    from vip2scan.model.synthetic import write_lake
+    from vip2scan.model.data.synthetic import write_lake
 
     # moto accepts any credentials: sentinel values prove none of them leaks into the outputs.
     options = {"endpoint_url": s3_server.endpoint_url, "key": "AKIASENTINELKEY0001",

@@ -8,10 +8,12 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vip2scan.pipeline.listing import MANIFEST_SCHEMA, ObjectFilter
-from vip2scan.pipeline.sinks import (SCHEMA_VERSION, SCORES_SCHEMA, StagingWriter, commit_parts,
-                                     scores_table)
-from vip2scan.pipeline.state import STATUS_COMPLETE, diff_listing, previous_runs, write_json
+from vip2scan.pipeline.commit import StagingWriter, commit_parts
+from vip2scan.pipeline.diff import diff_listing
+from vip2scan.pipeline.listing import ObjectFilter
+from vip2scan.pipeline.records import previous_runs, write_json
+from vip2scan.pipeline.schema import (MANIFEST_SCHEMA, SCHEMA_VERSION, SCORES_SCHEMA,
+                                      STATUS_COMPLETE, scores_table)
 from vip2scan.pipeline.storage import Location
 
 SRC = "file:///lake"

@@ -14,7 +14,9 @@ import pytest
 from pipeline_testkit import put_files, small_png
 from vip2scan.pipeline.listing import ObjectFilter, list_prefix, read_manifest
 from vip2scan.pipeline.lock import Lease, LeaseLost, OutputLocked, read_lease
-from vip2scan.pipeline.storage import Location, is_transient, public_options, redact, with_retries
+from vip2scan.pipeline.redaction import public_options, redact
+from vip2scan.pipeline.retries import is_transient, with_retries
+from vip2scan.pipeline.storage import Location
 
 FILES = {
     "a/one.png": small_png(1), "a/b/two.JPG": small_png(2), "a/b/c/three.jpeg": small_png(3),

@@ -25,7 +25,7 @@ import pytest
 
 from hostile_files import BIG_BMP_SIDE, MemoryPeak, hostile_files, small_png, write_sparse_bmp
 from vip2scan.pipeline import ScanOptions, read_scores, scan
-from vip2scan.pipeline.decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
+from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
 from vip2scan.pipeline.verify import verify
 
 MB = 1 << 20
@@ -58,7 +58,7 @@ def test_decoding_a_201_mb_image_stays_within_its_memory_bound(tmp_path):
     # mark in ru_maxrss (and this pytest process may be large), VmHWM is the child's own.
     code = (
         "import re, sys\n"
-        "from vip2scan.pipeline.decode import decode_image\n"
+        "from vip2scan.model.images import decode_image\n"
         "data = open(sys.argv[1], 'rb').read()\n"
         "pixels, w, h = decode_image(data, 224)\n"
         "status = open('/proc/self/status').read()\n"
@@ -73,7 +73,7 @@ def test_decoding_a_201_mb_image_stays_within_its_memory_bound(tmp_path):
 
 
 def test_objects_over_the_size_limit_are_error_rows_without_being_read():
-    from vip2scan.pipeline.decode import DecodeSettings, ReadDecode
+    from vip2scan.pipeline.stages.decode import DecodeSettings, ReadDecode
 
     settings = DecodeSettings(image_size=32, max_object_bytes=1000)
     batch = {"image_uri": np.array(["file:///nonexistent/huge.png"]),

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from vip2scan.model.checkpoint import CheckpointError
+from vip2scan.model.weights import CheckpointError
 from vip2scan.model.detector import Detector
 from vip2scan.pipeline import ScanError, ScanOptions, scan
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("model", "pipeline", "jobs", "vip2scan_pkg")
 # The one sanctioned TorchScript loader: the explicit, opt-in conversion.
-JIT_LOAD_ALLOWED = {("model/checkpoint.py", "convert_openai_weights"), ("jobs/convert.py", "convert")}
+JIT_LOAD_ALLOWED = {("model/weights.py", "convert_openai_weights"), ("jobs/convert.py", "convert")}
 
 
 class RunsCodeOnUnpickle:
@@ -48,7 +48,7 @@ def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path):
     evil = _evil_pth(tmp_path / "evil.pth", marker)
     with pytest.raises(CheckpointError, match="refused to load"):
         Detector.from_checkpoint(str(evil))
-    from vip2scan.model.checkpoint import load_state_dict_file
+    from vip2scan.model.weights import load_state_dict_file
 
     with pytest.raises(CheckpointError, match="refused to load"):
         load_state_dict_file(str(evil))  # the path backbone --weights files take

@@ -13,7 +13,7 @@ import pytest
 from hostile_files import small_png
 from reliability_kit import FaultPlan, s3_error
 from vip2scan.pipeline import ScanOptions, read_scores, scan
-from vip2scan.pipeline.storage import is_transient, with_retries
+from vip2scan.pipeline.retries import is_transient, with_retries
 from vip2scan.pipeline.verify import verify
 
 N_GOOD = 24
@@ -37,7 +37,7 @@ def test_s3fs_errors_are_classified(code, status, transient):
 
 def test_backoff_is_exponential_bounded_and_jittered(monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr("vip2scan.pipeline.storage.time.sleep", delays.append)
+    monkeypatch.setattr("vip2scan.pipeline.retries.time.sleep", delays.append)
     random.seed(3)
     calls = []
 

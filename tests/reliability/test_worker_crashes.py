@@ -59,14 +59,14 @@ def test_an_actor_that_cannot_load_its_checkpoint_fails_the_run_fast(
     _lake(tmp_path / "lake")
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, checkpoint)
-    real_model_facts = scan_module._model_facts
+    real_learn_model = scan_module.learn_model
 
     def facts_then_damage(*args, **kwargs):
-        facts = real_model_facts(*args, **kwargs)
+        facts = real_learn_model(*args, **kwargs)
         (checkpoint / "weights.safetensors").write_bytes(b"\x00" * 64)
         return facts
 
-    monkeypatch.setattr(scan_module, "_model_facts", facts_then_damage)
+    monkeypatch.setattr(scan_module, "learn_model", facts_then_damage)
     started = time.monotonic()
     with pytest.raises(ScanError) as raised:
         scan(str(tmp_path / "lake"), str(tmp_path / "out"), str(checkpoint),

@@ -20,7 +20,7 @@ def _two_threads():
 @pytest.fixture(scope="session")
 def tree(tmp_path_factory) -> str:
     """2 categories x (4 good + 4 defective, one per defect type) = 16 labelled images."""
-    from vip2scan.model.synthetic import write_mvtec_tree
+    from vip2scan.model.data.synthetic import write_mvtec_tree
 
     root = str(tmp_path_factory.mktemp("data") / "mvtec")
     return write_mvtec_tree(root, categories=CATEGORIES, n_good=4, n_defect=1, size=128, seed=1)
@@ -28,7 +28,7 @@ def tree(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def records(tree) -> list[dict]:
-    from vip2scan.model.datasets import read_dataset
+    from vip2scan.model.data.readers import read_dataset
 
     return [dataclasses.asdict(s) for s in read_dataset(tree)]
 
@@ -44,7 +44,7 @@ def model_config() -> dict:
 def reference_run(tmp_path_factory, records, model_config) -> dict:
     """2 epochs of `--workers 0` training, in-process: {epoch: metrics} and the output root.
     Ray runs and resumed runs are compared against these numbers."""
-    from vip2scan.model.training import Session, TrainSettings, train_loop
+    from vip2scan.model.training.loop import Session, TrainSettings, train_loop
 
     out = str(tmp_path_factory.mktemp("reference") / "ckpt")
     seen: dict[int, dict] = {}

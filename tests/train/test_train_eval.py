@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from vip2scan.model import metrics as M
-from vip2scan.model import training
+from vip2scan.model.metrics import exact as M
+from vip2scan.model.training import layout
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max")
@@ -19,7 +19,7 @@ PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max")
 def checkpoint(reference_run, tmp_path) -> str:
     """A private copy of the reference run's last epoch (calibration writes into it)."""
     dst = str(tmp_path / "ckpt")
-    training.copy_dir(training.resolve_checkpoint(reference_run["out"]), dst)
+    layout.copy_dir(layout.resolve_checkpoint(reference_run["out"]), dst)
     return dst
 
 
@@ -28,18 +28,17 @@ def direct(reference_run, records):
     """Scores and maps computed here, without the eval code: {category: (labels, scores, masks, maps)}."""
     import torch
 
-    from vip2scan.model.datasets import load_image
     from vip2scan.model.detector import Detector
-    from vip2scan.model.preprocess import to_batch
+    from vip2scan.model.images import load_image, load_mask, to_batch
 
-    det = Detector.from_checkpoint(training.resolve_checkpoint(reference_run["out"]))
+    det = Detector.from_checkpoint(layout.resolve_checkpoint(reference_run["out"]))
     out: dict[str, tuple] = {}
     for cat in sorted({r["category"] for r in records}):
         rows = [r for r in records if r["category"] == cat]
         images = to_batch([load_image(r["image_uri"], det.image_size) for r in rows])
         with torch.inference_mode():
             scores, maps = det(images)
-        masks = np.stack([training.load_mask(r["mask_uri"], det.image_size) for r in rows])
+        masks = np.stack([load_mask(r["mask_uri"], det.image_size) for r in rows])
         out[cat] = (np.array([r["label"] for r in rows]), scores.numpy(), masks, maps.numpy())
     return out
 
@@ -89,7 +88,7 @@ def test_streaming_stays_within_0005_of_exact(cli, tree, checkpoint, tmp_path):
 
 
 def test_large_categories_switch_to_streaming_by_themselves(cli, tree, checkpoint, tmp_path, monkeypatch):
-    from vip2scan.model import evaluation
+    from vip2scan.model.training import evaluation
 
     assert evaluation.choose_mode([{"category": "a"}] * 8, 112) == "exact"
     monkeypatch.setattr(evaluation, "EXACT_MAX_PIXELS", 7 * 112 * 112)  # categories hold 8 images
@@ -146,15 +145,20 @@ def test_ray_data_pass_and_calibration_feed_a_scan(cli, tree, checkpoint, tmp_pa
     import fsspec
     import pyarrow.dataset as ds
 
-    from vip2scan.model.synthetic import write_lake
+    from vip2scan.model.data.synthetic import write_lake
     from vip2scan.pipeline import ScanOptions, scan
 
     local = _eval(cli, tree, checkpoint, tmp_path)
     remote = _eval(cli, tree, checkpoint, tmp_path, "--ray", "--actors", "1", "--batch-size", "4", "--calibrate")
     for a, b in zip(local["rows"], remote["rows"]):
         assert a["category"] == b["category"]
-        for key in IMAGE_KEYS + PIXEL_KEYS:
-            assert (a[key] is None and b[key] is None) or b[key] == pytest.approx(a[key], abs=1e-6)
+        for key in IMAGE_KEYS:
+            assert b[key] == pytest.approx(a[key], abs=1e-6)
+        # Pixel metrics rank every map pixel, and the smoothed maps of an untrained model tie to
+        # float32 precision: a different batch shape or thread count (the actor runs one torch
+        # thread, the local pass two) reorders near-ties and moves them by ~2e-5 on this CPU.
+        for key in PIXEL_KEYS:
+            assert (a[key] is None and b[key] is None) or b[key] == pytest.approx(a[key], abs=1e-4)
 
     lake = str(tmp_path / "lake")
     write_lake(lake, n_images=4, size=96, seed=4, nested=False)
@@ -168,3 +172,18 @@ def test_ray_data_pass_and_calibration_feed_a_scan(cli, tree, checkpoint, tmp_pa
     scored = [r for r in rows if r.get("image_score") is not None]
     assert len(scored) == 4
     assert all(r["is_anomalous"] == (r["image_score"] >= remote["image_threshold"]) for r in scored)
+
+
+def test_scan_and_eval_build_one_detector_for_one_image_size(cli, tree, checkpoint, tmp_path):
+    """`eval --image-size N` and `scan --image-size N` on one checkpoint: the same detector."""
+    from vip2scan.model.detector import Detector
+    from vip2scan.pipeline.stages.infer import ModelSpec, load_detector, model_facts
+
+    spec = ModelSpec(checkpoint, image_size=64)
+    scanned = load_detector(spec)
+    evaluated = _eval(cli, tree, checkpoint, tmp_path, "--image-size", "64")
+    assert evaluated["model_id"] == scanned.model_id == model_facts(spec).model_id
+    saved = Detector.from_checkpoint(checkpoint)
+    assert scanned.config.image_size == 64 and scanned.config.top_k != saved.config.top_k
+    assert scanned.config.to_dict() == Detector.from_checkpoint(
+        checkpoint, overrides={"image_size": 64}).config.to_dict()

@@ -9,19 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vip2scan.model import training
+from vip2scan.model import files
+from vip2scan.model import images
+from vip2scan.model.training import layout
+from vip2scan.model.training import loop
 
 IMAGE_SIZE = 112  # as in conftest.py
 
 
 def test_shards_are_equal_in_length_cover_everything_and_repeat_per_epoch():
     for n, world in [(16, 2), (17, 2), (5, 4), (3, 1)]:
-        shards = [training.shard_indices(n, epoch=2, seed=111, rank=r, world_size=world) for r in range(world)]
+        shards = [loop.shard_indices(n, epoch=2, seed=111, rank=r, world_size=world) for r in range(world)]
         assert len({len(s) for s in shards}) == 1  # same number of steps on every rank
         assert set().union(*shards) == set(range(n))
         assert sum(len(s) for s in shards) - n < world  # padding only to the next multiple
-        assert shards == [training.shard_indices(n, 2, 111, r, world) for r in range(world)]
-    assert training.shard_indices(16, 1, 111, 0, 1) != training.shard_indices(16, 2, 111, 0, 1)
+        assert shards == [loop.shard_indices(n, 2, 111, r, world) for r in range(world)]
+    assert loop.shard_indices(16, 1, 111, 0, 1) != loop.shard_indices(16, 2, 111, 0, 1)
 
 
 def test_mask_is_resized_bilinear_then_binarised_like_the_reference(tmp_path):
@@ -29,11 +32,11 @@ def test_mask_is_resized_bilinear_then_binarised_like_the_reference(tmp_path):
     mask[2:5, 3:7] = 1  # any non-zero value is a defect in the reference
     path = str(tmp_path / "m.png")
     Image.fromarray(mask).save(path)
-    got = training.load_mask(path, 16)
+    got = images.load_mask(path, 16)
     expected = np.asarray(Image.fromarray(mask * 255).resize((16, 16), Image.BILINEAR), np.float32) / 255 > 0.5
     assert got.dtype == bool and got.shape == (16, 16)
     np.testing.assert_array_equal(got, expected)
-    assert not training.load_mask(None, 16).any()
+    assert not images.load_mask(None, 16).any()
 
 
 def test_latest_pointer_and_checkpoint_resolution(tmp_path):
@@ -41,13 +44,13 @@ def test_latest_pointer_and_checkpoint_resolution(tmp_path):
     from vip2scan.model.detector import Detector
 
     out = str(tmp_path / "run")
-    assert training.read_latest_epoch(out) is None
+    assert layout.read_latest_epoch(out) is None
     Detector.from_config(DetectorConfig(image_size=IMAGE_SIZE)).save_checkpoint(f"{out}/epoch_007")
-    training.write_latest(out, 7)
-    assert training.read_latest_epoch(out) == 7
+    layout.write_latest(out, 7)
+    assert layout.read_latest_epoch(out) == 7
     assert json.loads(open(f"{out}/latest").read())["checkpoint"] == "epoch_007"
-    assert training.resolve_checkpoint(out) == f"{out}/epoch_007"
-    assert training.resolve_checkpoint(f"{out}/epoch_007") == f"{out}/epoch_007"
+    assert layout.resolve_checkpoint(out) == f"{out}/epoch_007"
+    assert layout.resolve_checkpoint(f"{out}/epoch_007") == f"{out}/epoch_007"
 
 
 def test_reference_run_writes_a_checkpoint_per_epoch_and_the_loss_goes_down(reference_run):
@@ -59,10 +62,10 @@ def test_reference_run_writes_a_checkpoint_per_epoch_and_the_loss_goes_down(refe
     for e in (1, 2):
         names = set(os.listdir(f"{out}/epoch_{e:03d}"))
         assert {"weights.safetensors", "config.json", "train_state.pt", "train_info.json"} <= names
-    assert training.read_latest_epoch(out) == 2
-    info = training.load_train_info(f"{out}/epoch_002")
+    assert layout.read_latest_epoch(out) == 2
+    info = loop.load_train_info(f"{out}/epoch_002")
     assert [h["epoch"] for h in info["history"]] == [1, 2]
-    det = Detector.from_checkpoint(training.resolve_checkpoint(out))
+    det = Detector.from_checkpoint(layout.resolve_checkpoint(out))
     assert det.image_size == IMAGE_SIZE
 
 
@@ -74,14 +77,14 @@ def test_workers_0_cli_with_val_then_resume_matches_an_uninterrupted_run(cli, tr
     assert "epoch 1  loss" in result.output and "val image AUROC" in result.output
     assert sorted(os.listdir(out)) == ["best", "epoch_001", "latest"]
     assert json.loads(open(f"{out}/best/config.json").read())["format"] == "vip2scan-checkpoint"
-    assert np.isfinite(training.load_train_info(f"{out}/epoch_001")["val_score"])
+    assert np.isfinite(loop.load_train_info(f"{out}/epoch_001")["val_score"])
 
     again = cli("train", tree, "--out", out, "--workers", "0", "--epochs", "2")
     assert again.exit_code == 2 and "--resume" in again.output  # never silently overwrites
 
     resumed = cli("train", tree, "--out", out, "--workers", "0", "--epochs", "2", "--resume")
     assert resumed.exit_code == 0, resumed.output
-    info = training.load_train_info(f"{out}/epoch_002")
+    info = loop.load_train_info(f"{out}/epoch_002")
     assert info["resumed_from"] == 1 and [h["epoch"] for h in info["history"]] == [1, 2]
     # Same data order, weights and Adam state after the restart: the same numbers.
     ref = reference_run["epochs"]
@@ -95,7 +98,7 @@ def test_workers_0_cli_with_val_then_resume_matches_an_uninterrupted_run(cli, tr
 def test_train_and_calibrate_on_object_storage(cli, s3_server, s3_bucket):
     """Data, checkpoints and metrics all on (moto) S3, credentials via --storage-option."""
     from vip2scan.model.detector import Detector
-    from vip2scan.model.synthetic import write_mvtec_tree
+    from vip2scan.model.data.synthetic import write_mvtec_tree
 
     so = s3_server.storage_options
     flags = [x for k, v in so.items() for x in ("-s", f"{k}={v}")]
@@ -103,10 +106,10 @@ def test_train_and_calibrate_on_object_storage(cli, s3_server, s3_bucket):
     write_mvtec_tree(data, categories=("disc",), n_good=2, n_defect=1, size=128, seed=1, storage_options=so)
     result = cli("train", data, "--out", out, "--workers", "0", "--epochs", "1", "--image-size", IMAGE_SIZE, *flags)
     assert result.exit_code == 0, result.output
-    assert training.read_latest_epoch(out, so) == 1
+    assert layout.read_latest_epoch(out, so) == 1
     result = cli("eval", data, "--checkpoint", out, "--calibrate", "--json", f"s3://{s3_bucket}/m.json", *flags)
     assert result.exit_code == 0, result.output
-    metrics = json.loads(training.read_text(f"s3://{s3_bucket}/m.json", so))
+    metrics = json.loads(files.read_text(f"s3://{s3_bucket}/m.json", so))
     assert metrics["checkpoint"] == f"{out}/epoch_001"
     det = Detector.from_checkpoint(f"{out}/epoch_001", storage_options=so)
     assert det.config.image_threshold == pytest.approx(metrics["image_threshold"])

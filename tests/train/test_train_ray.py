@@ -10,7 +10,8 @@ import os
 import pytest
 
 from vip2scan.jobs.train import FAULT_ENV, FAULT_MARKER
-from vip2scan.model import training
+from vip2scan.model.training import layout
+from vip2scan.model.training import loop
 
 pytestmark = pytest.mark.slow
 IMAGE_SIZE = 112  # as in conftest.py
@@ -27,12 +28,12 @@ def test_two_workers_killed_in_epoch_2_resume_from_epoch_1_and_finish(
 
     # Two checkpoints in our format, the pointer, and Ray Train's state beside them.
     assert {"epoch_001", "epoch_002", "latest", "_ray"} <= set(os.listdir(out))
-    assert training.read_latest_epoch(out) == 2
+    assert layout.read_latest_epoch(out) == 2
     assert {"epoch_001", "epoch_002"} <= set(os.listdir(f"{out}/_ray"))
 
     # The hook killed rank 0 once, and the restarted workers loaded epoch_001.
     assert os.path.exists(f"{out}/_ray/{FAULT_MARKER}")
-    info = training.load_train_info(f"{out}/epoch_002")
+    info = loop.load_train_info(f"{out}/epoch_002")
     assert info["resumed_from"] == 1
     history = {h["epoch"]: h for h in info["history"]}
     assert sorted(history) == [1, 2] and history[1]["resumed_from"] is None

@@ -1,0 +1,162 @@
+"""The one image decoder: bytes -> upright 8-bit RGB -> uint8 at the model size.
+
+Every number the project reports is measured on pixels from here: the scan's decode stage,
+the dataset readers of train / eval / calibrate, and the report's thumbnails. A rotated phone
+photo or a 16-bit PNG therefore scores the same in eval as in a scan, and looks in the report
+like what was scored.
+
+Rules, in order: a decompression-bomb guard before any pixel is decoded; the first frame only
+(animations, multi-page TIFFs); EXIF orientation applied; any mode converted to 8-bit RGB
+(16-bit and float greyscale scaled, palette and CMYK converted, alpha dropped); a straight
+bicubic resize to ``size x size`` (no crop: the map covers the whole image).
+
+No torch at import time: CPU decode workers import this module and should not pay for it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import TYPE_CHECKING
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # PIL's own default bomb limit (about 13k x 13k)
+
+# A truncated file must be an error, not a silently grey-padded image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DecodeError(ValueError):
+    """A file that is not a usable image; the message says why in one line."""
+
+
+def _sixteen_bit_to_uint8(image: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale -> 8-bit 'L' (16-bit scaled by /257)."""
+    arr = np.asarray(image)
+    if image.mode == "F":
+        arr = arr.astype(np.float32)
+        top = float(np.nanmax(arr)) if arr.size else 0.0
+        scaled = arr * 255.0 if top <= 1.0 else arr
+        out = np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
+    else:
+        # 'I;16*' and 'I' (PIL opens 16-bit PNG as 'I' or 'I;16'): the 16-bit range maps onto
+        # 8 bits by /257 (65535 -> 255); values above 16 bits are clipped.
+        out = np.clip(arr.astype(np.int64) // 257, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (alpha dropped, palette/CMYK/grey/1-bit converted)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _sixteen_bit_to_uint8(image).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        # A palette with transparency converts via RGBA (PIL warns otherwise); alpha is dropped.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def resize_to_model(image: Image.Image, size: int) -> np.ndarray:
+    """Straight bicubic resize to size x size (no crop, no aspect preservation): uint8 [size, size, 3]."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def open_upright(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Bytes -> upright 8-bit RGB at full size; raises :class:`DecodeError` with a reason."""
+    if not data:
+        raise DecodeError("empty object (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its limit; we refuse at our limit instead.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width <= 0 or height <= 0:
+                    raise DecodeError(f"invalid dimensions {width}x{height}")
+                if width * height > max_image_pixels:
+                    raise DecodeError(
+                        f"image too large: {width}x{height} = {width * height} pixels exceeds the "
+                        f"limit of {max_image_pixels} (decompression-bomb guard)")
+                # An opened file is at its first frame. Never ask for n_frames: it walks every
+                # page, and a hostile TIFF may have thousands.
+                image.load()
+                # In place: the default returns a full copy even when nothing rotates.
+                ImageOps.exif_transpose(image, in_place=True)
+                rgb = to_rgb(image)
+                rgb.load()
+                return rgb
+    except DecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"image too large (decompression-bomb guard): {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise DecodeError("not a recognised image format") from exc
+    except MemoryError as exc:
+        raise DecodeError("out of memory while decoding") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason, not a crash
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise DecodeError(f"cannot decode: {detail}") from exc
+
+
+def decode_image(data: bytes, size: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                 ) -> tuple[np.ndarray, int, int]:
+    """Bytes -> (uint8 [size, size, 3], width, height); raises :class:`DecodeError`.
+
+    ``width``/``height`` are the image's dimensions as displayed (after EXIF orientation), so
+    a map resized back to them overlays the upright image.
+    """
+    rgb = open_upright(data, max_image_pixels)
+    return resize_to_model(rgb, size), rgb.width, rgb.height
+
+
+def read_uri(uri: str, storage_options: dict | None = None) -> bytes:
+    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        return f.read()
+
+
+def load_image(uri: str, size: int | None = None, storage_options: dict | None = None,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image file as the model sees it: uint8 [size, size, 3] (``size`` None: upright RGB
+    at its own size, [H, W, 3])."""
+    data = read_uri(uri, storage_options)
+    if size is None:
+        return np.asarray(open_upright(data, max_image_pixels), dtype=np.uint8).copy()
+    return decode_image(data, size, max_image_pixels)[0]
+
+
+def load_mask(uri: str | None, size: int, storage_options: dict | None = None) -> np.ndarray:
+    """Ground truth -> bool [size, size] as the reference code reads it: any non-zero pixel is a
+    defect, bilinear resize, binarised at 0.5. ``None`` (a defect-free image) -> all False.
+
+    The mask follows the same EXIF orientation as its image, so both stay aligned.
+    """
+    if not uri:
+        return np.zeros((size, size), bool)
+    with Image.open(io.BytesIO(read_uri(uri, storage_options))) as mask:
+        mask.load()
+        ImageOps.exif_transpose(mask, in_place=True)
+        grey = np.asarray(mask.convert("L") if mask.mode not in ("I", "I;16", "F") else mask)
+    binary = Image.fromarray((grey > 0).astype(np.uint8) * 255)
+    if binary.size != (size, size):
+        binary = binary.resize((size, size), Image.BILINEAR)
+    return np.asarray(binary, dtype=np.float32) / 255.0 > 0.5
+
+
+def to_batch(images: list[np.ndarray] | np.ndarray) -> "torch.Tensor":
+    """HWC uint8 images (list or [N, H, W, 3]) -> uint8 tensor [N, 3, H, W]."""
+    import torch
+
+    arr = np.stack(images) if isinstance(images, list) else np.asarray(images)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,186 @@
+"""One attempt at a run's remaining work: stream it through an engine, stage every row.
+
+    remaining work (Parquet, uploaded to the run's staging) -> engine (the stages)
+    -> StagedResults: counters, a stop on rejected credentials, progress
+    -> StagingWriter: durable parts (the exactly-once record a resume starts from)
+
+:class:`RunStats` holds a scan's running counters for every phase, so no phase mutates
+another's variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from . import faults
+from .commit import StagingWriter
+from .engines import EngineConfig, StageSettings
+from .engines import local as local_engine
+from .engines import ray as ray_engine
+from .errors import CREDENTIALS_REJECTED, ScanError, engine_failure_line, one_line
+from .layout import WORK_FILE, staging_file
+from .lock import Lease, LeaseLost
+from .options import ScanOptions
+from .plan import Plan, Remaining, upload_file
+from .schema import scores_table
+from .stages.decode import DecodeSettings
+from .stages.infer import InferSettings, MapWriterSettings, ModelSpec
+from .storage import Location
+
+Engine = Callable[[Location, str, EngineConfig, StageSettings, Callable[[pa.Table], None]], None]
+ENGINES: dict[str, Engine] = {"ray": ray_engine.run, "local": local_engine.run}
+
+# read/decode/infer/write/actor_init are summed worker seconds (they overlap in a streaming
+# run); list_diff, engine, first_rows and commit are driver wall seconds.
+STAGES = ("list_diff", "read", "decode", "infer", "write", "commit", "engine", "actor_init",
+          "first_rows")
+# Per-row shares of worker seconds that the stages report, and the stage each adds to.
+WORKER_SECONDS = (("read_s", "read"), ("decode_s", "decode"), ("infer_s", "infer"),
+                  ("write_s", "write"), ("actor_init_s", "actor_init"))
+
+
+def _column_sum(table: pa.Table, name: str) -> float:
+    if name not in table.column_names:
+        return 0.0
+    return float(np.nansum(table.column(name).to_numpy(zero_copy_only=False)))
+
+
+@dataclass
+class RunStats:
+    """A scan's running counters: seconds per stage and what this attempt read and staged."""
+
+    started: float = field(default_factory=time.perf_counter)
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    objects_read: int = 0
+    bytes_read: int = 0
+    rows_staged: int = 0
+    inference_started: bool = False
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stage_s[stage] = self.stage_s.get(stage, 0.0) + float(seconds)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def add_batch(self, table: pa.Table) -> None:
+        """Count a result batch: its workers' seconds and the objects it read."""
+        for column, stage in WORKER_SECONDS:
+            self.add(stage, _column_sum(table, column))
+        self.objects_read += table.num_rows
+        self.bytes_read += int(_column_sum(table, "read_bytes"))
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def io(self) -> dict[str, int]:
+        return {"objects_read": self.objects_read, "bytes_read": self.bytes_read,
+                "rows_staged": self.rows_staged}
+
+
+def credentials_refused(table: pa.Table) -> tuple[str, str] | None:
+    """(image_uri, error) of the first row whose read was refused for the credentials."""
+    if "error" not in table.column_names:
+        return None
+    for uri, error in zip(table.column("image_uri").to_pylist(), table.column("error").to_pylist()):
+        if error and str(error).startswith(CREDENTIALS_REJECTED):
+            return uri, str(error)
+    return None
+
+
+class StagedResults:
+    """The engine's ``consume``: each result batch becomes score rows, staged durably."""
+
+    def __init__(self, out: Location, plan: Plan, opts: ScanOptions, lease: Lease,
+                 stats: RunStats, done: int):
+        self.plan, self.lease, self.stats = plan, lease, stats
+        self.progress = opts.progress
+        self.done = done  # rows staged so far, by earlier attempts too
+        self.kill_after = faults.driver_kill_after()
+        self.engine_started = time.perf_counter()
+        self.writer = StagingWriter(out, plan.run_id, flush_rows=opts.stage_rows,
+                                    flush_s=opts.stage_seconds, on_flush=self._flushed)
+
+    def _flushed(self, rows: int, batches: int) -> None:
+        self.stats.rows_staged = rows
+        faults.on_driver_flush(batches, self.kill_after)
+
+    def __call__(self, table: pa.Table) -> None:
+        self.lease.check()
+        if not self.stats.stage_s.get("first_rows"):
+            # Engine start to the first rows back: cluster/actor start-up and the first batch.
+            self.stats.stage_s["first_rows"] = time.perf_counter() - self.engine_started
+        self.stats.add_batch(table)
+        refused = credentials_refused(table)
+        if refused:
+            # Not recorded: these rows say nothing about the objects, and a rerun with
+            # valid credentials resumes this run and scans them.
+            raise ScanError(one_line(
+                f"stopping run {self.plan.run_id}: the source rejected the credentials reading "
+                f"{refused[0]} ({refused[1]}); {self.done} rows are staged, rerun with valid "
+                "credentials to resume"))
+        now = dt.datetime.now(dt.timezone.utc)
+        self.writer.add(scores_table(table, run_id=self.plan.run_id, model_id=self.plan.model_id,
+                                     scanned_at=now, map_store=self.plan.map_store))
+        self.done += table.num_rows
+        if self.progress is not None:
+            self.progress(self.done, self.plan.n_todo)
+
+
+def engine_config(opts: ScanOptions) -> EngineConfig:
+    return EngineConfig(
+        batch_size=opts.batch_size, actors=opts.actors, gpus_per_actor=opts.gpus_per_actor,
+        cpus_per_actor=opts.cpus_per_actor, torch_threads=opts.torch_threads,
+        decode_cpus=opts.decode_cpus,
+        max_tasks_in_flight_per_actor=opts.max_tasks_in_flight_per_actor,
+        device=opts.device, amp=opts.amp, ray_address=opts.ray_address,
+        ray_init_kwargs=opts.ray_init_kwargs)
+
+
+def stage_settings(out: Location, plan: Plan, spec: ModelSpec, image_size: int,
+                   opts: ScanOptions) -> StageSettings:
+    fault_hooks = faults.from_env()
+    decode = DecodeSettings(image_size=image_size, max_image_pixels=opts.max_image_pixels,
+                            storage_options=opts.storage_for("source") or None,
+                            wrapper=opts.fs_wrapper, max_object_bytes=opts.max_object_bytes,
+                            faults=fault_hooks)
+    infer = InferSettings(model=spec, map_size=plan.map_size, image_threshold=plan.image_threshold,
+                          pixel_threshold=plan.pixel_threshold, device=opts.device, amp=opts.amp,
+                          channels_last=opts.channels_last, compile=opts.compile,
+                          batch_size=opts.batch_size, expected_model_id=plan.model_id,
+                          faults=fault_hooks)
+    maps = MapWriterSettings(out_uri=out.uri, store_name=plan.map_store,
+                             storage_options=dict(out.storage_options) or None,
+                             wrapper=opts.fs_wrapper)
+    return StageSettings(decode=decode, infer=infer, maps=maps)
+
+
+def run_attempt(out: Location, plan: Plan, remaining: Remaining, spec: ModelSpec,
+                image_size: int, opts: ScanOptions, lease: Lease, stats: RunStats) -> None:
+    """Stream the remaining work through the engine and stage every result row durably."""
+    work_path = staging_file(plan.run_id, WORK_FILE)
+    upload_file(out, remaining.path, work_path)
+    stages = stage_settings(out, plan, spec, image_size, opts)
+    results = StagedResults(out, plan, opts, lease, stats, done=remaining.staged)
+    try:
+        ENGINES[opts.engine](out, work_path, engine_config(opts), stages, results)
+        results.writer.flush()
+    except (LeaseLost, ScanError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep one clear line
+        raise ScanError(engine_failure_line(plan.run_id, exc)) from exc
+    finally:
+        stats.add("engine", time.perf_counter() - results.engine_started)
+        stats.add("write", results.writer.write_s)
+        stats.rows_staged = results.writer.rows_staged

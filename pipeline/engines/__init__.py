@@ -1,0 +1,55 @@
+"""Engines run a scan's stages over its work list and hand each result batch to the driver.
+
+Both have one signature, ``run(work, work_path, config, stages, consume)``, and call the very
+same stage callables (pipeline/stages/), so the rows they hand to ``consume`` are the same:
+
+- ``engines.ray``: Ray Data streaming over a cluster, the product;
+- ``engines.local``: threads in this process, for machines without Ray and as a yardstick
+  for what Ray's scheduling costs on one node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..stages.decode import DecodeSettings
+from ..stages.infer import InferSettings, MapWriterSettings
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What each stage needs (picklable: it travels to every worker)."""
+
+    decode: DecodeSettings
+    infer: InferSettings
+    maps: MapWriterSettings
+
+
+@dataclass
+class EngineConfig:
+    """Sizing of the stages (mirrors the CLI's flags; defaults suit one node)."""
+
+    batch_size: int = 32
+    actors: tuple[int, int] | None = None  # (min, max); None: #GPUs, else 1 CPU actor
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU actors
+    cpus_per_actor: float = 1.0
+    torch_threads: int | None = None  # CPU actors: None = cluster CPUs // max actors
+    decode_cpus: float = 0.5  # per decode task; decode is I/O + PIL, mostly GIL-free
+    # Rows per decode task: a task decodes ~2-3 ms of pixels per row on one core, so 64 rows
+    # keep Ray's per-task cost (~10-20 ms) small against the work; None = max(batch, 64).
+    decode_rows: int | None = None
+    # Batches queued at an actor (their blocks are fetched while the model runs) and, of
+    # those, how many run at once: one on the model, one writing its maps.
+    max_tasks_in_flight_per_actor: int = 3
+    concurrent_calls_per_actor: int = 2
+    object_store_budget_mb: float | None = None  # None: see engines.ray.object_store_budget
+    device: str | None = None
+    amp: str | None = "auto"
+    ray_address: str | None = None
+    ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Fault tolerance, set deliberately rather than left to Ray Data's defaults (which retry
+    # crashed tasks and restart crashed actors forever, so a poison input loops the run):
+    task_max_retries: int = 3  # a work-list read or decode task whose worker process died
+    actor_max_restarts: int = 3  # an inference actor whose process died (OOM, segfault, kill)
+    actor_max_task_retries: int = 3  # the batches it held, resubmitted to the restarted actor

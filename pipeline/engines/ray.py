@@ -1,0 +1,212 @@
+"""The Ray Data part of a scan: remaining work -> read+decode -> infer + write maps -> driver.
+
+    work list, one read task per row group  manifest rows, map_index fixed
+    .repartition(rows per block)            blocks of ``decode_rows`` so decode tasks spread
+    .map_batches(read_and_decode)           CPU tasks: bytes -> uint8 pixels | error row
+    .map_batches(InferActor, ActorPool)     one actor per GPU (or CPU actors); each writes
+                                            its maps to Zarr and drops them
+    .iter_batches()  (driver)               small rows -> staging parts (exactly-once record)
+
+Everything is streamed with Ray Data's backpressure under a fixed object-store budget
+(object_store_budget), so no stage holds the lake and memory does not grow with it.
+
+Why the maps are written inside the actor rather than by a stage of their own: a map is
+128 KiB of float16 per image, so a separate stage moved every map through the object store
+and paid a task per batch (measured on 2 cores: ~5 ms of CPU per image, about an eighth of
+the model's own cost). Each actor accepts two concurrent calls and runs the model under a
+lock, so the Zarr write of one batch overlaps the inference of the next.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..retries import with_retries
+from ..stages.decode import read_and_decode
+from ..stages.infer import InferActor
+from ..storage import Location
+from . import EngineConfig, StageSettings
+
+# Backpressure: decoded batches that may wait per inference actor, and a floor for small ones.
+DECODED_BATCHES_PER_ACTOR = 16
+MIN_OBJECT_STORE_BUDGET = 128 * 2**20
+
+# max_retries / max_restarts / max_task_retries have no named map_batches parameter yet (Ray
+# 2.60 deprecates passing them as **ray_remote_args, without a replacement); they are set on
+# purpose, see EngineConfig.
+RETRY_ARGS_WARNING = ".*ray_remote_args.* is deprecated"
+
+
+@dataclass
+class RaySession:
+    """ray.init only when Ray is not running; shut down only a Ray we started."""
+
+    address: str | None = None
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+
+    def __enter__(self) -> "RaySession":
+        import ray
+
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False,
+                      "configure_logging": False, **self.init_kwargs}
+            ray.init(address=self.address, **kwargs)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+
+def actor_pool(config: EngineConfig) -> tuple[int, int, float, float, int | None]:
+    """(min actors, max actors, GPUs per actor, CPUs per actor, torch threads) for this cluster."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", os.cpu_count() or 1)))
+    per_gpu = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if per_gpu > 0 and gpus:
+        default = (1, max(1, int(gpus / per_gpu)))
+    else:
+        per_gpu = 0.0
+        default = (1, 1)
+    low, high = config.actors or default
+    low, high = max(1, int(low)), max(1, int(high), int(low))
+    threads = config.torch_threads
+    if threads is None and per_gpu == 0:
+        threads = max(1, cpus // high)
+    return low, high, per_gpu, config.cpus_per_actor, threads
+
+
+def object_store_budget(config: EngineConfig, image_size: int) -> int:
+    """Bytes of the object store the scan's blocks may occupy (Ray Data backpressures above).
+
+    Left to its default, Ray Data lets decode run as far ahead as a share of the whole object
+    store allows: on 2 cores, 760 MB of decoded pixels queued before the model at 20,000
+    images, 300 MB at 2,000, so memory grew with the lake. A fixed number of decoded batches
+    per inference actor keeps the model fed (a batch decodes far faster than it infers) and
+    keeps memory flat however large the lake.
+    """
+    if config.object_store_budget_mb:
+        return int(config.object_store_budget_mb * 2**20)
+    _, high, _, _, _ = actor_pool(config)
+    batch_bytes = config.batch_size * image_size * image_size * 3
+    return max(MIN_OBJECT_STORE_BUDGET, DECODED_BATCHES_PER_ACTOR * high * batch_bytes)
+
+
+def read_work_row_groups(batch: dict[str, np.ndarray], work: Location, work_path: str) -> pa.Table:
+    """The rows of the work list's row groups ``batch["row_group"]``."""
+    def read() -> pa.Table:
+        with work.fs.open(work.fs_path(work_path), "rb") as handle:
+            return pq.ParquetFile(handle).read_row_groups([int(i) for i in batch["row_group"]])
+
+    return with_retries(read)
+
+
+def work_list_dataset(work: Location, work_path: str, max_retries: int = 3):
+    """The remaining-work Parquet file as a Dataset: one read task per row group.
+
+    Not ``ray.data.read_parquet``: for one small file, Ray 2.60's reader runs a listing task
+    and provisions 32 footer-reader actors first, ~5 s before the first row on 2 cores. The
+    work list is one file the driver just wrote (row groups of 4,096 rows), so its footer
+    is read here and the row groups are spread over plain tasks.
+    """
+    import ray
+
+    def row_group_count() -> int:
+        with work.fs.open(work.fs_path(work_path), "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_row_groups
+
+    groups = with_retries(row_group_count)
+    ds = ray.data.from_items([{"row_group": i} for i in range(groups)],
+                             override_num_blocks=max(1, groups))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
+        return ds.map_batches(read_work_row_groups,
+                              fn_kwargs={"work": work, "work_path": work_path},
+                              batch_size=1, batch_format="numpy", num_cpus=0.25,
+                              max_retries=max_retries)
+
+
+def build_dataset(work: Location, work_path: str, config: EngineConfig, stages: StageSettings):
+    """The lazy Ray Data pipeline over the remaining work list."""
+    from ray.data import ActorPoolStrategy
+
+    low, high, gpus, cpus, threads = actor_pool(config)
+    infer = replace(stages.infer, torch_threads=threads,
+                    device=config.device or stages.infer.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
+        ds = work_list_dataset(work, work_path, config.task_max_retries)
+        # The work list arrives as one or a few big blocks of URIs; cut it into small blocks
+        # so that decode tasks spread over the cluster (streaming, no shuffle).
+        decode_rows = config.decode_rows or max(config.batch_size, 64)
+        ds = ds.repartition(target_num_rows_per_block=decode_rows)
+        ds = ds.map_batches(read_and_decode, fn_kwargs={"settings": stages.decode},
+                            batch_size=decode_rows, batch_format="numpy",
+                            num_cpus=config.decode_cpus, udf_modifying_row_count=False,
+                            max_retries=config.task_max_retries)
+        # An actor task's output block is released only when the task ends, so actor tasks of
+        # one batch each let rows reach the driver (and be staged) as they are scored.
+        ds = ds.repartition(target_num_rows_per_block=config.batch_size)
+        calls = max(1, int(config.concurrent_calls_per_actor))
+        return ds.map_batches(
+            InferActor, fn_constructor_kwargs={"settings": infer, "maps": stages.maps},
+            batch_size=config.batch_size, batch_format="numpy",
+            compute=ActorPoolStrategy(
+                min_size=low, max_size=high,
+                max_tasks_in_flight_per_actor=max(calls, config.max_tasks_in_flight_per_actor),
+                # True threads: InferActor serialises the model itself and writes outside the lock.
+                max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1),
+            num_gpus=gpus if gpus > 0 else None, num_cpus=cpus, udf_modifying_row_count=False,
+            max_restarts=config.actor_max_restarts, max_task_retries=config.actor_max_task_retries,
+        )
+
+
+def iter_results(ds: Any, batch_size: int) -> Iterator[pa.Table]:
+    """Rows (no pixels, no maps) as pyarrow tables, as the pipeline produces them."""
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                 prefetch_batches=1):
+        yield batch
+
+
+def run(work: Location, work_path: str, config: EngineConfig, stages: StageSettings,
+        consume: Callable[[pa.Table], None]) -> None:
+    """Run the pipeline, handing each result batch to ``consume`` (which stages it)."""
+    with RaySession(config.ray_address, config.ray_init_kwargs):
+        import ray
+
+        context = ray.data.DataContext.get_current()
+        # The caller draws progress from the rows it stages; Ray's bars would interleave.
+        # An actor whose __init__ fails (weights the driver's header check passed but the
+        # worker cannot load, a checkpoint changed since planning) fails the run at once: the
+        # error is deterministic, so retrying would only repeat it.
+        settings = {"enable_progress_bars": False, "enable_operator_progress_bars": False,
+                    "actor_init_retry_on_errors": False, "max_consecutive_actor_init_deaths": 0}
+        saved = {name: getattr(context, name) for name in settings if hasattr(context, name)}
+        for name in saved:
+            setattr(context, name, settings[name])
+        options = context.execution_options
+        saved_limits = options.resource_limits
+        options.resource_limits = saved_limits.copy(
+            object_store_memory=object_store_budget(config, stages.decode.image_size))
+        try:
+            ds = build_dataset(work, work_path, config, stages)
+            for table in iter_results(ds, config.batch_size):
+                consume(table)
+        finally:
+            options.resource_limits = saved_limits
+            for name, value in saved.items():
+                setattr(context, name, value)

@@ -1,0 +1,145 @@
+"""The Zarr map store of a run: create it, write maps into it, read one map back.
+
+``maps/<run_id>.zarr`` is a Zarr v3 group whose array ``maps`` is [N, R, R] float16 with one
+chunk per map, so each map is written whole by exactly one writer and never shares a chunk;
+unwritten slots have no chunk and read as NaN (the fill value). A scores row points at its map
+with ``map_store`` (the store's path below OUT) and ``map_index``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .layout import MAPS_ARRAY, maps_store_name, safe_relative_path
+from .retries import with_retries
+from .schema import SCHEMA_VERSION
+from .storage import FilesystemWrapper, Location, env_wrapper, fs_kwargs
+
+MAP_JOIN_RULE = (
+    "scores rows whose map_store names this store hold their map at maps[map_index] "
+    "(float16, resolution x resolution, values in [0, 1]); rows with status 'error' have no map"
+)
+_OPEN_ARRAYS_KEPT = 16
+
+
+def wrap_zarr_store(store: Any, wrapper: FilesystemWrapper | None) -> Any:
+    """Apply the ``wrap_zarr_store(store)`` method of the env and explicit fs wrappers, if any.
+
+    Zarr writes maps through its own async store, not through our fsspec filesystems, so a
+    wrapper that injects faults (or adds behaviour) can opt in to wrapping Zarr stores too.
+    """
+    for wrap in (env_wrapper(), wrapper):
+        method = getattr(wrap, "wrap_zarr_store", None)
+        if method is not None:
+            store = method(store)
+    return store
+
+
+def zarr_store(out: Location, store_name: str, read_only: bool = False):
+    """The Zarr store ``store_name`` below OUT (a name read back from OUT must stay inside it)."""
+    import zarr.storage
+
+    safe_relative_path(store_name)
+    if out.is_local:
+        store = zarr.storage.LocalStore(out.fs_path(store_name), read_only=read_only)
+    else:
+        options = fs_kwargs(out.protocol, out.storage_options)
+        store = zarr.storage.FsspecStore.from_url(out.join(store_name), storage_options=options,
+                                                  read_only=read_only)
+    return wrap_zarr_store(store, out.wrapper)
+
+
+def create_map_store(out: Location, run_id: str, n_maps: int, resolution: int,
+                     attributes: dict[str, Any]) -> str:
+    """Create the run's store with array ``maps`` [n, R, R] float16 (NaN = not written)."""
+    import zarr
+
+    name = maps_store_name(run_id)
+    group = zarr.open_group(zarr_store(out, name), mode="w",
+                            attributes={"vip2scan.schema_version": SCHEMA_VERSION,
+                                        "run_id": run_id})
+    group.create_array(
+        MAPS_ARRAY, shape=(max(n_maps, 0), resolution, resolution), chunks=(1, resolution, resolution),
+        dtype="float16", fill_value=float("nan"),
+        attributes={"run_id": run_id, "resolution": resolution, "join": MAP_JOIN_RULE,
+                    "vip2scan.schema_version": SCHEMA_VERSION, **attributes},
+        dimension_names=("map_index", "y", "x"),
+    )
+    return name
+
+
+def open_maps(out: Location, store_name: str) -> Any:
+    """The ``maps`` array of a store, read-only and freshly opened (what verify inspects)."""
+    import zarr
+
+    return zarr.open_array(zarr_store(out, store_name, read_only=True), path=MAPS_ARRAY, mode="r")
+
+
+_open_arrays: dict[tuple, Any] = {}
+
+
+def cached_maps_array(out: Location, store_name: str, read_only: bool = True):
+    """The ``maps`` array of a store, cached per process (each worker opens it once)."""
+    import zarr
+
+    key = (os.getpid(), out.uri, store_name, read_only)
+    array = _open_arrays.get(key)
+    if array is None:
+        array = zarr.open_array(zarr_store(out, store_name, read_only=read_only),
+                                path=MAPS_ARRAY, mode="r" if read_only else "r+")
+        if len(_open_arrays) > _OPEN_ARRAYS_KEPT:
+            _open_arrays.clear()
+        _open_arrays[key] = array
+    return array
+
+
+def write_maps(out: Location, store_name: str, indices: np.ndarray, maps: np.ndarray) -> None:
+    """Write whole chunks maps[i] (one writer per index, so no chunk is ever shared)."""
+    if len(indices) == 0:
+        return
+    array = cached_maps_array(out, store_name, read_only=False)
+    order = np.argsort(indices)
+    with_retries(array.set_orthogonal_selection, (np.asarray(indices)[order],),
+                 np.asarray(maps, dtype=np.float16)[order])
+
+
+def read_map_array(out: Location, store_name: str, index: int) -> np.ndarray:
+    """maps[index] as float32 [R, R]."""
+    array = cached_maps_array(out, store_name, read_only=True)
+    return np.asarray(array[int(index)], dtype=np.float32)
+
+
+def resize_map(amap: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of a float map to (height, width), float32 in [0, 1]."""
+    from PIL import Image
+
+    if amap.shape == (height, width):
+        return amap.astype(np.float32)
+    image = Image.fromarray(np.asarray(amap, dtype=np.float32), mode="F")
+    resized = np.asarray(image.resize((int(width), int(height)), Image.BILINEAR), dtype=np.float32)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def written_indices(array: Any) -> np.ndarray:
+    """Sorted map indices whose chunk exists (one chunk per map), from a store listing."""
+    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+    from zarr.core.sync import sync
+
+    encoding = array.metadata.chunk_key_encoding
+    separator = getattr(encoding, "separator", "/")
+    prefix = f"{array.path}/" if array.path else ""
+    if isinstance(encoding, DefaultChunkKeyEncoding):
+        prefix += f"c{separator}"
+
+    async def collect() -> list[int]:
+        found = []
+        async for key in array.store_path.store.list_prefix(prefix):
+            head = key[len(prefix):].split(separator)[0]
+            if head.isdigit():
+                found.append(int(head))
+        return found
+
+    return np.unique(np.asarray(sync(collect()), dtype=np.int64))

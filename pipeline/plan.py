@@ -1,0 +1,182 @@
+"""The plan of a run: its frozen work list, saved so an interrupted run resumes identically.
+
+A new run lists and diffs (diff.py), then saves its work list (``todo.parquet``, with
+``map_index`` fixed per row), the URIs that vanished and its map store before ``plan.json``,
+whose presence means the plan is complete. A rerun after a crash finds the plan and resumes
+under the same run_id: the work left is the todo list minus the rows already staged. Staging
+that cannot be resumed (another source or model, a crash before the plan was saved, a run
+committed before its staging was removed) is cleaned up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .commit import staged_part_names
+from .diff import Selection, list_and_diff
+from .layout import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
+                     maps_store_name, parts_dir, record_name, scores_partition, staging_dir,
+                     staging_file)
+from .maps import create_map_store
+from .outputs import duckdb_connect, register_parquet, sql_str
+from .records import read_json, write_json
+from .schema import SCORES_SCHEMA, STATUS_COMPLETE
+from .storage import Location
+
+
+@dataclass
+class Plan:
+    """The frozen work of one run, persisted so an interrupted run resumes identically."""
+
+    run_id: str
+    source: str
+    model_id: str
+    started_at: str
+    scan_date: str
+    counts: dict[str, int]
+    n_todo: int
+    map_store: str | None
+    map_size: int
+    image_threshold: float
+    pixel_threshold: float
+    attempts: int = 1
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def todo_file(self) -> str:
+        return staging_file(self.run_id, TODO_FILE)
+
+    def save(self, out: Location) -> None:
+        write_json(out, asdict(self), staging_file(self.run_id, PLAN_FILE))
+
+    @classmethod
+    def load(cls, out: Location, run_id: str) -> "Plan | None":
+        content = read_json(out, staging_file(run_id, PLAN_FILE))
+        if not content:
+            return None
+        known = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{k: v for k, v in content.items() if k in known})
+        except TypeError:  # an incomplete or foreign plan: not resumable
+            return None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What a run scores with: the model's id and input size, the resolved thresholds."""
+
+    model_id: str
+    image_size: int
+    image_threshold: float
+    pixel_threshold: float
+
+
+def create_plan(out: Location, src: Location, selection: Selection, model: ModelPlan, *,
+                run_id: str, now: dt.datetime, map_size: int, write_maps: bool,
+                config: dict[str, Any], workdir: str) -> Plan:
+    """List, diff and save the plan of a new run (plan.json last: its presence means the
+    todo list, the vanished list and the map store are all in place)."""
+    diff = list_and_diff(src, out, selection, model.model_id, run_id, workdir)
+    upload_file(out, diff.todo_path, staging_file(run_id, TODO_FILE))
+    upload_file(out, diff.vanished_path, staging_file(run_id, VANISHED_FILE))
+    n_todo = diff.counts.to_scan
+    store = None
+    if write_maps and n_todo > 0:
+        store = create_map_store(out, run_id, n_todo, map_size, {
+            "model_id": model.model_id, "image_size": model.image_size,
+            "source": src.display(), "dtype": "float16"})
+    plan = Plan(run_id=run_id, source=src.uri, model_id=model.model_id,
+                started_at=now.isoformat(), scan_date=now.strftime("%Y-%m-%d"),
+                counts=diff.counts.as_dict(), n_todo=n_todo, map_store=store, map_size=map_size,
+                image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold,
+                config=config)
+    plan.save(out)
+    return plan
+
+
+def upload_file(out: Location, local_path: str, relpath: str) -> None:
+    with open(local_path, "rb") as fh:
+        out.write_bytes(fh.read(), relpath)
+
+
+def remove_run_leftovers(out: Location, run_id: str, scan_date: str | None) -> None:
+    """Delete an abandoned run's staging, Zarr store and any half-committed score files.
+
+    Names come from OUT's own listing and plan files; anything that is not a plain run id or
+    date is refused so that a doctored plan cannot point the deletion outside OUT.
+    """
+    if not is_run_id(run_id):
+        return
+    # Outputs first, the staging folder last: a cleanup interrupted halfway leaves the staging
+    # behind, so the next scan (or verify --fix) still finds and finishes it.
+    if is_scan_date(scan_date):
+        partition = scores_partition(str(scan_date))
+        for name in out.ls_names(partition):
+            if name.startswith(f"{run_id}-"):
+                out.remove(partition, name)
+    out.remove(maps_store_name(run_id), recursive=True)
+    out.remove(staging_dir(run_id), recursive=True)
+
+
+def find_resumable(out: Location, source_uri: str, model_id: str) -> tuple[Plan | None, list[str]]:
+    """The interrupted run of this source + model to resume, and what was cleaned up.
+
+    Staging of committed runs (crash after the record) and of runs that cannot be resumed
+    (another source or model, or a crash before the plan was saved) is removed.
+    """
+    resumable: Plan | None = None
+    removed: list[str] = []
+    for run_id in out.ls_names(STAGING):
+        plan = Plan.load(out, run_id)
+        if plan is not None and (plan.run_id != run_id or not is_scan_date(plan.scan_date)):
+            plan = None  # not written by us for this directory: never resume it
+        record = read_json(out, record_name(run_id))
+        if record and record.get("status") == STATUS_COMPLETE:
+            out.remove(staging_dir(run_id), recursive=True)
+            removed.append(run_id)
+        elif plan and plan.source == source_uri and plan.model_id == model_id and resumable is None:
+            resumable = plan
+        else:
+            raw = read_json(out, staging_file(run_id, PLAN_FILE)) or {}
+            scan_date = plan.scan_date if plan else raw.get("scan_date")
+            remove_run_leftovers(out, run_id, str(scan_date) if scan_date else None)
+            removed.append(run_id)
+    return resumable, removed
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """The work a run has left, from its todo list and the parts it has staged."""
+
+    path: str  # local Parquet: the todo rows not yet staged, in map_index order
+    left: int  # rows left
+    staged: int  # distinct URIs staged
+    staged_rows: int  # rows staged (more than ``staged`` only if an object was staged twice)
+
+
+def remaining_work(out: Location, plan: Plan, workdir: str) -> Remaining:
+    """The todo rows not yet staged, written to ``workdir``."""
+    con = duckdb_connect(workdir)
+    todo_local = os.path.join(workdir, TODO_FILE)
+    if out.is_local:
+        todo_local = out.fs_path(plan.todo_file)
+    else:
+        with open(todo_local, "wb") as fh:
+            fh.write(out.read_bytes(plan.todo_file))
+    parts = [f"{parts_dir(plan.run_id)}/{n}" for n in staged_part_names(out, plan.run_id)]
+    register_parquet(con, "staged", out, parts, ["image_uri"], SCORES_SCHEMA)
+    staged, staged_rows = (int(v) for v in con.execute(
+        "SELECT count(DISTINCT image_uri), count(*) FROM staged").fetchone())
+    remaining_path = os.path.join(workdir, "remaining.parquet")
+    con.execute(f"""
+        COPY (SELECT t.* FROM read_parquet({sql_str(todo_local)}) t
+              ANTI JOIN staged s USING (image_uri) ORDER BY map_index)
+        TO {sql_str(remaining_path)} (FORMAT parquet, ROW_GROUP_SIZE 4096)
+    """)
+    left = int(con.execute(f"SELECT count(*) FROM read_parquet({sql_str(remaining_path)})"
+                           ).fetchone()[0])
+    con.close()
+    return Remaining(remaining_path, left, staged, staged_rows)
