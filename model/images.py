@@ -147,7 +147,9 @@ def load_mask(uri: str | None, size: int, storage_options: dict | None = None) -
     with Image.open(io.BytesIO(read_uri(uri, storage_options))) as mask:
         mask.load()
         ImageOps.exif_transpose(mask, in_place=True)
-        grey = np.asarray(mask.convert("L") if mask.mode not in ("I", "I;16", "F") else mask)
+        # 16-bit and float masks are compared as stored: converting them to 'L' would clip.
+        wide = mask.mode.startswith("I") or mask.mode == "F"
+        grey = np.asarray(mask if wide else mask.convert("L"))
     binary = Image.fromarray((grey > 0).astype(np.uint8) * 255)
     if binary.size != (size, size):
         binary = binary.resize((size, size), Image.BILINEAR)
