@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from vip2scan import __version__
 from vip2scan.jobs import errors
-from vip2scan.jobs.config import parse_only
+from vip2scan.jobs.config import parse_only, set_command_tree
 from vip2scan.jobs.errors import click
 
 # Order here is the order in `vip2scan --help`; every listed module must exist.
@@ -26,7 +26,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scan",
     "query",
     "report",
+    "explore",
+    "map",
     "verify",
+    "calibrate",
     "train",
     "eval",
     "convert",
@@ -74,9 +77,12 @@ class OneLineErrorsGroup(TyperGroup):
         except typer.Abort:
             sys.stderr.write("error: aborted\n")
             code = errors.EXIT_RUNTIME
-        except KeyboardInterrupt:
-            sys.stderr.write("error: interrupted\n")
-            code = 130
+        except KeyboardInterrupt as exc:
+            # Ctrl-C: 130; SIGTERM arrives as pipeline.holder.Terminated, with 143. A scan
+            # interrupted mid-run prints its own line (how to resume) before this.
+            said = "interrupted" if type(exc) is KeyboardInterrupt else (str(exc) or "interrupted")
+            sys.stderr.write(f"error: {said}\n")
+            code = int(getattr(exc, "exit_code", 130))
         except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns crashes into a line
             errors.report_runtime_error(exc, debug=_debug)
             code = errors.EXIT_RUNTIME
@@ -93,6 +99,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: at 80 columns rich's boxed tables cut option names and wrap each
+    # help text into a narrow column (scan --help ran to 155 lines).
+    rich_markup_mode=None,
 )
 
 
@@ -123,6 +132,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+set_command_tree(lambda: typer.main.get_command(app))
 
 
 def parse_command_line(argv: Sequence[str]) -> click.Context:

@@ -24,15 +24,17 @@ Relative paths are taken relative to the working directory, as on the command li
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from typing import Annotated, Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 from typer.core import TyperGroup
 
 from vip2scan.jobs.errors import BadParameter, UsageError, click, is_secret_name, register_secret
 
-SECTION_HELP = "TOML or YAML file of option values; flags win (see 'Configuration' in the README)."
+SECTION_HELP = "TOML or YAML file of option values; flags win (README: Configuration)."
 PARSE_ONLY = "vip2scan.parse_only"  # ctx.meta key: parse the command line, run nothing
 
 
@@ -90,10 +92,60 @@ def _storage_options_as_flags(value: Any) -> list[str]:
     return [str(value)]
 
 
-def config_to_defaults(data: dict[str, Any], command: click.Command, section: str) -> dict[str, Any]:
-    """Turn a parsed config file into click's ``default_map`` for ``command``."""
+# Top-level tables that hold values rather than one command's options.
+VALUE_SECTIONS = ("storage_options",)
+_command_tree: Callable[[], click.Command] | None = None
+
+
+def set_command_tree(provider: Callable[[], click.Command]) -> None:
+    """Tell config files which commands exist (cli.py does, once its commands are registered),
+    so that a key or section no command knows is an error even when a command is parsed alone."""
+    global _command_tree
+    _command_tree = provider
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a config file may name: every command (a section) and every command's options."""
+
+    sections: frozenset[str]
+    keys: frozenset[str]  # option names with underscores, as _flag_names gives them
+
+
+def catalog_of(root: click.Command) -> Catalog:
+    sections: set[str] = set()
+    keys: set[str] = set()
+    stack = [root]
+    while stack:
+        command = stack.pop()
+        keys.update(_flag_names(command))
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            sections.add(name)
+            stack.append(sub)
+    return Catalog(frozenset(sections), frozenset(keys))
+
+
+def did_you_mean(word: str, candidates: Sequence[str], shown: Callable[[str], str] = repr) -> str:
+    """'; did you mean X?' for the closest candidate, or ''."""
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {shown(match[0])}?" if match else ""
+
+
+def _option_spelling(norm: str) -> str:
+    return repr(norm.replace("_", "-"))
+
+
+def config_to_defaults(data: dict[str, Any], command: click.Command, section: str,
+                       catalog: Catalog | None = None) -> dict[str, Any]:
+    """Turn a parsed config file into click's ``default_map`` for ``command``.
+
+    A section that names no command, a top-level key that is no command's option, or a key
+    in this command's section that is not one of its options is a usage error (with the
+    closest spelling), never silently ignored.
+    """
     known = _flag_names(command)
     has_storage = "storage_option" in known
+    catalog = catalog or Catalog(frozenset({section}), frozenset(known))
     defaults: dict[str, Any] = {}
 
     def put(key: str, value: Any, strict: bool) -> None:
@@ -103,17 +155,27 @@ def config_to_defaults(data: dict[str, Any], command: click.Command, section: st
             return
         if norm not in known:
             if strict:
-                raise BadParameter(f"unknown option {key!r} in section [{section}]",
-                                         param_hint="'--config'")
-            return
+                raise BadParameter(f"unknown option {key!r} in section [{section}]"
+                                   f"{did_you_mean(norm, sorted(known), _option_spelling)}",
+                                   param_hint="'--config'")
+            if norm not in catalog.keys and norm not in VALUE_SECTIONS:
+                raise BadParameter(f"unknown top-level option {key!r} (no command has it)"
+                                   f"{did_you_mean(norm, sorted(catalog.keys), _option_spelling)}",
+                                   param_hint="'--config'")
+            return  # another command's option
         name, negate = known[norm]
         defaults[name] = (not value) if negate and isinstance(value, bool) else value
 
-    command_sections = {k for k, v in data.items() if isinstance(v, dict) and k.replace("-", "_") not in known
-                        and k not in ("storage_options",)}
     for key, value in data.items():
-        if key not in command_sections:
-            put(key, value, strict=False)
+        key = str(key)
+        norm = key.replace("-", "_")
+        if isinstance(value, dict) and norm not in known and norm not in VALUE_SECTIONS:
+            if key != section and key not in catalog.sections:
+                raise BadParameter(f"unknown section [{key}] (sections are command names)"
+                                   f"{did_you_mean(key, sorted(catalog.sections), lambda s: f'[{s}]')}",
+                                   param_hint="'--config'")
+            continue
+        put(key, value, strict=False)
     section_data = data.get(section) or {}
     if not isinstance(section_data, dict):
         raise BadParameter(f"[{section}] must be a table", param_hint="'--config'")
@@ -128,7 +190,11 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional
         return value
     data = read_config_file(value)
     section = ctx.info_name or ""
-    defaults = config_to_defaults(data, ctx.command, section)
+    root = ctx.find_root().command
+    if getattr(root, "commands", None) is None and _command_tree is not None:
+        root = _command_tree()  # a command parsed on its own (tests, submit's checks)
+    catalog = catalog_of(root) if getattr(root, "commands", None) is not None else None
+    defaults = config_to_defaults(data, ctx.command, section, catalog)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
@@ -140,6 +206,7 @@ ConfigOption = Annotated[
         envvar="VIP2SCAN_CONFIG",
         is_eager=True,
         callback=_load_config,
+        metavar="FILE",
         help=SECTION_HELP,
         show_default=False,
     ),
@@ -155,8 +222,13 @@ def parse_key_values(items: list[str] | None, what: str = "--storage-option") ->
     for item in items or []:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        if not sep or not key:
-            raise BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"'{what}'")
+        # The value is never echoed: a value without its key name may well be a secret.
+        if not sep:
+            raise BadParameter("expected KEY=VALUE, got a value without '=' (not shown)",
+                               param_hint=f"'{what}'")
+        if not key:
+            raise BadParameter("expected KEY=VALUE, got '=' and a value without its key name",
+                               param_hint=f"'{what}'")
         result[key] = _literal(raw.strip())
     return result
 
@@ -175,9 +247,32 @@ def _literal(raw: str) -> Any:
     return raw
 
 
+# s3fs takes the access key id and its secret together: given half a pair, botocore signs with
+# whatever else it finds (or nothing) and S3 answers "bucket does not exist".
+CREDENTIAL_PAIRS = (("key", "secret"),)
+STORAGE_FLAG = "'-s' / '--storage-option'"
+
+
+def check_storage_options(items: list[str], options: dict[str, Any]) -> None:
+    """Usage errors for -s values that cannot be what was meant: an empty value, or half of a
+    credential pair (e.g. ``-s secret=VALUE`` without ``-s key=...``)."""
+    for item in items:
+        key, _, raw = item.partition("=")
+        if not raw.strip():
+            raise BadParameter(f"expected KEY=VALUE, got {key.strip() + '='!r} (no value)",
+                               param_hint=STORAGE_FLAG)
+    for first, second in CREDENTIAL_PAIRS:
+        if (first in options) != (second in options):
+            given, missing = (first, second) if first in options else (second, first)
+            raise BadParameter(f"{given}=... needs {missing}=... too (the access key id and its "
+                               "secret go together; or set neither and use the environment)",
+                               param_hint=STORAGE_FLAG)
+
+
 def storage_options_from_flags(items: list[str] | None) -> dict[str, Any]:
     """Parse --storage-option flags and remember secret-looking values so errors never show them."""
-    options = parse_key_values(items)
+    options = parse_key_values(items, what="-s' / '--storage-option")
+    check_storage_options(list(items or []), options)
     for key, value in options.items():
         if is_secret_name(key) and isinstance(value, str):
             register_secret(value)

@@ -130,7 +130,8 @@ def demo(
     import pyarrow.csv as pacsv
 
     from vip2scan.jobs.report import build_report
-    from vip2scan.jobs.scan import ProgressBar, format_summary
+    from vip2scan.jobs.progress import ProgressBar, Terminal
+    from vip2scan.jobs.scan import format_summary
     from vip2scan.model.data.synthetic import write_lake
     from vip2scan.pipeline import ScanOptions, layout, scan
 
@@ -156,11 +157,15 @@ def demo(
         typer.echo(f"[2/4] using the checkpoint {checkpoint} (no training)")
 
     typer.echo("[3/4] scanning the lake")
-    bar = ProgressBar(True)
+    terminal = Terminal()
+    bar = ProgressBar(True, terminal)
     try:
-        summary = scan(lake, out, checkpoint, ScanOptions(progress=bar))
+        # The product's engine (Ray Data), even though `scan --engine auto` would pick the
+        # local one for a lake this small: the demo shows the real pipeline.
+        summary = scan(lake, out, checkpoint, ScanOptions(engine="ray", progress=bar, notify=terminal.say))
     finally:
         bar.close()
+        terminal.close()
     typer.echo(format_summary(summary, out, {}))
 
     typer.echo("[4/4] writing the report")

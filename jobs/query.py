@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.errors import UsageError
+from vip2scan.jobs.errors import BadParameter, UsageError
 
 EXAMPLE = (
     "Example: vip2scan query ./demo-out/out "
@@ -57,6 +58,9 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", re.I)
+
+
 def options_for(uri: str, storage_options: dict) -> dict:
     """Storage options apply to remote URIs; local files take none."""
     return storage_options if "://" in uri and not uri.startswith("file://") else {}
@@ -93,6 +97,9 @@ def query(
         "--format", "-f", help="table (printed), csv, json (lines) or parquet (needs --to).")] = OutputFormat.table,
     to: Annotated[Optional[str], typer.Option(help="Write the result here (path or URI) instead of stdout.")] = None,
     max_rows: Annotated[int, typer.Option(help="Rows printed by --format table.")] = 50,
+    memory_limit: Annotated[Optional[str], typer.Option(
+        metavar="SIZE", help="DuckDB memory before spilling to disk, e.g. 4GB "
+        "(default: $VIP2SCAN_DUCKDB_MEMORY, else a quarter of RAM).")] = None,
     storage_option: StorageOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -101,8 +108,11 @@ def query(
 
     if format is OutputFormat.parquet and to is None:
         raise UsageError("--format parquet needs --to FILE")
+    if memory_limit is not None and not MEMORY_SIZE.match(memory_limit):
+        raise BadParameter(f"expected a size such as 512MB or 4GB, got {memory_limit!r}",
+                           param_hint="'--memory-limit'")
     storage_options = storage_options_from_flags(storage_option)
-    con = Outputs(out, storage_options).connect()
+    con = Outputs(out, storage_options).connect(memory_limit)
     try:
         result = con.sql(sql)
     except Exception as exc:  # DuckDB's parser/binder errors are the user's SQL, not a crash

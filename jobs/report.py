@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import html
 import io
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
 
+from vip2scan.jobs.calibrate import report_threshold_lines
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.imaging import (SCALING_RULE, THUMB_SIDE, display_range, fit_map,
+                                    thumbnail_and_overlay)
 from vip2scan.jobs.query import StorageOption, options_for
 
 EXAMPLE = "Example: vip2scan report s3://bucket/vip2scan-out --top 24   (then open OUT/reports/<run_id>/report.html)"
 
-THUMB_SIDE = 320  # px, longest side of the images shown in the report
-OVERLAY_ALPHA = 0.5
 MAX_ERRORS_SHOWN = 50
-
-
-def png_bytes(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
@@ -49,27 +44,6 @@ def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
     return buffer.getvalue()
 
 
-def thumbnail_and_overlay(image_bytes: bytes, anomaly_map: np.ndarray) -> tuple[bytes, bytes]:
-    """The image shrunk to THUMB_SIDE and the same view with its anomaly map blended on top.
-
-    ``anomaly_map`` is already at the image's own width x height (read_map does that), so
-    the overlay keeps the image's aspect instead of the model's square input.
-    """
-    from matplotlib import colormaps
-    from PIL import Image
-
-    from vip2scan.model.images import open_upright
-
-    # The scan's own decoder: the thumbnail shows the pixels that were scored.
-    image = open_upright(image_bytes)
-    image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BICUBIC)
-    heat = Image.fromarray(np.clip(anomaly_map, 0.0, 1.0).astype(np.float32), mode="F")
-    heat = np.asarray(heat.resize(image.size, Image.BILINEAR))
-    colours = (colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8)
-    blended = Image.blend(image, Image.fromarray(colours, mode="RGB"), OVERLAY_ALPHA)
-    return png_bytes(image), png_bytes(blended)
-
-
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{h}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -77,13 +51,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def render_html(record: dict, counts: dict, threshold: Optional[float], top: list[dict],
-                errors: list[dict]) -> str:
+                errors: list[dict], threshold_notes: tuple[str, ...] = (),
+                scaling_note: str = SCALING_RULE) -> str:
     """The report page. Only relative links and inline CSS: it opens offline from any copy."""
     esc = html.escape
     run_rows = [[esc(k), esc(str(v))] for k, v in counts.items()]
     top_rows = [[
         str(i + 1),
-        f'<img src="{esc(item["image_png"])}" alt="image {i + 1}">',
+        f'<img src="{esc(item["image_png"])}" alt="image {i + 1}">' if item["image_png"]
+        else "<em>gone from the lake since this run</em>",
         f'<img src="{esc(item["overlay_png"])}" alt="anomaly map {i + 1}">',
         f'{item["image_score"]:.4f}<br><small>max pixel {item["max_pixel_score"]:.3f}<br>'
         f'area {item["anomalous_area_fraction"]:.3%}</small>',
@@ -103,16 +79,19 @@ table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }}
 img {{ max-width: {THUMB_SIDE}px; }}
 code {{ word-break: break-all; }}
+.warning {{ color: #b00020; font-weight: bold; }}
 </style></head><body>
 <h1>vip2scan run <code>{esc(record["run_id"])}</code></h1>
 <p>Source <code>{esc(str(record.get("source", "")))}</code>, model <code>{esc(str(record.get("model_id", "")))}</code>,
 started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(threshold))}.</p>
+{"".join(f'<p class="{"warning" if n.startswith("warning:") else "note"}">{esc(n)}</p>'
+         for n in threshold_notes)}
 <h2>Counts</h2>
 {_table(["", "count"], run_rows)}
 <h2>Image scores</h2>
 <img src="histogram.png" alt="histogram of image scores" style="max-width: 640px">
 <h2>Top {len(top)} most anomalous images</h2>
-<p>Left: the image; right: its anomaly map (red = anomalous) resized to the image's own aspect.</p>
+<p>Left: the image; right: its anomaly map resized to the image's own aspect. Colour: {esc(scaling_note)}.</p>
 {_table(["#", "image", "anomaly map", "image_score", "object"], top_rows)}
 <h2>Errors</h2>
 {_table(["object", "error"], error_rows) if error_rows else "<p>None.</p>"}
@@ -134,7 +113,7 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
     record = outputs.run_record(run_id)
     run_id = record["run_id"]
     con = outputs.connect()
-    rows = con.sql("SELECT status, is_anomalous, image_score FROM scores WHERE run_id = ?",
+    rows = con.sql("SELECT status, is_anomalous, image_score, image_uri FROM scores WHERE run_id = ?",
                    params=[run_id]).to_arrow_table()
     ok = np.asarray(rows.column("status").to_pylist()) == "ok"
     scores = np.asarray(rows.column("image_score").to_numpy(zero_copy_only=False), dtype=np.float64)[ok]
@@ -160,15 +139,25 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
         fs.rm(top_dir, recursive=True)
     fs.makedirs(top_dir, exist_ok=True)
     fs.pipe(outputs.path(folder, "histogram.png"), histogram_png(scores, threshold))
-    for i, row in enumerate(top):
-        with fsspec.open(row["image_uri"], "rb", **options_for(row["image_uri"], storage_options)) as f:
-            image_bytes = f.read()
-        anomaly_map = read_map(row, out, storage_options=storage_options)
-        image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map)
-        row["image_png"], row["overlay_png"] = f"top/{i + 1:03d}-image.png", f"top/{i + 1:03d}-map.png"
-        fs.pipe(outputs.path(folder, row["image_png"]), image_png)
+    # Maps first: one display stretch for the run, so colours compare across its rows.
+    maps = [fit_map(read_map(row, out, storage_options=storage_options), THUMB_SIDE) for row in top]
+    value_range = display_range(maps)
+    for i, (row, anomaly_map) in enumerate(zip(top, maps)):
+        try:
+            with fsspec.open(row["image_uri"], "rb", **options_for(row["image_uri"], storage_options)) as f:
+                image_bytes: Optional[bytes] = f.read()
+        except FileNotFoundError:  # vanished since this run: its row and map still tell the story
+            image_bytes = None
+        image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map, value_range)
+        row["image_png"] = f"top/{i + 1:03d}-image.png" if image_bytes is not None else None
+        row["overlay_png"] = f"top/{i + 1:03d}-map.png"
+        if row["image_png"]:
+            fs.pipe(outputs.path(folder, row["image_png"]), image_png)
         fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
-    page = render_html(record, counts, threshold, top, errors)
+    ok_uris = [u for u, good in zip(rows.column("image_uri").to_pylist(), ok) if good]
+    notes = report_threshold_lines(outputs, record, ok_uris, scores)
+    scaling = f"{SCALING_RULE}; here {value_range[0]:.4g} (blue) to {value_range[1]:.4g} (dark red)"
+    page = render_html(record, counts, threshold, top, errors, tuple(notes), scaling)
     fs.pipe(outputs.path(folder, "report.html"), page.encode("utf-8"))
     return outputs.uri(folder, "report.html")
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shlex
-import sys
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from vip2scan.jobs.calibrate import threshold_lines
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
+from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.query import StorageOption
 
 if TYPE_CHECKING:
@@ -25,6 +26,12 @@ MISSING_CHECKPOINT = (
     "training (vip2scan train DATA --out CKPT), converting a released ViP2-CLIP .pth "
     "(vip2scan convert model.pth CKPT), or running the demo (vip2scan demo; it writes demo-out/checkpoint)"
 )
+
+# The pipeline's defaults, repeated so that --help shows them without importing the pipeline
+# (tests/jobs/test_scan_ux.py checks that they match ScanOptions).
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+ENGINE_CHOICES = ("auto", "ray", "local")
 
 # Storage option names safe to echo back in the suggested follow-up commands.
 _PUBLIC_STORAGE_OPTIONS = ("endpoint_url", "region_name", "anon", "use_ssl", "requester_pays")
@@ -44,6 +51,25 @@ def parse_actors(value: Optional[str]) -> Optional[tuple[int, int]]:
     return pair
 
 
+def parse_suffixes(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
+    """'--suffixes .jfif,.gif' (or repeated) -> ('.jfif', '.gif'); a usage error for a suffix
+    Pillow cannot open."""
+    if not values:
+        return None
+    from vip2scan.pipeline.errors import ScanError
+    from vip2scan.pipeline.listing import IMAGE_SUFFIXES, suffix_list
+
+    try:
+        return suffix_list(values)[len(IMAGE_SUFFIXES):]
+    except ScanError as exc:
+        raise BadParameter(str(exc), param_hint="'--suffixes'") from None
+
+
+def print_todo(reason: str, image_uri: str) -> None:
+    """One line per object a dry run would score: the reason, then the URI (cut -c11-)."""
+    typer.echo(f"{reason:<9} {image_uri}")
+
+
 def follow_up_commands(summary: RunSummary, out: str, storage_options: dict) -> list[str]:
     """Ready-to-paste query and report lines for this run (secrets never included)."""
     flags = "".join(f" -s {shlex.quote(f'{k}={v}')}" for k, v in storage_options.items()
@@ -55,6 +81,18 @@ def follow_up_commands(summary: RunSummary, out: str, storage_options: dict) -> 
     ]
 
 
+def engine_lines(summary: RunSummary) -> list[str]:
+    """Which engine scored and why, where Ray's own notices went, and a pending run."""
+    lines = [f"  engine {summary.engine} ({summary.engine_reason})"] if summary.engine else []
+    if summary.engine_log:
+        lines.append(f"  ray log: {summary.engine_log}")
+    pending = summary.pending
+    if pending is not None:
+        lines.append(f"  pending: run {pending.run_id} was interrupted with {pending.staged} of "
+                     f"{pending.total} rows staged; the next scan resumes it before anything new")
+    return lines
+
+
 def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     """Counts, failures, speed, where the outputs are, and what to run next."""
     counts = dict(summary.counts or {})
@@ -64,13 +102,28 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     lines = [f"{title} in {summary.wall_s:.1f} s{rate}", f"  {shown}"]
     if summary.model_id:
         lines.append(f"  model {summary.model_id}")
+    lines += engine_lines(summary)
+    if counts.get("scored") or summary.run_id is None:  # quiet nights: no rows, no threshold
+        lines += [f"  {line}" for line in threshold_lines(
+            summary.image_threshold, summary.threshold_source, summary.image_thresholds, out,
+            summary.threshold_note)]
+    skipped = summary.skipped_by_suffix
+    if skipped:
+        shown_skipped = ", ".join(f"{k} {n}" for k, n in skipped.items())
+        lines.append(f"  not scanned, no image suffix: {shown_skipped} (add formats with --suffixes)")
+    lines += [f"  warning: {w}" for w in summary.warnings]
     failed = int(counts.get("failed", 0) or 0)
     if failed:
         lines.append(f"  {failed} image(s) could not be scored (status='error' rows, with the reason)")
     for label, where in (("scores", summary.scores_uri), ("maps", summary.maps_uri), ("record", summary.record_uri)):
         if where:
             lines.append(f"  {label}: {where}")
-    if summary.record_uri and not counts.get("scored") and not failed:
+    vanished = int(counts.get("vanished", 0) or 0)
+    if summary.record_uri and not counts.get("scored") and not failed and vanished:
+        # A night that only lost objects did change something: say what it found.
+        lines.append(f"  no images to score; {vanished} vanished since the last run "
+                     "(gone from the latest view)")
+    elif summary.record_uri and not counts.get("scored") and not failed:
         lines.append("  nothing new or changed since the last run: no inference ran")
     elif summary.record_uri:  # a dry run writes no record: nothing to query yet
         lines.append("next:")
@@ -78,71 +131,62 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     return "\n".join(lines)
 
 
-class ProgressBar:
-    """The pipeline reports (done, total); we draw it with typer's progress bar on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-        self._done = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total <= 0:
-            return
-        if self._bar is None:
-            self._bar = typer.progressbar(length=total, label="scanning", file=sys.stderr,
-                                          show_pos=True, show_eta=True)
-            self._bar.__enter__()
-        self._bar.update(max(0, done - self._done))
-        self._done = max(self._done, done)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-
 def scan(
-    source: Annotated[str, typer.Argument(help="Image lake: s3://bucket/prefix, file:///dir or a local path.")],
-    out: Annotated[str, typer.Option(help="Where scores/, maps/, runs/ go (path or URI).")],
+    source: Annotated[str, typer.Argument(
+        metavar="SOURCE", help="Image lake: s3://bucket/prefix, file:///dir or a path.")],
+    out: Annotated[str, typer.Option(metavar="OUT", help="Where scores/, maps/, runs/ go (path or URI).")],
     checkpoint: Annotated[Optional[str], typer.Option(
-        envvar="VIP2SCAN_CHECKPOINT",
-        help="Our checkpoint directory, a training run's output (its latest epoch) or a released ViP2-CLIP .pth (path or URI).",
-        show_envvar=True)] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Override the checkpoint's OpenCLIP backbone.")] = None,
+        envvar="VIP2SCAN_CHECKPOINT", metavar="CKPT", show_envvar=True,
+        help="Our checkpoint, a training output (its latest epoch) or a released .pth.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(
+        metavar="NAME", help="Override the checkpoint's OpenCLIP backbone.")] = None,
     weights: Annotated[Optional[str], typer.Option(
-        help="Backbone weights: safetensors path/URI or OpenCLIP tag (TorchScript only via `convert`).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Model input size in pixels.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per inference batch.")] = None,
+        metavar="FILE|TAG", help="Backbone weights: safetensors file or OpenCLIP tag.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(metavar="PX", help="Model input size.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per inference batch.")] = \
+        DEFAULT_BATCH_SIZE,
     actors: Annotated[Optional[str], typer.Option(
-        metavar="N|MIN..MAX", help="Inference actors (default: one per GPU, else sized to the CPUs).")] = None,
-    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs each actor reserves (0 for CPU).")] = None,
+        metavar="N|MIN..MAX", help="Inference actors (default: one per GPU, else one).")] = None,
+    gpus_per_actor: Annotated[Optional[float], typer.Option(
+        metavar="N", help="GPUs each actor reserves (0: CPU).")] = None,
     compile_model: Annotated[bool, typer.Option(
-        "--compile", help="torch.compile the model in each actor (GPU; costs a warm-up per actor).")] = False,
+        "--compile", help="torch.compile the model (GPU; costs a warm-up).")] = False,
     channels_last: Annotated[bool, typer.Option(
-        "--channels-last", help="Feed the model channels_last input (skips one copy per batch).")] = False,
-    map_size: Annotated[int, typer.Option(min=1, help="Stored anomaly-map resolution (square).")] = 256,
+        "--channels-last", help="Feed the model channels_last input.")] = False,
+    map_size: Annotated[int, typer.Option(min=1, metavar="PX", help="Stored anomaly-map size (square).")] = 256,
     maps: Annotated[bool, typer.Option("--maps/--no-maps", help="Write anomaly maps to Zarr.")] = True,
     threshold: Annotated[Optional[float], typer.Option(
-        help="Image-score threshold for is_anomalous (default: the checkpoint's calibrated value, else 0.5).")] = None,
+        metavar="T", help="Image threshold (default: the checkpoint's labelled one, else "
+                          "OUT's `vip2scan calibrate`, else 0.5).")] = None,
     pixel_threshold: Annotated[Optional[float], typer.Option(
-        help="Pixel threshold for anomalous_area_fraction (default: calibrated, else 0.5).")] = None,
-    full: Annotated[bool, typer.Option("--full", help="Rescan everything, not only new or changed objects.")] = False,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Scan at most N objects this run.")] = None,
+        metavar="T", help="Pixel threshold (default: calibrated, else 0.5).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Rescan everything, not only new or changed.")] = False,
+    limit: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Scan at most N objects.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List and diff only; print the counts.")] = False,
+    list_todo: Annotated[bool, typer.Option(
+        "--list", help="With --dry-run: print each object to score and why.")] = False,
     retry_errors: Annotated[bool, typer.Option(
-        "--retry-errors", help="Also rescan unchanged objects whose last row was an error.")] = False,
+        "--retry-errors", help="Also rescan objects whose last row was an error.")] = False,
     manifest: Annotated[Optional[str], typer.Option(
-        help="Parquet/CSV listing with image_uri (e.g. S3 Inventory) instead of listing SOURCE.")] = None,
-    include: Annotated[Optional[list[str]], typer.Option(help="Glob of keys to scan (repeatable).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Glob of keys to skip (repeatable).")] = None,
+        metavar="FILE", help="Parquet/CSV of image_uri (e.g. S3 Inventory) instead of a listing.")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Keys to scan, relative to SOURCE, any case; * also matches / "
+                             "(repeatable).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        metavar="GLOB", help="Keys to skip (repeatable).")] = None,
+    suffixes: Annotated[Optional[list[str]], typer.Option(
+        metavar="LIST", help="More suffixes to scan, e.g. .jfif,.gif (repeatable).")] = None,
     storage_option: StorageOption = None,
+    engine: Annotated[str, typer.Option(
+        metavar="auto|ray|local", help="ray, local (threads in this process) or auto: local "
+                                        "below 300 images to score and no Ray cluster given.")] = "auto",
     ray_address: Annotated[Optional[str], typer.Option(
-        help="Ray cluster to run on (default: $RAY_ADDRESS inside a cluster, else a local Ray).")] = None,
+        metavar="ADDR", help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray).")] = None,
     wait: Annotated[bool, typer.Option(
-        "--wait", help="If another scan holds OUT's lock, wait for it instead of failing.")] = False,
-    max_image_pixels: Annotated[Optional[int], typer.Option(
-        help="Decompression-bomb guard: larger images become error rows.")] = None,
+        "--wait", help="If another scan holds OUT's lock, wait for it.")] = False,
+    max_image_pixels: Annotated[int, typer.Option(
+        min=1, metavar="N", help="Larger images become error rows (decompression-bomb guard).")] = \
+        DEFAULT_MAX_IMAGE_PIXELS,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when some images became error rows.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     config: ConfigOption = None,
@@ -151,29 +195,44 @@ def scan(
     if not checkpoint:
         raise UsageError(MISSING_CHECKPOINT)
     actor_range = parse_actors(actors)  # usage errors first, before the heavy imports
+    if engine not in ENGINE_CHOICES:
+        raise BadParameter(f"expected one of {', '.join(ENGINE_CHOICES)}, got {engine!r}",
+                           param_hint="'--engine'")
+    extra_suffixes = parse_suffixes(suffixes)
+    if list_todo and not dry_run:
+        raise BadParameter("--list only goes with --dry-run", param_hint="'--list'")
     storage_options = storage_options_from_flags(storage_option)
     from vip2scan.model.training.layout import resolve_checkpoint
-    from vip2scan.pipeline import ScanOptions
+    from vip2scan.pipeline import ScanInterrupted, ScanOptions
     from vip2scan.pipeline import scan as run_scan
 
     # A training run's output root means its latest epoch: resolved once, here, so every
     # actor of the run loads the same epoch even if training writes a newer one meanwhile.
     checkpoint = resolve_checkpoint(checkpoint, storage_options or None)
-    bar = ProgressBar(progress and not dry_run)
+    terminal = Terminal()
+    bar = ProgressBar(progress and not dry_run, terminal)
     chosen = dict(
         backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, actors=actor_range,
         gpus_per_actor=gpus_per_actor, compile=compile_model or None,
         channels_last=channels_last or None, map_size=map_size, write_maps=maps, threshold=threshold,
         pixel_threshold=pixel_threshold, full=full, limit=limit, dry_run=dry_run, retry_errors=retry_errors,
-        manifest=manifest, include=tuple(include or ()), exclude=tuple(exclude or ()),
+        manifest=manifest, include=tuple(include or ()), exclude=tuple(exclude or ()), suffixes=extra_suffixes,
+        list_todo=print_todo if list_todo else None,
         storage_options=storage_options, ray_address=ray_address, wait=wait, max_image_pixels=max_image_pixels,
+        engine=engine,
     )
     # Unset flags keep the pipeline's own defaults.
-    options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None}, progress=bar)
+    options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None}, progress=bar,
+                          notify=terminal.say)
     try:
         summary = run_scan(source, out, checkpoint, options)
+    except ScanInterrupted as exc:
+        bar.close(keep=False)
+        terminal.say(str(exc))  # the one line, then the exit code a shell expects
+        raise typer.Exit(exc.exit_code) from None
     finally:
         bar.close()
+        terminal.close()
     typer.echo(format_summary(summary, out, storage_options))
     if strict and int((summary.counts or {}).get("failed", 0) or 0) > 0:
         raise typer.Exit(EXIT_PARTIAL)

@@ -11,10 +11,10 @@ from .errors import ScanError
 from .lock import OutputLocked
 from .options import ScanOptions
 from .outputs import read_map, read_scores
-from .scan import RunSummary, scan
+from .scan import RunSummary, ScanInterrupted, scan
 from .schema import SCHEMA_VERSION, SCORES_SCHEMA
 
 __all__ = [
-    "scan", "ScanOptions", "RunSummary", "ScanError", "OutputLocked", "read_map", "read_scores",
+    "scan", "ScanOptions", "RunSummary", "ScanError", "ScanInterrupted", "OutputLocked", "read_map", "read_scores",
     "SCORES_SCHEMA", "SCHEMA_VERSION",
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -21,7 +23,7 @@ import pyarrow as pa
 
 from . import faults
 from .commit import StagingWriter
-from .engines import EngineConfig, StageSettings
+from .engines import EngineChoice, EngineConfig, StageSettings
 from .engines import local as local_engine
 from .engines import ray as ray_engine
 from .errors import CREDENTIALS_REJECTED, ScanError, engine_failure_line, one_line
@@ -29,6 +31,7 @@ from .layout import WORK_FILE, staging_file
 from .lock import Lease, LeaseLost
 from .options import ScanOptions
 from .plan import Plan, Remaining, upload_file
+from .retries import check_retry_budget, take_retries
 from .schema import scores_table
 from .stages.decode import DecodeSettings
 from .stages.infer import InferSettings, MapWriterSettings, ModelSpec
@@ -62,6 +65,10 @@ class RunStats:
     bytes_read: int = 0
     rows_staged: int = 0
     inference_started: bool = False
+    retries: int = 0  # storage retries of this run, every process's (retries.py)
+
+    def __post_init__(self) -> None:
+        take_retries()  # what this process retried before the run is not the run's
 
     def add(self, stage: str, seconds: float) -> None:
         self.stage_s[stage] = self.stage_s.get(stage, 0.0) + float(seconds)
@@ -80,13 +87,15 @@ class RunStats:
             self.add(stage, _column_sum(table, column))
         self.objects_read += table.num_rows
         self.bytes_read += int(_column_sum(table, "read_bytes"))
+        self.retries += int(round(_column_sum(table, "retries")))
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.started
 
     def io(self) -> dict[str, int]:
+        self.retries += take_retries()  # the driver's own (listing, staging, commit)
         return {"objects_read": self.objects_read, "bytes_read": self.bytes_read,
-                "rows_staged": self.rows_staged}
+                "rows_staged": self.rows_staged, "retries": self.retries}
 
 
 def credentials_refused(table: pa.Table) -> tuple[str, str] | None:
@@ -110,18 +119,22 @@ class StagedResults:
         self.kill_after = faults.driver_kill_after()
         self.engine_started = time.perf_counter()
         self.writer = StagingWriter(out, plan.run_id, flush_rows=opts.stage_rows,
-                                    flush_s=opts.stage_seconds, on_flush=self._flushed)
+                                    flush_s=opts.stage_seconds, on_flush=self._flushed,
+                                    fence=lambda: lease.fence(f"staging rows of run {plan.run_id}"))
 
     def _flushed(self, rows: int, batches: int) -> None:
         self.stats.rows_staged = rows
         faults.on_driver_flush(batches, self.kill_after)
+        faults.driver_point("staged")
 
     def __call__(self, table: pa.Table) -> None:
+        faults.driver_point("batch")
         self.lease.check()
         if not self.stats.stage_s.get("first_rows"):
             # Engine start to the first rows back: cluster/actor start-up and the first batch.
             self.stats.stage_s["first_rows"] = time.perf_counter() - self.engine_started
         self.stats.add_batch(table)
+        check_retry_budget(self.plan.run_id, self.stats.retries, self.plan.n_todo, self.done)
         refused = credentials_refused(table)
         if refused:
             # Not recorded: these rows say nothing about the objects, and a rerun with
@@ -138,14 +151,36 @@ class StagedResults:
             self.progress(self.done, self.plan.n_todo)
 
 
-def engine_config(opts: ScanOptions) -> EngineConfig:
+class ScanInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run that a rerun of the same command resumes."""
+
+    def __init__(self, run_id: str, staged: int, total: int, cause: KeyboardInterrupt):
+        self.run_id, self.staged, self.total = run_id, staged, total
+        # SIGTERM arrives as holder.Terminated (a KeyboardInterrupt with its own exit code).
+        self.exit_code = int(getattr(cause, "exit_code", 130))
+        said = "interrupted" if type(cause) is KeyboardInterrupt else (str(cause) or "interrupted")
+        super().__init__(f"{said}: run {run_id} has {staged} rows staged; "
+                         "rerun the same command to resume it")
+
+
+def ray_log_path(run_id: str) -> str:
+    """The local file that receives Ray's own notices for this run.
+
+    Local, not in OUT: the driver's stderr can only be sent to a local file, and a run's
+    staging folder is deleted when it commits. ``VIP2SCAN_LOG_DIR`` moves it.
+    """
+    folder = os.environ.get("VIP2SCAN_LOG_DIR") or os.path.join(tempfile.gettempdir(), "vip2scan-logs")
+    return os.path.join(folder, f"{run_id}-ray.log")
+
+
+def engine_config(opts: ScanOptions, log_file: str | None = None) -> EngineConfig:
     return EngineConfig(
         batch_size=opts.batch_size, actors=opts.actors, gpus_per_actor=opts.gpus_per_actor,
         cpus_per_actor=opts.cpus_per_actor, torch_threads=opts.torch_threads,
         decode_cpus=opts.decode_cpus,
         max_tasks_in_flight_per_actor=opts.max_tasks_in_flight_per_actor,
         device=opts.device, amp=opts.amp, ray_address=opts.ray_address,
-        ray_init_kwargs=opts.ray_init_kwargs)
+        ray_init_kwargs=opts.ray_init_kwargs, notify=opts.notify, log_file=log_file)
 
 
 def stage_settings(out: Location, plan: Plan, spec: ModelSpec, image_size: int,
@@ -154,8 +189,10 @@ def stage_settings(out: Location, plan: Plan, spec: ModelSpec, image_size: int,
     decode = DecodeSettings(image_size=image_size, max_image_pixels=opts.max_image_pixels,
                             storage_options=opts.storage_for("source") or None,
                             wrapper=opts.fs_wrapper, max_object_bytes=opts.max_object_bytes,
-                            faults=fault_hooks)
+                            decode_timeout_s=opts.decode_timeout_s,
+                            read_timeout_s=opts.read_timeout_s, faults=fault_hooks)
     infer = InferSettings(model=spec, map_size=plan.map_size, image_threshold=plan.image_threshold,
+                          image_thresholds=tuple(plan.image_thresholds.items()),
                           pixel_threshold=plan.pixel_threshold, device=opts.device, amp=opts.amp,
                           channels_last=opts.channels_last, compile=opts.compile,
                           batch_size=opts.batch_size, expected_model_id=plan.model_id,
@@ -167,19 +204,27 @@ def stage_settings(out: Location, plan: Plan, spec: ModelSpec, image_size: int,
 
 
 def run_attempt(out: Location, plan: Plan, remaining: Remaining, spec: ModelSpec,
-                image_size: int, opts: ScanOptions, lease: Lease, stats: RunStats) -> None:
-    """Stream the remaining work through the engine and stage every result row durably."""
+                image_size: int, opts: ScanOptions, lease: Lease, stats: RunStats,
+                engine: EngineChoice, log_file: str | None = None) -> None:
+    """Stream the remaining work through ``engine`` and stage every result row durably."""
     work_path = staging_file(plan.run_id, WORK_FILE)
+    lease.fence(f"staging the work list of run {plan.run_id}")
     upload_file(out, remaining.path, work_path)
     stages = stage_settings(out, plan, spec, image_size, opts)
     results = StagedResults(out, plan, opts, lease, stats, done=remaining.staged)
     try:
-        ENGINES[opts.engine](out, work_path, engine_config(opts), stages, results)
+        ENGINES[engine.name](out, work_path, engine_config(opts, log_file), stages, results)
         results.writer.flush()
+    except KeyboardInterrupt:
+        # Rows already scored are kept: a part is one atomic write, so this is safe even if
+        # the interrupt came during a flush (the same part is written again).
+        with contextlib.suppress(Exception):
+            results.writer.flush()
+        raise
     except (LeaseLost, ScanError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep one clear line
-        raise ScanError(engine_failure_line(plan.run_id, exc)) from exc
+        raise ScanError(engine_failure_line(plan.run_id, exc, out.display())) from exc
     finally:
         stats.add("engine", time.perf_counter() - results.engine_started)
         stats.add("write", results.writer.write_s)

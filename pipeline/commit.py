@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import faults
 from .layout import (VANISHED_FILE, in_progress_name, is_run_score_file,
                      part_name, parts_dir, record_name, score_file_name, scores_partition,
                      staging_dir, staging_file, vanished_name)
@@ -57,8 +58,10 @@ class StagingWriter:
     """
 
     def __init__(self, out: Location, run_id: str, flush_rows: int = 2048,
-                 flush_s: float = 30.0, on_flush: Callable[[int, int], None] | None = None):
+                 flush_s: float = 30.0, on_flush: Callable[[int, int], None] | None = None,
+                 fence: Callable[[], None] | None = None):
         self.out = out
+        self.fence = fence  # raises when our lease on OUT is gone: checked before each part
         self.run_id = run_id
         self.flush_rows = max(1, flush_rows)
         self.flush_s = flush_s
@@ -86,6 +89,8 @@ class StagingWriter:
             return
         t0 = time.perf_counter()
         table = pa.concat_tables(self._tables)
+        if self.fence is not None:
+            self.fence()
         self.out.write_bytes(parquet_bytes(table), parts_dir(self.run_id),
                              part_name(self._seq, self._token))
         self._seq += 1
@@ -121,8 +126,10 @@ class _ScoreFiles:
     """Writes a partition's score files for one run in turn; each appears whole or not at all
     (a rename locally, one retried upload on object stores)."""
 
-    def __init__(self, out: Location, run_id: str, partition: str, max_rows_per_file: int):
+    def __init__(self, out: Location, run_id: str, partition: str, max_rows_per_file: int,
+                 fence: Callable[[], None] | None = None):
         self.out, self.run_id, self.partition = out, run_id, partition
+        self.fence = fence  # raises when our lease on OUT is gone: checked before each file
         self.max_rows = max_rows_per_file
         self.files: list[str] = []
         self._writer: pq.ParquetWriter | None = None
@@ -168,6 +175,8 @@ class _ScoreFiles:
         self._sink.flush()
         os.fsync(self._sink.fileno())
         self._sink.close()
+        if self.fence is not None:
+            self.fence()
         if self.out.is_local:
             os.replace(self._tmp_path, self._final_path)
         else:
@@ -176,8 +185,22 @@ class _ScoreFiles:
             finally:
                 os.remove(self._tmp_path)
         self._writer, self._sink = None, None
+        faults.driver_point("score_file")
 
     def cleanup(self) -> None:
+        """Drop what a failed commit left half-written (a full disk, a lost lease)."""
+        if self._writer is not None:
+            for close in (self._writer.close, self._sink.close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - the write already failed; tidy up only
+                    pass
+            if self.out.is_local and self._tmp_path:
+                try:
+                    os.remove(self._tmp_path)
+                except OSError:
+                    pass
+            self._writer, self._sink = None, None
         if self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
@@ -191,26 +214,30 @@ def _first_rows_only(table: pa.Table, seen: set[str]) -> pa.Table:
 
 
 def commit_parts(out: Location, run_id: str, scan_date: str,
-                 max_rows_per_file: int = MAX_ROWS_PER_FILE, dedupe: bool = False) -> CommitResult:
+                 max_rows_per_file: int = MAX_ROWS_PER_FILE, dedupe: bool = False,
+                 fence: Callable[[], None] | None = None) -> CommitResult:
     """Compact the staged parts into the run's score files of ``scan_date``'s partition.
 
     File names are deterministic, so a commit interrupted and repeated overwrites instead of
     duplicating. ``dedupe`` keeps only the first row per image_uri (holds the run's URIs in
-    memory).
+    memory). ``fence`` is called before each file is published (it raises to stop).
     """
     partition = scores_partition(scan_date)
-    files = _ScoreFiles(out, run_id, partition, max_rows_per_file)
+    files = _ScoreFiles(out, run_id, partition, max_rows_per_file, fence)
     rows = ok = 0
     seen: set[str] = set()
     try:
-        for table in iter_staged_tables(out, run_id):
-            table = table.cast(SCORES_SCHEMA)
-            if dedupe:
-                table = _first_rows_only(table, seen)
-            files.write(table)
-            rows += table.num_rows
-            ok += int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
-        files.close_file()
+        # A local disk that fills up (or turns read-only) mid-commit is one line naming the
+        # partition; the half-written file is removed and no record is written.
+        with out.refusals_named(out.fs_path(partition)):
+            for table in iter_staged_tables(out, run_id):
+                table = table.cast(SCORES_SCHEMA)
+                if dedupe:
+                    table = _first_rows_only(table, seen)
+                files.write(table)
+                rows += table.num_rows
+                ok += int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+            files.close_file()
     finally:
         files.cleanup()
     # Remove files a previous, larger attempt of this commit may have left beyond ours.
@@ -270,6 +297,8 @@ def run_record(plan: "Plan", out: Location, result: CommitResult, *, checkpoint:
         "image_size": image_size,
         "image_threshold": plan.image_threshold,
         "pixel_threshold": plan.pixel_threshold,
+        "threshold_source": plan.threshold_source,  # where image_threshold came from
+        "image_thresholds": plan.image_thresholds,  # per URI prefix (label-free, --by)
         "vanished_file": vanished_file,
         "config": plan.config,
         "host": socket.gethostname(),
@@ -281,4 +310,5 @@ def publish_record(out: Location, record: dict[str, Any]) -> None:
     """Write the run record, then drop the run's staging. The record is written last: it is
     what makes the run visible as complete, and a crash before it leaves a resumable run."""
     write_json(out, record, record_name(record["run_id"]))
+    faults.driver_point("record")
     out.remove(staging_dir(record["run_id"]), recursive=True)

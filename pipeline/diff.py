@@ -1,27 +1,36 @@
-"""What a run scans: the listing (or a manifest) against the previous runs of its source.
+"""What a run scans: the listing (or a manifest) against the previous runs of the model.
 
-The diff is DuckDB over Parquet: the new listing vs. the latest state per URI from the previous
-complete runs of the same source and model_id, spilling to local disk, so a lake of tens of
-millions of objects diffs in bounded memory. Its result is a work list sorted by URI with a
-fixed ``map_index`` per row, and the list of URIs that vanished.
+An object's state is keyed by its URI and the model: the latest row any complete run of the
+same model_id wrote for that URI, whatever prefix that run was started with. So scanning
+``s3://lake/line1/`` into an OUT that already holds a scan of ``s3://lake/`` rescores only what
+is new or changed under line1, and the next scan of the parent does not rescore what the
+sub-prefix scan scored. Only objects under the scanned prefix that pass this run's selection
+can be found vanished: a sub-prefix scan never deletes its siblings from ``latest``.
+
+The diff is DuckDB over Parquet: the new listing vs. the latest state per URI, spilling to
+local disk, so a lake of tens of millions of objects diffs in bounded memory. Its result is a
+work list sorted by URI with a fixed ``map_index`` per row, and the list of URIs that vanished.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ScanError, one_line
-from .listing import ObjectFilter, list_prefix, read_manifest
+from .listing import ListingTally, ObjectFilter, list_prefix, read_manifest
 from .outputs import duckdb_connect, register_parquet, sql_str
-from .records import previous_runs
+from .records import committed_records
 from .retries import with_retries
 from .schema import SCORES_SCHEMA, VANISHED_SCHEMA
 from .storage import Location
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +43,8 @@ class DiffCounts:
     vanished: int = 0
     deferred: int = 0  # would be scanned, left for a later run by --limit
     to_scan: int = 0
+    skipped: int = 0  # selected but without an image suffix (by suffix: DiffResult)
+    excluded: int = 0  # left out by --include/--exclude
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -44,6 +55,8 @@ class DiffResult:
     todo_path: str  # local Parquet: image_uri, size_bytes, etag, mtime, map_index, reason
     vanished_path: str  # local Parquet: image_uri, run_id
     counts: DiffCounts
+    skipped_by_suffix: dict[str, int] = field(default_factory=dict)  # '.gif' -> 3, '(none)' -> 1
+    warnings: list[str] = field(default_factory=list)  # e.g. the selection is empty
 
 
 @dataclass(frozen=True)
@@ -60,23 +73,73 @@ class Selection:
 def list_and_diff(src: Location, out: Location, selection: Selection, model_id: str,
                   run_id: str, workdir: str) -> DiffResult:
     """List the source (or read the manifest) into ``workdir`` and diff it against the previous
-    complete runs of this source and model."""
+    complete runs of this model that can hold objects of this source."""
     manifest_path = os.path.join(workdir, "listing.parquet")
     try:
         if selection.manifest is not None:
-            read_manifest(selection.manifest, src, manifest_path, selection.object_filter)
+            tally = read_manifest(selection.manifest, src, manifest_path, selection.object_filter)
         else:
             # A listing that fails midway on a transient error starts over (it rewrites the
-            # manifest from scratch, so a repeat is harmless).
-            with_retries(list_prefix, src, manifest_path, selection.object_filter)
+            # manifest from scratch, so a repeat is harmless); on S3 the client retries each
+            # page request instead, and a listing is not repeated on top (retries.py).
+            tally = with_retries(list_prefix, src, manifest_path, selection.object_filter,
+                                 fs=src.fs)
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ScanError(one_line(f"cannot list {src.display()}", exc)) from None
-    previous = previous_runs(out, src.uri, model_id)
-    return diff_listing(manifest_path, out, previous, workdir, selection.object_filter, src.uri,
-                        run_id, full=selection.full, retry_errors=selection.retry_errors,
-                        limit=selection.limit)
+    previous = state_runs(out, src.uri, model_id, selection.manifest is not None)
+    result = diff_listing(manifest_path, out, previous, workdir, selection.object_filter,
+                          src.uri, run_id, full=selection.full,
+                          retry_errors=selection.retry_errors, limit=selection.limit)
+    result.counts.skipped, result.counts.excluded = tally.skipped_total, tally.excluded
+    result.skipped_by_suffix = dict(sorted(tally.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    result.warnings = selection_warnings(tally, src, selection.manifest)
+    for warning in result.warnings:
+        log.warning("warning: %s", warning)
+    return result
+
+
+def state_runs(out: Location, source_uri: str, model_id: str, with_manifest: bool
+               ) -> list[dict[str, Any]]:
+    """The complete runs of ``model_id`` whose rows can be objects of ``source_uri``, oldest
+    first: runs of this prefix, of a parent or of a sub-prefix of it, and runs that read a
+    manifest (its URIs may lie anywhere). Runs of disjoint prefixes are left out so that a
+    shared OUT does not make each line's diff read every other line's rows."""
+    ours = source_uri.rstrip("/") + "/"
+
+    def related(record: dict[str, Any]) -> bool:
+        theirs = str(record.get("source") or "").rstrip("/") + "/"
+        manifest_run = bool((record.get("config") or {}).get("manifest"))
+        return with_manifest or manifest_run or ours.startswith(theirs) or theirs.startswith(ours)
+
+    return [r for r in committed_records(out) if r.get("model_id") == model_id and related(r)]
+
+
+def selection_warnings(tally: ListingTally, src: Location, manifest: Location | None
+                       ) -> list[str]:
+    """A warning when nothing was selected: an empty prefix, or filters that keep nothing."""
+    where = f"manifest {manifest.display()}" if manifest is not None else src.display()
+    if tally.seen == 0:
+        return [f"nothing to scan: {where} holds no objects (check the prefix)"]
+    if tally.kept:
+        return []
+    why = []
+    if tally.excluded:
+        why.append(f"{tally.excluded} left out by --include/--exclude")
+    if tally.skipped:
+        shown = ", ".join(f"{k} {n}" for k, n in sorted(tally.skipped.items(),
+                                                         key=lambda kv: (-kv[1], kv[0]))[:5])
+        why.append(f"{tally.skipped_total} without an image suffix ({shown}; "
+                   "add formats with --suffixes)")
+    return [f"nothing selected: {where} holds {tally.seen} object(s), {'; '.join(why)}"]
+
+
+def iter_todo(todo_path: str) -> Iterator[tuple[str, str]]:
+    """(reason, image_uri) of each object of a work list, in URI order, a batch at a time."""
+    for batch in pq.ParquetFile(todo_path).iter_batches(batch_size=10_000,
+                                                        columns=["reason", "image_uri"]):
+        yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())
 
 
 def diff_listing(manifest_path: str, out: Location, previous: list[dict[str, Any]],

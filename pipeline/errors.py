@@ -10,6 +10,7 @@ header``.
 
 from __future__ import annotations
 
+import errno
 import re
 
 from .redaction import redact
@@ -26,6 +27,64 @@ _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?P<name>[A-Za-z_]\w*(?:Error|
 
 class ScanError(RuntimeError):
     """A scan that cannot start or finish; the message is one line without secrets."""
+
+
+# A local write refused by the filesystem for a reason no retry fixes: what OUT "is".
+DISK_ERRNO_QUOTA = getattr(errno, "EDQUOT", errno.ENOSPC)
+DISK_ERRNOS = {
+    errno.ENOSPC: "is full",
+    DISK_ERRNO_QUOTA: "is over its disk quota",
+    errno.EROFS: "is on a read-only filesystem",
+    errno.EACCES: "is not writable (permission denied)",
+    errno.EPERM: "is not writable (operation not permitted)",
+}
+
+
+class OutputWriteError(ScanError):
+    """A write below OUT refused by its filesystem (full, read-only, permission denied)."""
+
+    def __init__(self, line: str, errno_: int):
+        super().__init__(line)
+        self.errno = errno_
+
+
+def disk_error(exc: BaseException) -> OSError | OutputWriteError | None:
+    """The first write refusal (ENOSPC, EDQUOT, EROFS, EACCES, EPERM) in ``exc``'s chain,
+    Ray's wrapped causes included."""
+    for item in _chain(exc):
+        if isinstance(item, (OSError, OutputWriteError)) and \
+                getattr(item, "errno", None) in DISK_ERRNOS:
+            return item
+    return None
+
+
+def disk_error_line(out: str, exc: OSError, path: str | None = None,
+                    needed: int | None = None) -> str:
+    """``OUT <out> is full: N bytes needed for <path> (No space left on device); ...``"""
+    what = DISK_ERRNOS[exc.errno]
+    target = path or exc.filename or "a file below it"
+    full = exc.errno in (errno.ENOSPC, DISK_ERRNO_QUOTA)
+    need = f"{needed} bytes needed for {target}" if full and needed is not None \
+        else f"writing {target}"
+    advice = ("free space, then rerun to resume" if full
+              else "fix the permissions or mount, then rerun to resume")
+    reason = exc.strerror or str(exc)
+    return one_line(f"OUT {out} {what}: {need} ({reason}); {advice}",
+                    limit=ENGINE_LINE_MAX_CHARS)
+
+
+def write_failure(out: str, exc: BaseException) -> ScanError | None:
+    """A one-line ScanError for a write refusal anywhere in ``exc``'s chain (None if none)."""
+    found = disk_error(exc)
+    if found is None:
+        return None
+    if isinstance(found, OutputWriteError):
+        return found
+    path = str(found.filename or "")
+    root = out[len("file://"):] if out.startswith("file://") else out
+    if root and path.startswith(root.rstrip("/") + "/"):
+        path = path[len(root.rstrip("/")) + 1:]  # relative to OUT, as the other lines say
+    return OutputWriteError(disk_error_line(out, found, path or None), found.errno)
 
 
 def one_line(what: BaseException | str, cause: BaseException | None = None,
@@ -73,8 +132,12 @@ def actor_init_failed(exc: BaseException) -> bool:
                "error raised in its creation task" in str(e) for e in _chain(exc))
 
 
-def engine_failure_line(run_id: str, exc: BaseException) -> str:
-    """``run R failed: <stage>: <innermost error> (<what to do>)``, redacted, one line."""
+def engine_failure_line(run_id: str, exc: BaseException, out: str | None = None) -> str:
+    """``run R failed: <stage>: <innermost error> (<what to do>)``, redacted, one line; a
+    write refused by OUT's filesystem says so (``run R failed: OUT ... is full: ...``)."""
+    refused = write_failure(out or "", exc) if out is not None else None
+    if refused is not None:
+        return one_line(f"run {run_id} failed: {refused}", limit=ENGINE_LINE_MAX_CHARS)
     cause = innermost_error(exc)
     if actor_init_failed(exc):
         what = (f"inference actor failed to start: {cause} (the driver could load the "

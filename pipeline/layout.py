@@ -9,6 +9,9 @@
       _staging/<run_id>/plan.json, todo.parquet, vanished.parquet, work.parquet, parts/
                                                           a run in progress (resumable)
       _lock                                               the lease of the scan writing OUT
+      _lock.guard                                         a local OUT's lease is changed under its flock
+      calibration.json                                    label-free thresholds per model
+                                                          (``vip2scan calibrate``; read by scans)
       _probe/                                             the writability check before a scan
 
 A run is complete exactly when its record exists. Names read back from OUT (a record's files,
@@ -32,7 +35,9 @@ RUNS = "runs"
 REPORTS = "reports"
 STAGING = "_staging"
 LOCK = "_lock"
+LOCK_GUARD = "_lock.guard"
 PROBE = "_probe"
+CALIBRATION = "calibration.json"
 
 MAPS_ARRAY = "maps"  # the array inside a map store
 PLAN_FILE = "plan.json"

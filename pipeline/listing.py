@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import faults
+from .errors import ScanError
 from .schema import MANIFEST_SCHEMA, utc_timestamp
 from .storage import Location, normalise_uri, split_protocol
 
@@ -25,24 +27,71 @@ PAGE_ROWS = 10_000
 
 @dataclass(frozen=True)
 class ObjectFilter:
-    """Which keys are images to scan: suffix (case-insensitive) and include/exclude globs.
+    """Which keys are images to scan: include/exclude globs, then the suffix.
 
-    Globs match the key relative to the source prefix (``line1/day02/img.png``); ``*`` also
-    matches ``/``. An object is kept when it has an image suffix, matches any include glob (or
-    there are none) and matches no exclude glob.
+    Globs match the key relative to the source prefix (``line1/day02/img.png``), ignoring case
+    like the suffixes do (``*.jpg`` keeps ``IMG_0001.JPG``); ``*`` also matches ``/``, so
+    ``line1/*.png`` keeps ``line1/day02/img.png`` too. An object is kept when it matches any
+    include glob (or there are none), matches no exclude glob and has one of the suffixes.
     """
 
     suffixes: tuple[str, ...] = IMAGE_SUFFIXES
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
-    def matches(self, relative_key: str) -> bool:
+    def verdict(self, relative_key: str) -> str:
+        """'keep', 'excluded' (by the globs) or 'skipped' (selected, but not an image suffix)."""
         lowered = relative_key.lower()
+        if self.include and not any(fnmatch.fnmatchcase(lowered, g.lower()) for g in self.include):
+            return "excluded"
+        if any(fnmatch.fnmatchcase(lowered, g.lower()) for g in self.exclude):
+            return "excluded"
         if not lowered.endswith(tuple(s.lower() for s in self.suffixes)):
-            return False
-        if self.include and not any(fnmatch.fnmatchcase(relative_key, g) for g in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(relative_key, g) for g in self.exclude)
+            return "skipped"
+        return "keep"
+
+    def matches(self, relative_key: str) -> bool:
+        return self.verdict(relative_key) == "keep"
+
+
+NO_SUFFIX = "(none)"
+OTHER_SUFFIXES = "(other)"
+MAX_SUFFIX_KEYS = 30  # a lake of odd names must not grow the tally (it goes into the record)
+
+
+def suffix_key(relative_key: str) -> str:
+    """The tally key of a skipped object: its lowercased suffix, or '(none)'."""
+    suffix = os.path.splitext(relative_key.rsplit("/", 1)[-1])[1].lower()
+    return suffix if 1 < len(suffix) <= 12 else (NO_SUFFIX if not suffix else OTHER_SUFFIXES)
+
+
+@dataclass
+class ListingTally:
+    """What the listing saw besides the objects it kept: skipped suffixes, glob exclusions."""
+
+    seen: int = 0  # objects found (directory markers aside)
+    kept: int = 0
+    excluded: int = 0  # dropped by --include/--exclude
+    skipped: dict[str, int] = field(default_factory=dict)  # suffix -> objects not scanned
+
+    def keep(self, object_filter: ObjectFilter, relative_key: str) -> bool:
+        """Count the object and say whether it is kept."""
+        self.seen += 1
+        verdict = object_filter.verdict(relative_key)
+        if verdict == "keep":
+            self.kept += 1
+        elif verdict == "excluded":
+            self.excluded += 1
+        else:
+            key = suffix_key(relative_key)
+            if key not in self.skipped and len(self.skipped) >= MAX_SUFFIX_KEYS:
+                key = OTHER_SUFFIXES
+            self.skipped[key] = self.skipped.get(key, 0) + 1
+        return verdict == "keep"
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
 
 
 class ManifestWriter:
@@ -56,6 +105,7 @@ class ManifestWriter:
         self._writer = pq.ParquetWriter(path, MANIFEST_SCHEMA)
 
     def add(self, image_uri: str, size_bytes: int | None, etag: str | None, mtime: Any) -> None:
+        faults.driver_point("listing")
         self._buffer["image_uri"].append(image_uri)
         self._buffer["size_bytes"].append(None if size_bytes is None else int(size_bytes))
         self._buffer["etag"].append(etag.strip('"') if isinstance(etag, str) and etag else None)
@@ -129,39 +179,40 @@ def _iter_s3(fs: Any, root: str, page_rows: int) -> Iterator[list[dict]]:
 
 
 def list_prefix(source: Location, manifest_path: str, object_filter: ObjectFilter,
-                page_rows: int = PAGE_ROWS) -> int:
-    """Stream the objects under ``source`` that pass the filter into a Parquet manifest."""
+                page_rows: int = PAGE_ROWS) -> ListingTally:
+    """Stream the objects under ``source`` that pass the filter into a Parquet manifest;
+    the tally counts them and the ones left out."""
     root = source.path.rstrip("/")
+    tally = ListingTally()
     with ManifestWriter(manifest_path, page_rows) as writer:
         if source.is_local:
             for path, size, etag, mtime in _iter_local(root):
                 rel = os.path.relpath(path, root).replace(os.sep, "/")
-                if object_filter.matches(rel):
+                if tally.keep(object_filter, rel):
                     writer.add(f"file://{path}", size, etag, mtime)
         elif source.protocol == "s3" and hasattr(source.fs, "_iterdir"):
             for page in _iter_s3(source.fs, root, page_rows):
                 for info in page:
-                    if info.get("type") != "file":
-                        continue
                     name = info["name"]
+                    if info.get("type") != "file" or name.endswith("/"):
+                        continue  # folder markers are not objects of the lake
                     rel = name[len(root):].lstrip("/")
-                    if name.endswith("/") or not object_filter.matches(rel):
-                        continue
-                    writer.add(f"s3://{name}", info.get("size"), info.get("ETag"),
-                               info.get("LastModified"))
+                    if tally.keep(object_filter, rel):
+                        writer.add(f"s3://{name}", info.get("size"), info.get("ETag"),
+                                   info.get("LastModified"))
         else:
             # Generic fsspec: walk is per directory, so memory is bounded by one directory.
             for dirpath, _dirs, files in source.fs.walk(root, detail=True):
                 for name, info in sorted(files.items()):
                     path = info.get("name") or f"{dirpath.rstrip('/')}/{name}"
                     rel = path[len(root):].lstrip("/")
-                    if not object_filter.matches(rel):
+                    if not tally.keep(object_filter, rel):
                         continue
                     etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
                     mtime = (info.get("LastModified") or info.get("mtime")
                              or info.get("updated") or info.get("last_modified"))
                     writer.add(source.uri_of(path), info.get("size"), etag, mtime)
-    return writer.rows
+    return tally
 
 
 # --------------------------------------------------------------------------- explicit manifest
@@ -195,10 +246,11 @@ def _manifest_batches(manifest: Location) -> Iterable[pa.RecordBatch]:
 
 
 def read_manifest(manifest: Location, source: Location, manifest_path: str,
-                  object_filter: ObjectFilter) -> int:
+                  object_filter: ObjectFilter) -> ListingTally:
     """Stream an explicit listing (Parquet/CSV with image_uri [+ size_bytes, etag, mtime],
     e.g. an S3 Inventory export) through the filter into our Parquet manifest."""
     root = source.uri.rstrip("/") + "/"
+    tally = ListingTally()
     with ManifestWriter(manifest_path) as writer:
         for batch in _manifest_batches(manifest):
             cols = batch.to_pydict()
@@ -211,13 +263,45 @@ def read_manifest(manifest: Location, source: Location, manifest_path: str,
                     continue
                 uri = _resolve_uri(str(raw), source)
                 rel = uri[len(root):] if uri.startswith(root) else split_protocol(uri)[1]
-                if object_filter.matches(rel):
+                if tally.keep(object_filter, rel):
                     writer.add(uri, sizes[i], None if etags[i] is None else str(etags[i]),
                                mtimes[i])
-    return writer.rows
+    return tally
 
 
-def suffix_list(values: Sequence[str] | None) -> tuple[str, ...]:
-    if not values:
-        return IMAGE_SUFFIXES
-    return tuple(v if v.startswith(".") else f".{v}" for v in values)
+def suffix_list(extra: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """The default image suffixes plus ``extra`` (``.jfif,.gif``, ``gif`` or a list of them),
+    each of which Pillow must be able to open; raises ScanError naming one it cannot."""
+    values = [extra] if isinstance(extra, str) else list(extra or ())
+    added: list[str] = []
+    for value in values:
+        for item in str(value).split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            suffix = item if item.startswith(".") else f".{item}"
+            check_pillow_opens(suffix)
+            if suffix not in IMAGE_SUFFIXES and suffix not in added:
+                added.append(suffix)
+    return IMAGE_SUFFIXES + tuple(added)
+
+
+# Formats Pillow registers but that are no use to a scan: stubs (they identify a file but
+# need an external handler to read it) and PostScript, which Pillow renders by running
+# Ghostscript, an interpreter we do not hand untrusted files to.
+REFUSED_FORMATS = ("EPS", "PS")
+
+
+def check_pillow_opens(suffix: str) -> None:
+    """Raise ScanError unless Pillow has a decoder for files named ``*<suffix>``."""
+    from PIL import Image, ImageFile
+
+    Image.init()
+    fmt = Image.registered_extensions().get(suffix)
+    opener = Image.OPEN.get(fmt)[0] if fmt in Image.OPEN else None
+    stub = isinstance(opener, type) and issubclass(opener, ImageFile.StubImageFile)
+    if fmt in REFUSED_FORMATS:
+        raise ScanError(f"cannot scan {suffix!r} files: Pillow renders them with Ghostscript, "
+                        "which is not run on a lake's files")
+    if opener is None or stub:
+        raise ScanError(f"cannot scan {suffix!r} files: this Pillow has no decoder for them")

@@ -4,17 +4,22 @@
 chunk per map, so each map is written whole by exactly one writer and never shares a chunk;
 unwritten slots have no chunk and read as NaN (the fill value). A scores row points at its map
 with ``map_store`` (the store's path below OUT) and ``map_index``.
+
+Beside it, ``image_uri`` [N] (a coordinate along ``map_index``) names the object each slot was
+planned for, and the group's metadata is consolidated, so ``xarray.open_zarr(store)`` opens it
+as one dataset without warnings. Slots stay NaN for objects whose row is an ``error`` (they
+never got a map): use ``nanmean`` or keep slots whose scores row has ``status = 'ok'``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .layout import MAPS_ARRAY, maps_store_name, safe_relative_path
-from .retries import with_retries
+from .retries import configure_client, with_retries
 from .schema import SCHEMA_VERSION
 from .storage import FilesystemWrapper, Location, env_wrapper, fs_kwargs
 
@@ -23,6 +28,7 @@ MAP_JOIN_RULE = (
     "(float16, resolution x resolution, values in [0, 1]); rows with status 'error' have no map"
 )
 _OPEN_ARRAYS_KEPT = 16
+URI_ARRAY = "image_uri"  # beside MAPS_ARRAY: the object of each slot
 
 
 def wrap_zarr_store(store: Any, wrapper: FilesystemWrapper | None) -> Any:
@@ -49,12 +55,24 @@ def zarr_store(out: Location, store_name: str, read_only: bool = False):
         options = fs_kwargs(out.protocol, out.storage_options)
         store = zarr.storage.FsspecStore.from_url(out.join(store_name), storage_options=options,
                                                   read_only=read_only)
+        configure_client(store.fs)  # the S3 client retries; no layer above it (retries.py)
     return wrap_zarr_store(store, out.wrapper)
 
 
 def create_map_store(out: Location, run_id: str, n_maps: int, resolution: int,
-                     attributes: dict[str, Any]) -> str:
-    """Create the run's store with array ``maps`` [n, R, R] float16 (NaN = not written)."""
+                     attributes: dict[str, Any], image_uris: Sequence[str] | None = None) -> str:
+    """:func:`write_new_map_store`; a local OUT that is full or read-only is one line."""
+    with out.refusals_named(out.fs_path(maps_store_name(run_id))):
+        return write_new_map_store(out, run_id, n_maps, resolution, attributes, image_uris)
+
+
+def write_new_map_store(out: Location, run_id: str, n_maps: int, resolution: int,
+                        attributes: dict[str, Any],
+                        image_uris: Sequence[str] | None = None) -> str:
+    """Create the run's store with array ``maps`` [n, R, R] float16 (NaN = not written) and,
+    given the planned objects in map_index order, array ``image_uri`` [n]."""
+    import warnings
+
     import zarr
 
     name = maps_store_name(run_id)
@@ -65,9 +83,23 @@ def create_map_store(out: Location, run_id: str, n_maps: int, resolution: int,
         MAPS_ARRAY, shape=(max(n_maps, 0), resolution, resolution), chunks=(1, resolution, resolution),
         dtype="float16", fill_value=float("nan"),
         attributes={"run_id": run_id, "resolution": resolution, "join": MAP_JOIN_RULE,
-                    "vip2scan.schema_version": SCHEMA_VERSION, **attributes},
+                    "vip2scan.schema_version": SCHEMA_VERSION, **attributes,
+                    # xarray (CF convention): image_uri is a coordinate of maps
+                    **({"coordinates": URI_ARRAY} if image_uris is not None else {})},
         dimension_names=("map_index", "y", "x"),
     )
+    if image_uris is not None:
+        uris = group.create_array(URI_ARRAY, shape=(len(image_uris),), dtype=str,
+                                  chunks=(max(1, min(len(image_uris), 100_000)),),
+                                  dimension_names=("map_index",),
+                                  attributes={"long_name": "object each map slot was planned for"})
+        if len(image_uris):
+            uris[:] = np.asarray(list(image_uris), dtype=object)
+    with warnings.catch_warnings():
+        # Zarr warns that consolidated metadata is not in the v3 spec yet; xarray and zarr-python
+        # read it, and without it xarray.open_zarr warns on every open.
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(group.store)
     return name
 
 
@@ -102,8 +134,20 @@ def write_maps(out: Location, store_name: str, indices: np.ndarray, maps: np.nda
         return
     array = cached_maps_array(out, store_name, read_only=False)
     order = np.argsort(indices)
-    with_retries(array.set_orthogonal_selection, (np.asarray(indices)[order],),
-                 np.asarray(maps, dtype=np.float16)[order])
+    values = np.asarray(maps, dtype=np.float16)[order]
+    # Retried here only for a local store (an S3 store's client retries each request); a
+    # local disk that is full or read-only is one line naming the store and the bytes.
+    with out.refusals_named(out.fs_path(store_name), int(values.nbytes)):
+        with_retries(array.set_orthogonal_selection, (np.asarray(indices)[order],), values,
+                     fs=store_client(array.store_path.store))
+
+
+def store_client(store: Any) -> Any:
+    """The filesystem of a plain fsspec Zarr store (its client retries itself); None for a
+    local or wrapped store, whose writes the outer policy retries."""
+    import zarr.storage
+
+    return store.fs if type(store) is zarr.storage.FsspecStore else None
 
 
 def read_map_array(out: Location, store_name: str, index: int) -> np.ndarray:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS
 
 from .redaction import public_options, redact
-from .stages.decode import DEFAULT_MAX_OBJECT_BYTES
+from .stages.decode import (DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_OBJECT_BYTES,
+                            DEFAULT_READ_TIMEOUT_S)
 from .storage import FilesystemWrapper
 
 ProgressCallback = Callable[[int, int], None]
+NotifyCallback = Callable[[str], None]
+TodoCallback = Callable[[str, str], None]  # (reason, image_uri)
 
 
 @dataclass
@@ -45,19 +49,25 @@ class ScanOptions:
     dry_run: bool = False
     retry_errors: bool = False
     manifest: str | None = None
-    include: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()  # globs, case-insensitive; `*` also matches `/`
     exclude: tuple[str, ...] = ()
-    suffixes: tuple[str, ...] | None = None
+    suffixes: tuple[str, ...] | None = None  # added to listing.IMAGE_SUFFIXES (Pillow must open them)
+    # a dry run calls it with (reason, image_uri) of each object it would score, in URI order
+    list_todo: TodoCallback | None = field(default=None, repr=False, compare=False)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES  # larger objects become error rows, unread
+    # per-object limits: a hung read or decode becomes an error row (0 or None: no limit)
+    decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S
+    read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S
     # storage (options apply to source, OUT and checkpoint unless the specific ones are given)
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     source_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     out_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     checkpoint_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     fs_wrapper: FilesystemWrapper | None = field(default=None, repr=False)
-    # engine: "ray" (Ray Data, the product) or "local" (the same stages on threads in this
-    # process, for machines without Ray; see engines/local.py)
+    # engine: "ray" (Ray Data, the product), "local" (the same stages on threads in this
+    # process; see engines/local.py) or "auto" (local for small runs without a cluster:
+    # engines.choose_engine). The CLI defaults to "auto"; the API stays on "ray".
     engine: str = "ray"
     # Ray
     ray_address: str | None = None
@@ -72,12 +82,18 @@ class ScanOptions:
     max_rows_per_file: int = 1_000_000
     # progress(done_rows, total_rows), called from the driver as rows are staged
     progress: ProgressCallback | None = field(default=None, repr=False, compare=False)
+    # notify(line): what the person running the scan should read as it happens (resuming a
+    # run, starting the engine); the CLI prints it, the API default drops it
+    notify: NotifyCallback | None = field(default=None, repr=False, compare=False)
 
     def public(self) -> dict[str, Any]:
         """The options as recorded in the run record: no credentials, no callables."""
         hidden = {"storage_options", "source_storage_options", "out_storage_options",
-                  "checkpoint_storage_options", "fs_wrapper", "progress", "ray_init_kwargs"}
-        clean = {k: v for k, v in asdict(self).items() if k not in hidden}
+                  "checkpoint_storage_options", "fs_wrapper", "progress", "notify", "ray_init_kwargs",
+                  "list_todo"}
+        # Not asdict(self): it deep-copies the callbacks too, and the CLI's hold a terminal.
+        clean = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                 if f.name not in hidden}
         for key in ("weights", "manifest", "ray_address"):
             if isinstance(clean.get(key), str):
                 clean[key] = redact(clean[key])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -46,12 +47,30 @@ VANISHED_VIEW_SCHEMA = VANISHED_SCHEMA.append(pa.field("detected_at", UTC_US))
 
 # --------------------------------------------------------------------------- DuckDB
 
+MEMORY_ENV = "VIP2SCAN_DUCKDB_MEMORY"
+# Analysts' queries get a quarter of RAM by default: DuckDB's own default (80 %) leaves an
+# 8 GiB laptop one window function over a large history away from swapping; above the
+# limit DuckDB spills to its temp directory instead.
+QUERY_MEMORY_FRACTION = 0.25
+
+
+def query_memory_limit(explicit: str | None = None) -> str:
+    """The DuckDB ``memory_limit`` of analyst queries: ``explicit`` (e.g. '4GB'), else
+    $VIP2SCAN_DUCKDB_MEMORY, else a quarter of this machine's RAM."""
+    chosen = explicit or os.environ.get(MEMORY_ENV)
+    if chosen:
+        return chosen
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(256, int(ram * QUERY_MEMORY_FRACTION) >> 20)}MB"
+
+
 def duckdb_connect(workdir: str) -> Any:
-    """A DuckDB connection that spills to ``workdir`` within a bounded memory budget."""
+    """A DuckDB connection for the scan's own bookkeeping (diff, plan, verify): 1 GB unless
+    $VIP2SCAN_DUCKDB_MEMORY says otherwise, spilling to ``workdir``."""
     import duckdb
 
     return duckdb.connect(config={"temp_directory": os.path.join(workdir, "duckdb.tmp"),
-                                  "memory_limit": os.environ.get("VIP2SCAN_DUCKDB_MEMORY", "1GB"),
+                                  "memory_limit": os.environ.get(MEMORY_ENV, "1GB"),
                                   "preserve_insertion_order": "false", "threads": "2"})
 
 
@@ -62,9 +81,16 @@ def sql_str(value: str) -> str:
 
 def register_parquet(con: Any, name: str, out: Location, relpaths: list[str],
                      columns: list[str], schema: pa.Schema) -> None:
-    """Expose Parquet files under OUT to DuckDB as a view (streamed, projected)."""
+    """Expose Parquet files under OUT to DuckDB as a view (streamed, projected).
+
+    Always a ``CREATE OR REPLACE`` view, also for no files: callers register the same name
+    once per run, and DuckDB refuses to ``register`` an Arrow table over an existing view
+    (a run that wrote no rows, after one that did, used to crash verify)."""
     if not relpaths:
-        con.register(name, pa.table({c: pa.array([], schema.field(c).type) for c in columns}))
+        con.register(f"{name}_empty", pa.table({c: pa.array([], schema.field(c).type)
+                                                for c in columns}))
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {', '.join(columns)} "
+                    f"FROM {name}_empty")
         return
     if out.is_local:
         paths = "[" + ", ".join(sql_str(out.fs_path(p)) for p in relpaths) + "]"
@@ -85,15 +111,12 @@ def register_parquet(con: Any, name: str, out: Location, relpaths: list[str],
 
 def read_scores(out: str, storage_options: Mapping[str, Any] | None = None,
                 filter: Any = None, columns: list[str] | None = None) -> pa.Table:
-    """All committed score rows (optionally a pyarrow filter expression / column subset)."""
-    import pyarrow.dataset as pads
-
-    loc = Location.of(out, storage_options)
-    files = [f for r in committed_records(loc) for f in r.get("files", [])]
-    if not files:
-        return SCORES_SCHEMA.empty_table()
-    dataset = pads.dataset([loc.fs_path(f) for f in files], format="parquet",
-                           filesystem=loc.pyarrow_filesystem(), schema=SCORES_SCHEMA)
+    """All committed score rows with their ``scan_date`` (date32), optionally filtered by a
+    pyarrow expression and reduced to ``columns``."""
+    outputs = Outputs(out, storage_options)
+    dataset = outputs.scores_dataset(outputs.run_records())
+    if isinstance(dataset, pa.Table):  # no complete run yet
+        return dataset.select(columns) if columns else dataset
     return dataset.to_table(filter=filter, columns=columns)
 
 
@@ -125,7 +148,14 @@ def read_map(row_or_uri: Any, out: str, storage_options: Mapping[str, Any] | Non
     ``row_or_uri``: a scores row (mapping, namedtuple or pandas Series with ``map_store``,
     ``map_index``, ``width``, ``height``) or an ``image_uri``, in which case the newest ``ok``
     row of that image in the committed runs under ``out`` is used. Returns float32
-    [height, width] in [0, 1].
+    [height, width] in [0, 1]; KeyError for an error row or an object without a scored row.
+
+    Example::
+
+        rows = read_scores("s3://bucket/out").to_pandas()
+        amap = read_map(rows[rows.status == "ok"].iloc[0], "s3://bucket/out")
+        amap = read_map("s3://lake/line3/img_00042.png", "s3://bucket/out")  # newest ok row
+        y, x = divmod(int(amap.argmax()), amap.shape[1])  # where the map peaks
     """
     loc = Location.of(out, storage_options)
     if isinstance(row_or_uri, str):
@@ -231,12 +261,15 @@ class Outputs:
                           partitioning=ds.partitioning(pa.schema([scan_date]), flavor="hive"),
                           partition_base_dir=self.path(SCORES))
 
-    def connect(self) -> Any:
-        """A DuckDB connection with views ``runs``, ``scores`` (complete runs only), ``latest``, ``vanished``."""
+    def connect(self, memory_limit: str | None = None) -> Any:
+        """A DuckDB connection with views ``runs``, ``scores`` (complete runs only), ``latest``,
+        ``vanished``; bounded by :func:`query_memory_limit`, spilling to the system temp dir."""
         import duckdb
 
         self.require_exists()
-        con = duckdb.connect()
+        con = duckdb.connect(config={
+            "memory_limit": query_memory_limit(memory_limit),
+            "temp_directory": os.path.join(tempfile.gettempdir(), f"vip2scan-duckdb-{os.getpid()}")})
         con.execute("SET TimeZone = 'UTC'")
         records = self.run_records()
         con.register("runs", self.runs_table(records))

@@ -6,15 +6,22 @@ whose presence means the plan is complete. A rerun after a crash finds the plan 
 under the same run_id: the work left is the todo list minus the rows already staged. Staging
 that cannot be resumed (another source or model, a crash before the plan was saved, a run
 committed before its staging was removed) is cleaned up.
+
+A run resumes only under the same source and model: a scan of a parent or sub-prefix finds
+the interrupted run of another prefix, logs that it discards it and starts its own. Nothing is
+lost but time: the discarded run committed nothing, so its objects are still new to the next
+scan of either prefix (scan state is per object and model, see diff.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import faults
 from .commit import staged_part_names
 from .diff import Selection, list_and_diff
 from .layout import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
@@ -25,6 +32,8 @@ from .outputs import duckdb_connect, register_parquet, sql_str
 from .records import read_json, write_json
 from .schema import SCORES_SCHEMA, STATUS_COMPLETE
 from .storage import Location
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +53,13 @@ class Plan:
     pixel_threshold: float
     attempts: int = 1
     config: dict[str, Any] = field(default_factory=dict)
+    skipped_by_suffix: dict[str, int] = field(default_factory=dict)  # not scanned: no image suffix
+    warnings: list[str] = field(default_factory=list)  # about the selection, e.g. it is empty
+    # Where image_threshold came from ('flag', 'labelled', 'label-free rate R', 'default
+    # (uncalibrated)') and the per-prefix thresholds of a label-free calibration (URI prefix
+    # -> threshold), frozen with the plan so a resumed run scores like its first attempt.
+    threshold_source: str = ""
+    image_thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def todo_file(self) -> str:
@@ -72,6 +88,9 @@ class ModelPlan:
     image_size: int
     image_threshold: float
     pixel_threshold: float
+    threshold_source: str = ""
+    image_thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_note: str = ""  # why OUT's calibration did not apply (not part of the plan)
 
 
 def create_plan(out: Location, src: Location, selection: Selection, model: ModelPlan, *,
@@ -87,14 +106,25 @@ def create_plan(out: Location, src: Location, selection: Selection, model: Model
     if write_maps and n_todo > 0:
         store = create_map_store(out, run_id, n_todo, map_size, {
             "model_id": model.model_id, "image_size": model.image_size,
-            "source": src.display(), "dtype": "float16"})
+            "source": src.display(), "dtype": "float16"}, image_uris=planned_uris(diff.todo_path))
     plan = Plan(run_id=run_id, source=src.uri, model_id=model.model_id,
                 started_at=now.isoformat(), scan_date=now.strftime("%Y-%m-%d"),
                 counts=diff.counts.as_dict(), n_todo=n_todo, map_store=store, map_size=map_size,
                 image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold,
-                config=config)
+                config=config, skipped_by_suffix=diff.skipped_by_suffix, warnings=diff.warnings,
+                threshold_source=model.threshold_source,
+                image_thresholds=dict(model.image_thresholds))
+    faults.driver_point("plan")
     plan.save(out)
     return plan
+
+
+def planned_uris(todo_path: str) -> list[str]:
+    """The todo list's image_uri in map_index order (the map store's ``image_uri`` array)."""
+    import pyarrow.parquet as pq
+
+    todo = pq.read_table(todo_path, columns=["image_uri", "map_index"]).sort_by("map_index")
+    return todo.column("image_uri").to_pylist()
 
 
 def upload_file(out: Location, local_path: str, relpath: str) -> None:
@@ -140,6 +170,12 @@ def find_resumable(out: Location, source_uri: str, model_id: str) -> tuple[Plan 
         elif plan and plan.source == source_uri and plan.model_id == model_id and resumable is None:
             resumable = plan
         else:
+            if plan:
+                log.warning("discarding interrupted run %s of %s (model %s): %s; the objects "
+                            "it staged count as new again", run_id, plan.source, plan.model_id,
+                            "another run of it is resumed" if plan.source == source_uri and
+                            plan.model_id == model_id else "this scan is of another source "
+                            "or model")
             raw = read_json(out, staging_file(run_id, PLAN_FILE)) or {}
             scan_date = plan.scan_date if plan else raw.get("scan_date")
             remove_run_leftovers(out, run_id, str(scan_date) if scan_date else None)

@@ -17,16 +17,21 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .attempt import ENGINES, RunStats, run_attempt
+from . import faults
+from .attempt import ENGINES, RunStats, ScanInterrupted, ray_log_path, run_attempt
+from .calibration import CalibrationError
 from .commit import commit_parts, publish_record, publish_vanished, run_record
-from .diff import Selection, list_and_diff
-from .errors import ScanError, one_line
-from .layout import new_run_id, record_name, scores_partition
+from .diff import Selection, iter_todo, list_and_diff
+from .errors import ScanError, one_line, write_failure
+from .engines import EngineChoice, choose_engine
+from .layout import STAGING, is_scan_date, new_run_id, record_name, scores_partition
 from .listing import ObjectFilter, suffix_list
+from .holder import signals_unwind
 from .lock import Lease, OutputLocked
-from .options import ScanOptions
+from .options import ScanOptions, TodoCallback
 from .plan import ModelPlan, Plan, Remaining, create_plan, find_resumable, remaining_work
-from .preflight import check_manifest, check_out, check_source
+from .records import read_json
+from .preflight import check_apart, check_manifest, check_out, check_source
 from .redaction import redact
 from .schema import STATUS_COMPLETE
 from .stages.infer import ModelSpec, model_facts, resolve_thresholds
@@ -34,13 +39,24 @@ from .storage import Location
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScanOptions", "RunSummary", "ScanError", "OutputLocked", "scan"]
+__all__ = ["ScanOptions", "RunSummary", "PendingRun", "ScanError", "ScanInterrupted",
+           "OutputLocked", "scan"]
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    """An interrupted run of this source and model: the next scan resumes it."""
+
+    run_id: str
+    staged: int  # rows already staged
+    total: int  # rows of its plan
 
 
 @dataclass
 class RunSummary:
     """What a scan did. ``counts``: listed, new, changed, unchanged, vanished, scored, failed
-    (+ retried, deferred, to_scan). ``stage_s``: list_diff, read, decode, infer, write, commit,
+    (+ retried, deferred, to_scan; skipped: no image suffix, excluded: by the globs; the
+    selection is the listed objects). ``stage_s``: list_diff, read, decode, infer, write, commit,
     engine, actor_init, first_rows. read/decode/infer/write/actor_init are summed worker
     seconds (they overlap in a streaming run); list_diff, engine (the whole Ray Data run),
     first_rows (engine start to the first rows back) and commit are driver wall seconds."""
@@ -62,6 +78,20 @@ class RunSummary:
     io: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     removed_runs: list[str] = field(default_factory=list)
+    skipped_by_suffix: dict[str, int] = field(default_factory=dict)  # not scanned: no image suffix
+    warnings: list[str] = field(default_factory=list)  # about the selection, e.g. it is empty
+    # The image threshold the run scored with and where it came from (see calibration.py):
+    # 'flag', 'labelled', 'label-free rate R [per GLOB]' or 'default (uncalibrated)'.
+    image_threshold: float | None = None
+    threshold_source: str = ""
+    image_thresholds: dict[str, float] = field(default_factory=dict)  # URI prefix -> threshold
+    threshold_note: str = ""  # why OUT's calibration did not apply, when it did not
+    # The engine that scored this attempt ('' when nothing was left to score), why, and the
+    # local file that got Ray's own notices (Ray engine only).
+    engine: str = ""
+    engine_reason: str = ""
+    engine_log: str | None = None
+    pending: PendingRun | None = None  # dry run: the interrupted run the next scan resumes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,16 +121,21 @@ def resolve_target(source: str, out: str, checkpoint: str, opts: ScanOptions) ->
                   selection=selection)
 
 
-def learn_model(spec: ModelSpec, opts: ScanOptions) -> ModelPlan:
-    """The model's id, input size and thresholds; fails fast on a broken checkpoint (before
-    anything is locked or written)."""
+def learn_model(spec: ModelSpec, opts: ScanOptions, out: Location | None = None) -> ModelPlan:
+    """The model's id, input size and thresholds (with OUT's label-free calibration, if any);
+    fails fast on a broken checkpoint or calibration file (before anything is locked or
+    written)."""
     try:
         facts = model_facts(spec)
     except Exception as exc:  # noqa: BLE001
         raise ScanError(one_line(f"cannot load checkpoint {redact(spec.checkpoint)}", exc)) from None
     gc.collect()
-    image_t, pixel_t = resolve_thresholds(facts, opts.threshold, opts.pixel_threshold)
-    return ModelPlan(facts.model_id, facts.image_size, image_t, pixel_t)
+    try:
+        picked = resolve_thresholds(facts, opts.threshold, opts.pixel_threshold, out)
+    except CalibrationError as exc:
+        raise ScanError(str(exc)) from None
+    return ModelPlan(facts.model_id, facts.image_size, picked.image, picked.pixel,
+                     picked.source, picked.by_prefix, picked.note)
 
 
 def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = None) -> RunSummary:
@@ -112,56 +147,132 @@ def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = N
     holds OUT.
     """
     opts = options or ScanOptions()
-    if opts.engine not in ENGINES:
-        raise ScanError(f"unknown engine {opts.engine!r}: expected 'ray' or 'local'")
+    if opts.engine not in (*ENGINES, "auto"):
+        raise ScanError(f"unknown engine {opts.engine!r}: expected 'auto', 'ray' or 'local'")
     stats = RunStats()
     target = resolve_target(source, out, checkpoint, opts)
     # Fail fast: nothing is listed, locked or written before source, OUT and model are fine.
+    check_apart(target.src, target.out, target.selection.object_filter, target.selection.manifest)
     if target.selection.manifest is not None:
         check_manifest(target.selection.manifest)
     else:
         check_source(target.src)
     check_out(target.out, writable=not opts.dry_run)
-    model = learn_model(target.spec, opts)
+    model = learn_model(target.spec, opts, target.out)
     if opts.dry_run:
-        return dry_run(target, model, stats)
+        return dry_run(target, model, stats, opts.list_todo)
     lease = Lease(target.out, ttl_s=opts.lock_ttl_s, heartbeat_s=opts.heartbeat_s)
-    lease.acquire(opts.wait)
-    try:
-        return scan_locked(target, opts, model, lease, stats)
-    finally:
-        lease.release()
+    # SIGTERM unwinds like Ctrl-C, so the lease is released on every way out but SIGKILL
+    # (and a SIGKILLed holder on this host is taken over at once: lock.py).
+    with signals_unwind():
+        try:
+            lease.acquire(opts.wait)
+            faults.driver_point("lease")
+            return scan_locked(target, opts, model, lease, stats)
+        except OSError as exc:
+            # A local OUT that is full, read-only or not ours to write: one line, exit 1.
+            refused = write_failure(target.out.display(), exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        finally:
+            lease.release()
 
 
-def dry_run(target: Target, model: ModelPlan, stats: RunStats) -> RunSummary:
-    """List and diff only: the counts a scan would start from."""
+def dry_run(target: Target, model: ModelPlan, stats: RunStats,
+            list_todo: TodoCallback | None = None) -> RunSummary:
+    """List and diff only: the counts a scan would start from (and, to ``list_todo``, the
+    objects it would score)."""
     with tempfile.TemporaryDirectory(prefix="vip2scan-") as workdir, stats.timed("list_diff"):
         diff = list_and_diff(target.src, target.out, target.selection, model.model_id,
                              "dry-run", workdir)
-    return RunSummary(run_id=None, status="dry_run",
+        if list_todo is not None:
+            for reason, image_uri in iter_todo(diff.todo_path):
+                list_todo(reason, image_uri)
+        pending = pending_run(target.out, target.src.uri, model.model_id, workdir)
+    return RunSummary(pending=pending, run_id=None, status="dry_run",
                       counts={**diff.counts.as_dict(), "scored": 0, "failed": 0},
                       wall_s=stats.wall_s(), images_per_s=0.0, out=target.out.display(),
                       scores_uri=None, maps_uri=None, record_uri=None, model_id=model.model_id,
-                      stage_s=stats.stage_s)
+                      stage_s=stats.stage_s, skipped_by_suffix=diff.skipped_by_suffix,
+                      warnings=diff.warnings, image_threshold=model.image_threshold,
+                      threshold_source=model.threshold_source,
+                      image_thresholds=dict(model.image_thresholds),
+                      threshold_note=model.threshold_note)
+
+
+def pending_run(out: Location, source_uri: str, model_id: str, workdir: str) -> PendingRun | None:
+    """The interrupted run the next scan of this source and model resumes, if any.
+
+    Read-only, unlike plan.find_resumable (which also cleans up): a dry run changes nothing.
+    """
+    for run_id in out.ls_names(STAGING):
+        plan = Plan.load(out, run_id)
+        if plan is None or plan.run_id != run_id or not is_scan_date(plan.scan_date) \
+                or plan.source != source_uri or plan.model_id != model_id:
+            continue
+        record = read_json(out, record_name(run_id))
+        if record and record.get("status") == STATUS_COMPLETE:
+            continue
+        return PendingRun(run_id, remaining_work(out, plan, workdir).staged, plan.n_todo)
+    return None
 
 
 def scan_locked(target: Target, opts: ScanOptions, model: ModelPlan, lease: Lease,
                 stats: RunStats) -> RunSummary:
     out = target.out
+    notify = opts.notify or (lambda line: None)
+    found: Plan | None = None  # the interrupted run this scan resumes
+    plan: Plan | None = None
+    remaining: Remaining | None = None
     with tempfile.TemporaryDirectory(prefix="vip2scan-") as workdir:
-        with stats.timed("list_diff"):
-            plan, removed = find_resumable(out, target.src.uri, model.model_id)
-            resumed = plan is not None
-            plan = resume_plan(out, plan, lease) if plan is not None else \
-                start_plan(target, opts, model, lease, workdir)
-            remaining = remaining_work(out, plan, workdir)
-        if remaining.left > 0:
-            stats.inference_started = True
-            run_attempt(out, plan, remaining, target.spec, model.image_size, opts, lease, stats)
-        staged = all_staged(out, plan, workdir)
-        summary = commit_run(target, plan, model, staged, opts, lease, stats)
-    summary.resumed, summary.removed_runs = resumed, removed
+        try:
+            with stats.timed("list_diff"):
+                found, removed = find_resumable(out, target.src.uri, model.model_id)
+                plan = resume_plan(out, found, lease) if found is not None else \
+                    start_plan(target, opts, model, lease, workdir)
+                remaining = remaining_work(out, plan, workdir)
+            if found is not None:
+                notify(f"resuming run {plan.run_id} ({remaining.staged} of {plan.n_todo} "
+                       "rows already staged)")
+            faults.driver_point("planned")
+            engine, engine_log = None, None
+            if remaining.left > 0:
+                engine = choose_engine(opts.engine, remaining.left, opts.ray_address)
+                engine_log = ray_log_path(plan.run_id) if engine.name == "ray" else None
+                plan.config = {**plan.config, **engine_fields(opts, engine, engine_log)}
+                stats.inference_started = True
+                run_attempt(out, plan, remaining, target.spec, model.image_size, opts, lease,
+                            stats, engine, engine_log)
+            staged = all_staged(out, plan, workdir)
+            summary = commit_run(target, plan, model, staged, opts, lease, stats)
+        except KeyboardInterrupt as exc:
+            plan = plan or found
+            if plan is None or isinstance(exc, ScanInterrupted):
+                raise  # no plan saved yet: the rerun starts afresh
+            raise ScanInterrupted(plan.run_id, staged_so_far(out, plan, remaining, stats, workdir),
+                                  plan.n_todo, exc) from None
+    summary.resumed, summary.removed_runs = found is not None, removed
+    if engine is not None:
+        summary.engine, summary.engine_reason, summary.engine_log = engine.name, engine.reason, engine_log
     return summary
+
+
+def engine_fields(opts: ScanOptions, engine: EngineChoice, log: str | None) -> dict[str, Any]:
+    """What the run record's config says about the engine (``engine`` is the one that ran)."""
+    return {"engine_requested": opts.engine, "engine": engine.name, "engine_reason": engine.reason,
+            "engine_log": log}
+
+
+def staged_so_far(out: Location, plan: Plan, remaining: Remaining | None, stats: RunStats,
+                  workdir: str) -> int:
+    """Rows of ``plan`` staged durably, for the line an interrupted scan prints."""
+    if remaining is not None:
+        return remaining.staged + stats.rows_staged
+    try:  # interrupted while finding what was left: count the parts themselves
+        return remaining_work(out, plan, workdir).staged
+    except Exception:  # noqa: BLE001 - a count for a message, never a reason to fail
+        return 0
 
 
 def start_plan(target: Target, opts: ScanOptions, model: ModelPlan, lease: Lease,
@@ -175,9 +286,9 @@ def start_plan(target: Target, opts: ScanOptions, model: ModelPlan, lease: Lease
 
 
 def resume_plan(out: Location, plan: Plan, lease: Lease) -> Plan:
+    lease.set_run_id(plan.run_id)  # fenced: only the lease's holder writes the run's plan
     plan.attempts += 1
     plan.save(out)
-    lease.set_run_id(plan.run_id)
     log.info("resuming interrupted run %s (attempt %d)", plan.run_id, plan.attempts)
     return plan
 
@@ -201,19 +312,22 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
     """Compact the staged rows, then publish the run record (last) and summarise."""
     out = target.out
     with stats.timed("commit"):
-        lease.check()
+        fence = lambda: lease.fence(f"committing run {plan.run_id}")  # noqa: E731
         result = commit_parts(out, plan.run_id, plan.scan_date, opts.max_rows_per_file,
-                              dedupe=staged.staged_rows != staged.staged)
+                              dedupe=staged.staged_rows != staged.staged, fence=fence)
+        faults.driver_point("committed")
         counts = {**plan.counts, "scored": result.ok, "failed": result.failed}
         vanished_file = publish_vanished(out, plan.run_id) if counts.get("vanished", 0) else None
         wall_s = stats.wall_s()
         images_per_s = stats.rows_staged / wall_s if wall_s > 0 else 0.0
         finished = dt.datetime.now(dt.timezone.utc)
-    publish_record(out, run_record(
+    lease.fence(f"publishing the record of run {plan.run_id}")  # the lease is re-read last
+    publish_record(out, {**run_record(
         plan, out, result, checkpoint=target.spec.checkpoint, finished_at=finished.isoformat(),
         counts=counts, image_size=model.image_size, vanished_file=vanished_file, wall_s=wall_s,
         images_per_s=images_per_s, stage_s=stats.stage_s, io_counts=stats.io(),
-        inference_started=stats.inference_started))
+        inference_started=stats.inference_started),
+        "skipped_by_suffix": plan.skipped_by_suffix, "warnings": plan.warnings})
     return RunSummary(
         run_id=plan.run_id, status=STATUS_COMPLETE, counts=counts, wall_s=wall_s,
         images_per_s=images_per_s, out=out.display(),
@@ -221,4 +335,9 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         maps_uri=out.join(plan.map_store) if plan.map_store else None,
         record_uri=out.join(record_name(plan.run_id)), model_id=plan.model_id,
         scan_date=plan.scan_date, inference_started=stats.inference_started,
-        stage_s=dict(stats.stage_s), io=stats.io(), files=result.files)
+        stage_s=dict(stats.stage_s), io=stats.io(), files=result.files,
+        skipped_by_suffix=plan.skipped_by_suffix, warnings=plan.warnings,
+        image_threshold=plan.image_threshold, threshold_source=plan.threshold_source,
+        image_thresholds=dict(plan.image_thresholds),
+        threshold_note=model.threshold_note if plan.threshold_source == model.threshold_source
+        else "")

@@ -5,7 +5,10 @@ value (URI + options + an optional filesystem wrapper). The filesystem itself is
 and cached per process, because s3fs/fsspec async filesystems are not fork-safe: Ray workers
 must build their own instead of inheriting the driver's.
 
-Every call a Location makes is retried on transient errors (retries.py). A ``wrapper`` (a
+Every call a Location makes is retried on transient errors by exactly one layer: the S3
+client itself, or retries.py's outer policy where there is none (local files). A local write
+refused for good (disk full, read-only, permission denied) raises one line naming the file and
+the bytes it needed (:class:`~.errors.OutputWriteError`). A ``wrapper`` (a
 picklable callable ``fs -> fs``) is applied to every filesystem a Location builds, for fault
 injection or custom retries; it is also settable for a whole process tree with the env var
 ``VIP2SCAN_FS_WRAPPER="package.module:callable"``. Secrets never appear in messages: every
@@ -14,21 +17,24 @@ message goes through redaction.py's :func:`redact`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
 
+from .errors import DISK_ERRNOS, OutputWriteError, disk_error_line
 from .layout import WRITE_TEMP_SUFFIX
 from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
                         secret_option_values)
-from .retries import is_transient, precondition_failed, with_retries
+from .retries import (configure_client, has_client_retries, is_transient, precondition_failed,
+                      s3_client_options, with_retries)
 
 FilesystemWrapper = Callable[[AbstractFileSystem], AbstractFileSystem]
 
@@ -107,6 +113,8 @@ def fs_kwargs(protocol: str, options: Mapping[str, Any]) -> dict[str, Any]:
         client_kwargs = dict(kwargs.get("client_kwargs") or {})
         if "endpoint_url" not in kwargs and "endpoint_url" not in client_kwargs and endpoint:
             kwargs["endpoint_url"] = endpoint
+        # The client's own retries are the one retry layer for S3 (retries.py).
+        kwargs = s3_client_options(kwargs)
     return kwargs
 
 
@@ -127,7 +135,7 @@ def get_filesystem(
         if fs is None:
             kwargs = fs_kwargs(protocol, options)
             # skip_instance_cache: fsspec's own instance cache is not pid-aware for every fs.
-            fs = fsspec.filesystem(protocol, skip_instance_cache=True, **kwargs)
+            fs = configure_client(fsspec.filesystem(protocol, skip_instance_cache=True, **kwargs))
             for wrap in (env_wrapper(), wrapper):
                 if wrap is not None:
                     fs = wrap(fs)
@@ -182,7 +190,20 @@ class Location:
     def display(self) -> str:
         return redact(self.uri)
 
-    # ---- small-object helpers, all retried on transient errors
+    @contextlib.contextmanager
+    def refusals_named(self, path: str, needed: int | None = None) -> Iterator[None]:
+        """Turn a local write refused for good (disk full, read-only, permission denied)
+        into one line naming this location, the file and the bytes it needed."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            relative = os.path.relpath(path, self.path) if self.is_local else path
+            raise OutputWriteError(disk_error_line(self.display(), exc, relative, needed),
+                                   exc.errno) from exc
+
+    # ---- small-object helpers: S3 calls retried by the client, local writes by with_retries
     def read_bytes(self, *parts: str) -> bytes:
         return with_retries(self.fs.cat_file, self.fs_path(*parts))
 
@@ -190,13 +211,8 @@ class Location:
         """Write a whole object; local files go via a temp name + rename so they are atomic."""
         path = self.fs_path(*parts)
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}{WRITE_TEMP_SUFFIX}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            with self.refusals_named(path, len(data)):
+                with_retries(write_local_atomic, path, data)
         else:
             with_retries(self.fs.pipe_file, path, data)
 
@@ -204,15 +220,20 @@ class Location:
         """Create an object only if absent (O_EXCL locally, If-None-Match on S3); False if it exists."""
         path = self.fs_path(*parts)
         if self.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            with self.refusals_named(path, len(data)):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                except OSError:
+                    os.unlink(path)  # a half-written create is no create
+                    raise
             return True
         return self._conditional_put(path, data, mode="create")
 
@@ -242,7 +263,11 @@ class Location:
             with self.fs.open(path, "rb") as handle:
                 return handle.read(), handle.details.get("ETag")
 
-        return with_retries(get, retry_if=lambda exc: is_transient(exc) or precondition_failed(exc))
+        # Repeated for a replace in between; for transient errors only where the client
+        # does not retry them itself.
+        client_retries = has_client_retries(self.fs)
+        return with_retries(get, retry_if=lambda exc: precondition_failed(exc) or (
+            not client_retries and is_transient(exc)))
 
     def replace_if_unchanged(self, data: bytes, version: str | None, *parts: str) -> bool:
         """Overwrite an object only if it is still at ``version`` (S3 If-Match); False if
@@ -255,8 +280,36 @@ class Location:
         except FileNotFoundError:
             return False  # removed since: not ours to write any more
 
+    def remove_if_unchanged(self, version: str, *parts: str) -> bool:
+        """Delete an object only if it is still at ``version`` (S3 DeleteObject If-Match);
+        False if someone replaced or removed it since."""
+        bucket, _, key = self.fs_path(*parts).partition("/")
+        try:
+            with_retries(self.fs.call_s3, "delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if precondition_failed(exc):
+                return False
+            raise
+        finally:
+            self.fs.invalidate_cache()
+        return True
+
     def exists(self, *parts: str) -> bool:
         return with_retries(self.fs.exists, self.fs_path(*parts))
+
+    def bucket_exists(self) -> bool:
+        """Whether this location's bucket exists. s3fs's ``exists`` answers False for any
+        failure; here only a 404 is False, and a store that is down or refuses raises."""
+        bucket = self.path.split("/", 1)[0]
+        if self.protocol != "s3":
+            return bool(with_retries(self.fs.exists, bucket))
+        try:
+            with_retries(self.fs.call_s3, "head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            return False
+        return True
 
     def remove(self, *parts: str, recursive: bool = False) -> None:
         """Remove a path if present (missing is fine)."""
@@ -297,20 +350,37 @@ class Location:
         return pafs.PyFileSystem(RetryingFSSpecHandler(self.fs))
 
 
+def write_local_atomic(path: str, data: bytes) -> None:
+    """Write a local file via a temp name + fsync + rename; no temp file is left behind."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}{WRITE_TEMP_SUFFIX}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class RetryingFSSpecHandler(pafs.FSSpecHandler):
-    """pyarrow's FSSpecHandler with transient-error retries on the calls that start a read.
+    """pyarrow's FSSpecHandler, retrying the calls that start a read where the filesystem
+    has no retries of its own (s3fs retries every request itself; retries.py).
 
     Reads inside an open file go through the filesystem's own (s3fs) retries.
     """
 
     def get_file_info(self, paths):
-        return with_retries(super().get_file_info, paths)
+        return with_retries(super().get_file_info, paths, fs=self.fs)
 
     def get_file_info_selector(self, selector):
-        return with_retries(super().get_file_info_selector, selector)
+        return with_retries(super().get_file_info_selector, selector, fs=self.fs)
 
     def open_input_file(self, path):
-        return with_retries(super().open_input_file, path)
+        return with_retries(super().open_input_file, path, fs=self.fs)
 
     def open_input_stream(self, path):
-        return with_retries(super().open_input_stream, path)
+        return with_retries(super().open_input_stream, path, fs=self.fs)

@@ -166,6 +166,12 @@ def _score_files(loc: Location) -> dict[str, list[str]]:
     return found
 
 
+def _one_row(con: Any, sql: str) -> tuple:
+    """The single row of an aggregate query, with the result drained: DuckDB refuses to
+    register the next run's view on a connection holding a half-fetched result."""
+    return con.execute(sql).fetchall()[0]
+
+
 def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,
                on_disk: list[str]) -> None:
     report.runs_checked.append(rid)
@@ -189,9 +195,9 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
         report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
     register_parquet(con, "run_rows", loc, files,
                      ["image_uri", "status", "map_store", "map_index", "run_id"], SCORES_SCHEMA)
-    total, ok, failed, foreign = (int(v or 0) for v in con.execute(
-        "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'error'), "
-        f"count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows").fetchone())
+    total, ok, failed, foreign = (int(v or 0) for v in _one_row(
+        con, "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'error'), "
+        f"count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows"))
     report.rows_checked += total
     counts = record.get("counts") or {}
     expected = {"rows": (record.get("rows"), total), "counts.scored": (counts.get("scored"), ok),
@@ -214,10 +220,10 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
 def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,
                 total: int) -> None:
     store = record.get("map_store")
-    bad_rows = con.execute(
-        "SELECT count(*) FILTER (status = 'error' AND map_index IS NOT NULL), "
+    bad_rows = _one_row(
+        con, "SELECT count(*) FILTER (status = 'error' AND map_index IS NOT NULL), "
         f"count(*) FILTER (status = 'ok' AND map_store IS DISTINCT FROM {sql_str(store or '')}), "
-        "count(*) FILTER (status = 'ok' AND map_index IS NULL) FROM run_rows").fetchone()
+        "count(*) FILTER (status = 'ok' AND map_index IS NULL) FROM run_rows")
     if not store:
         return
     error_with_map, wrong_store, ok_without_index = (int(v or 0) for v in bad_rows)

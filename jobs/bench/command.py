@@ -72,6 +72,8 @@ def bench(
     torch_threads: Annotated[Optional[int], typer.Option(help="Torch threads (bare model and actors).")] = None,
     max_tasks_in_flight: Annotated[Optional[int], typer.Option(
         help="Pipeline knob: batches queued per actor.")] = None,
+    large_photos: Annotated[int, typer.Option(
+        min=0, help="Also time decoding N generated 5 MP JPEGs (exact vs fast path).")] = 0,
 ) -> None:
     """Measure the scan pipeline against the bare model (throughput, stages, memory, rescan)."""
     if source not in ("local", "s3", "both"):
@@ -88,7 +90,8 @@ def bench(
         channels_last=channels_last, compile_model=compile_model, keep_outputs=keep_outputs,
         bare_seconds=bare_seconds,
         actors=None if actors is None else (actors, actors), cpus_per_actor=cpus_per_actor,
-        decode_cpus=decode_cpus, torch_threads=torch_threads, max_tasks_in_flight=max_tasks_in_flight)
+        decode_cpus=decode_cpus, torch_threads=torch_threads, max_tasks_in_flight=max_tasks_in_flight,
+        large_photos=large_photos)
     result = run_bench(params)
     text = json.dumps(result, indent=2, default=str)
     if json_out == "-":

@@ -170,6 +170,12 @@ def format_table(result: dict[str, Any]) -> str:
                            f"{_fmt(p['workers_peak_rss_mb'])} MiB" for p in scale["points"])
         lines.append(f"  memory scale ({scale['source']}): {points}; growth {_fmt(scale['max_growth'], 3)} "
                      f"(private, without shared pages: {_fmt(scale['max_private_growth'], 3)})")
+    photos = result.get("large_photos")
+    if photos:
+        decode = ", ".join(f"{size} px {ms['exact']:.1f} -> {ms['fast']:.1f}"
+                           for size, ms in photos["decode_cpu_ms_per_image"].items())
+        lines.append(f"  5 MP JPEG decode CPU ms/image (exact -> fast): {decode}; max |delta score| "
+                     f"{photos['max_abs_delta_image_score']:.2e}, max |delta map| {photos['max_abs_delta_map']:.2e}")
     if result["targets"]:
         met = ", ".join(f"{name} {_fmt(t['value'], 3)} (target {t['target']}): {_fmt(t['met'])}"
                         for name, t in result["targets"].items() if t["value"] is not None)

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 from .report import empty_result, evaluate_targets, set_bare_model, stage_breakdown
 from .lakes import Sources, ensure_checkpoint, ensure_local_lake, log
+from .photos import measure_large_photos
 from .probes import ProcessSampler, cpu_seconds_of, environment, measure_bare_model
 
 DEFAULT_SCALE_IMAGES = (2_000, 20_000)
@@ -47,6 +48,7 @@ class BenchParams:
     decode_cpus: float | None = None
     torch_threads: int | None = None
     max_tasks_in_flight: int | None = None
+    large_photos: int = 0  # 5 MP JPEGs for the decode section (0: skip it)
 
 
 # --------------------------------------------------------------------------- Ray
@@ -243,6 +245,10 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
                 result["memory"]["scale"] = measure_scale(params, sources, checkpoint, device, memory_by_size)
     finally:
         sources.close()
+    if params.large_photos:
+        log(f"large-photo decode: {params.large_photos} generated 5 MP JPEGs")
+        result["large_photos"] = measure_large_photos(params.large_photos, checkpoint,
+                                                      params.image_size, device)
     log("bare model again, after the scans")
     bare_windows.append(measure_bare(params, checkpoint, device))
     set_bare_model(result, bare_windows)

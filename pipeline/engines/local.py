@@ -130,6 +130,8 @@ def run(work: Location, work_path: str, config: EngineConfig, stages: StageSetti
                        device=config.device or stages.infer.device, amp=config.amp)
     n_decode = decode_threads(config, cpus)
     prefetch = n_decode + EXTRA_PREFETCH_BATCHES
+    if config.notify is not None:
+        config.notify(f"starting the local engine ({n_decode} decode threads, the model in this process)...")
     try:
         actor = InferActor(settings)
         with ThreadPoolExecutor(n_decode, thread_name_prefix="decode") as decode_pool, \

@@ -19,7 +19,12 @@ lock, so the Zarr write of one batch overlaps the inference of the next.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import signal
+import sys
+import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
@@ -28,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..redaction import redact
 from ..retries import with_retries
 from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor
@@ -58,7 +64,12 @@ class RaySession:
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False,
                       "configure_logging": False, **self.init_kwargs}
+            # ray.init installs its own SIGTERM handler (sys.exit), which would bypass the
+            # scan's orderly stop (the "interrupted: ..." line, exit 143): keep ours.
+            on_sigterm = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address, **kwargs)
+            if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+                signal.signal(signal.SIGTERM, on_sigterm)
             self.started = True
         return self
 
@@ -69,11 +80,14 @@ class RaySession:
             ray.shutdown()
 
 
-def actor_pool(config: EngineConfig) -> tuple[int, int, float, float, int | None]:
-    """(min actors, max actors, GPUs per actor, CPUs per actor, torch threads) for this cluster."""
-    import ray
+def actor_pool(config: EngineConfig, resources: dict[str, float] | None = None,
+               ) -> tuple[int, int, float, float, int | None]:
+    """(min actors, max actors, GPUs per actor, CPUs per actor, torch threads) for this cluster
+    (or for ``resources``, e.g. the ones a local Ray is about to find)."""
+    if resources is None:
+        import ray
 
-    resources = ray.cluster_resources()
+        resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", os.cpu_count() or 1)))
     per_gpu = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
@@ -112,7 +126,7 @@ def read_work_row_groups(batch: dict[str, np.ndarray], work: Location, work_path
         with work.fs.open(work.fs_path(work_path), "rb") as handle:
             return pq.ParquetFile(handle).read_row_groups([int(i) for i in batch["row_group"]])
 
-    return with_retries(read)
+    return with_retries(read, fs=work.fs)  # repeated only where the client does not retry
 
 
 def work_list_dataset(work: Location, work_path: str, max_retries: int = 3):
@@ -129,7 +143,7 @@ def work_list_dataset(work: Location, work_path: str, max_retries: int = 3):
         with work.fs.open(work.fs_path(work_path), "rb") as handle:
             return pq.ParquetFile(handle).metadata.num_row_groups
 
-    groups = with_retries(row_group_count)
+    groups = with_retries(row_group_count, fs=work.fs)
     ds = ray.data.from_items([{"row_group": i} for i in range(groups)],
                              override_num_blocks=max(1, groups))
     with warnings.catch_warnings():
@@ -182,12 +196,84 @@ def iter_results(ds: Any, batch_size: int) -> Iterator[pa.Table]:
         yield batch
 
 
+@contextlib.contextmanager
+def stderr_to_file(path: str | None) -> Iterator[None]:
+    """Send this process's stderr to ``path`` while Ray runs in it.
+
+    Ray's notices come from Python loggers (token auth, Ray Data's plan and progress notes),
+    from its C++ core worker in this process (glog, straight to fd 2) and from the processes
+    a local Ray starts (they inherit fd 2); none can be silenced one by one, so fd 2 itself
+    (and ``sys.stderr``) point at the log until the session is shut down. The CLI writes its
+    own lines through a handle it opened before.
+    """
+    if path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    saved_fd, saved_stream = os.dup(2), sys.stderr
+    log_stream = os.fdopen(os.dup(target), "a", buffering=1, encoding="utf-8", errors="replace")
+    os.dup2(target, 2)
+    os.close(target)
+    sys.stderr = log_stream
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            log_stream.flush()
+        sys.stderr = saved_stream
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        log_stream.close()
+
+
+def local_gpus() -> int:
+    """GPUs a local Ray will find, without starting it (CUDA_VISIBLE_DEVICES, else devices)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def actors_text(count: int) -> str:
+    return f"{count} inference actor{'s' if count != 1 else ''}"
+
+
+def starting_line(config: EngineConfig, connected: bool) -> str:
+    """What the person waiting sees while the cluster and actors start."""
+    if connected:
+        _, high, _, _, _ = actor_pool(config)
+        address = config.ray_address or os.environ.get("RAY_ADDRESS")
+        where = redact(address) if address else "already running in this process"
+        return f"starting {actors_text(high)} on Ray ({where})..."
+    resources = {"GPU": float(config.ray_init_kwargs.get("num_gpus", local_gpus())),
+                 "CPU": float(config.ray_init_kwargs.get("num_cpus", os.cpu_count() or 1))}
+    _, high, _, _, _ = actor_pool(config, resources)
+    return f"starting Ray (local) and {actors_text(high)}..."
+
+
 def run(work: Location, work_path: str, config: EngineConfig, stages: StageSettings,
         consume: Callable[[pa.Table], None]) -> None:
     """Run the pipeline, handing each result batch to ``consume`` (which stages it)."""
-    with RaySession(config.ray_address, config.ray_init_kwargs):
-        import ray
+    with stderr_to_file(config.log_file):
+        run_logged(work, work_path, config, stages, consume)
 
+
+def run_logged(work: Location, work_path: str, config: EngineConfig, stages: StageSettings,
+               consume: Callable[[pa.Table], None]) -> None:
+    import ray
+
+    notify = config.notify or (lambda line: None)
+    # A local Ray takes most of the start-up: say so before it starts; a cluster given by
+    # address is joined first, so the line can count its actors exactly.
+    joining = ray.is_initialized() or bool(config.ray_address or os.environ.get("RAY_ADDRESS"))
+    if not joining:
+        notify(starting_line(config, connected=False))
+    with RaySession(config.ray_address, config.ray_init_kwargs):
+        if joining:
+            notify(starting_line(config, connected=True))
         context = ray.data.DataContext.get_current()
         # The caller draws progress from the rows it stages; Ray's bars would interleave.
         # An actor whose __init__ fails (weights the driver's header check passed but the

@@ -5,22 +5,30 @@ Runs in CPU tasks (:class:`ReadDecode`), one batch of work-list rows at a time: 
 :func:`vip2scan.model.images.decode_image`, the decoder training and eval use too, so a scan
 scores the very pixels eval measured. A file that fails becomes a row with ``status='error'``
 and a one-line, redacted ``error``; its pixel slot is left zero and the model never sees it.
+
+Poison isolation: the decoding itself runs in a child process (stages/sandbox.py), so a file
+that crashes the decoder becomes the error row ``decoder process died: SIGKILL`` (after one
+retry in a fresh child, so an unrelated death is not blamed on it) and the batch goes on.
+Each read and each decode has a time limit (``read_timeout_s``, ``decode_timeout_s``): a
+hung object becomes ``read timed out after N s`` / ``decode timed out after N s``.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
+from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
 
 from ..errors import CREDENTIALS_REJECTED, ERROR_MAX_CHARS, one_line
-from ..retries import credential_error_code, with_retries
+from ..retries import (StoreUnavailable, credential_error_code, has_client_retries,
+                       is_transient, take_retries, with_retries)
 from ..storage import get_filesystem, split_protocol
+from .sandbox import FAULT_HANG, FAULT_KILL, FAULT_NONE, POOL, DecoderDied, DecoderTimedOut, Sandbox
 
 # Objects larger than this are error rows, never read: no image within the pixel limit needs
 # more (178 Mpx x 4 bytes uncompressed is 716 MB), and reading one is a whole RAM's worth.
@@ -28,6 +36,10 @@ DEFAULT_MAX_OBJECT_BYTES = 1 << 30
 # Bytes a decode task holds at once: a batch's objects are fetched in groups up to this size
 # (always at least one object), so a batch of large images does not sit in memory together.
 DEFAULT_MAX_BATCH_READ_BYTES = 256 << 20
+# Per-object time limits. A decode of the largest allowed image takes a few seconds; a read
+# group is at most DEFAULT_MAX_BATCH_READ_BYTES, two minutes even at 2 MB/s.
+DEFAULT_DECODE_TIMEOUT_S = 60.0
+DEFAULT_READ_TIMEOUT_S = 120.0
 
 
 def error_text(what: BaseException | str) -> str:
@@ -45,6 +57,8 @@ class DecodeSettings:
     wrapper: Any = field(default=None, repr=False)
     max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
     max_batch_read_bytes: int = DEFAULT_MAX_BATCH_READ_BYTES
+    decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S  # None or 0: no limit
+    read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S  # None or 0: no limit
     faults: Any = field(default=None, repr=False)  # faults.FaultHooks (tests only)
 
 
@@ -66,8 +80,54 @@ def read_groups(sizes: list[int | None], budget: int) -> list[list[int]]:
     return groups
 
 
+class ReadTimedOut(TimeoutError):
+    """A read that did not finish within the time limit (it is abandoned, not waited for)."""
+
+
+def _within(seconds: float, fn, *args) -> tuple[bool, Any]:
+    """(True, fn(*args)) or (False, None) when it did not return within ``seconds``.
+
+    The call runs on a daemon thread that is abandoned on time-out: a read stuck in a socket
+    cannot be interrupted, and a daemon thread neither blocks the task nor the exit."""
+    box: list = []
+
+    def call() -> None:
+        try:
+            box.append((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=call, name="read", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        return False, None
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return True, value
+
+
+def fetch_within_limit(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseException]:
+    """:func:`_fetch_many` with the read time limit: when a group does not finish in time, its
+    objects are read again one by one, each within the limit, so only the hung ones fail."""
+    limit = settings.read_timeout_s
+    if not limit or limit <= 0:
+        return _fetch_many(uris, settings)
+    done, results = _within(limit, _fetch_many, uris, settings)
+    if done:
+        return results
+    results = []
+    for uri in uris:
+        done, one = _within(limit, _fetch_many, [uri], settings)
+        results.append(one[0] if done else ReadTimedOut(f"read timed out after {limit:g} s"))
+    return results
+
+
 def _fetch_many(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseException]:
     """Bytes per URI in order; a failure is returned in its slot instead of raised."""
+    if settings.faults is not None:
+        settings.faults.on_read(uris)
     results: list[bytes | BaseException] = [b""] * len(uris)
     by_protocol: dict[str, list[int]] = {}
     for i, uri in enumerate(uris):
@@ -84,11 +144,20 @@ def _fetch_many(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseE
             got = {}
         for i, path in zip(indices, paths):
             value = got.get(path) if got else None
-            if value is None or isinstance(value, BaseException):
+            # An S3 client already retried its failures: reading again would stack retries.
+            if value is None or (isinstance(value, BaseException) and not has_client_retries(fs)):
                 try:
                     value = with_retries(fs.cat_file, path)
                 except Exception as exc:  # noqa: BLE001 - becomes an error row
                     value = exc
+            if isinstance(value, StoreUnavailable):
+                raise value  # the store is down: the run stops, no object is to blame
+            if isinstance(value, BaseException) and is_transient(value):
+                # Still failing after every retry: the store's trouble, not the object's. The
+                # run stops (staged rows are kept) instead of recording a row that blames it.
+                raise StoreUnavailable(one_line(
+                    f"reading {uris[i]} still failed after retries", value)
+                    + " (rerun to resume)") from value
             results[i] = value
     return results
 
@@ -98,7 +167,6 @@ class ReadDecode:
 
     def __init__(self, settings: DecodeSettings):
         self.settings = settings
-        Image.MAX_IMAGE_PIXELS = max(settings.max_image_pixels, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         uris = [str(u) for u in batch["image_uri"]]
@@ -115,6 +183,7 @@ class ReadDecode:
 
         if self.settings.faults is not None:
             self.settings.faults.on_decode_batch()
+            self.settings.faults.on_decode_uris(uris)
         limit = self.settings.max_object_bytes
         sizes = _listed_sizes(batch, n)
         read_s = decode_s = 0.0
@@ -127,16 +196,26 @@ class ReadDecode:
             else:
                 wanted.append(i)
         budget = max(1, self.settings.max_batch_read_bytes)
-        for group in read_groups([sizes[i] for i in wanted], budget):
-            indices = [wanted[g] for g in group]
-            t0 = time.perf_counter()
-            blobs = _fetch_many([uris[i] for i in indices], self.settings)
-            t1 = time.perf_counter()
-            for i, blob in zip(indices, blobs):
-                self._decode_one(i, blob, pixels, width, height, status, error, read_bytes)
-            blobs = blob = None  # this group's bytes go before the next group's arrive
-            read_s += t1 - t0
-            decode_s += time.perf_counter() - t1
+        sandbox = POOL.acquire()
+        try:
+            for group in read_groups([sizes[i] for i in wanted], budget):
+                indices = [wanted[g] for g in group]
+                t0 = time.perf_counter()
+                blobs = fetch_within_limit([uris[i] for i in indices], self.settings)
+                t1 = time.perf_counter()
+                for i, blob in zip(indices, blobs):
+                    if not isinstance(blob, BaseException):
+                        read_bytes[i] = len(blob)
+                    outcome = self._decode_one(sandbox, uris[i], blob, pixels[i])
+                    if isinstance(outcome, str):
+                        status[i], error[i] = "error", outcome
+                    else:
+                        width[i], height[i] = outcome
+                blobs = blob = None  # this group's bytes go before the next group's arrive
+                read_s += t1 - t0
+                decode_s += time.perf_counter() - t1
+        finally:
+            POOL.release(sandbox)
 
         out = {name: batch[name] for name in batch}
         out.update(
@@ -144,33 +223,41 @@ class ReadDecode:
             error=error, read_bytes=read_bytes,
             # Stage timings travel as per-row shares so the driver can sum them.
             read_s=np.full(n, read_s / max(n, 1)), decode_s=np.full(n, decode_s / max(n, 1)),
+            retries=np.full(n, take_retries() / max(n, 1)),  # this process's, for the record
         )
         return out
 
-    def _decode_one(self, i: int, blob: bytes | BaseException, pixels: np.ndarray,
-                    width: np.ndarray, height: np.ndarray, status: np.ndarray,
-                    error: np.ndarray, read_bytes: np.ndarray) -> None:
+    def _decode_one(self, sandbox: Sandbox, uri: str, blob: bytes | BaseException,
+                    out: np.ndarray) -> tuple[int, int] | str:
+        """(width, height) with the pixels in ``out``, or the error row's text."""
+        if isinstance(blob, ReadTimedOut):
+            return error_text(str(blob))
         if isinstance(blob, BaseException):
-            status[i] = "error"
             credentials = credential_error_code(blob)
             reason = f"{CREDENTIALS_REJECTED} ({credentials})" if credentials else \
                 "object not found" if isinstance(blob, FileNotFoundError) else \
                 "access denied" if isinstance(blob, PermissionError) else "read failed"
-            error[i] = error_text(f"{reason}: {error_text(blob)}")
-            return
-        read_bytes[i] = len(blob)
+            return error_text(f"{reason}: {error_text(blob)}")
         limit = self.settings.max_object_bytes
         if limit and len(blob) > limit:  # the listing did not know the size (or was wrong)
-            status[i] = "error"
-            error[i] = error_text(f"object too large: {len(blob)} bytes exceeds the limit of "
-                                f"{limit} bytes")
-            return
-        try:
-            pixels[i], width[i], height[i] = decode_image(
-                blob, self.settings.image_size, self.settings.max_image_pixels)
-        except DecodeError as exc:
-            status[i] = "error"
-            error[i] = error_text(str(exc))
+            return error_text(f"object too large: {len(blob)} bytes exceeds the limit of "
+                              f"{limit} bytes")
+        fault = self.settings.faults.decode_fault(uri) if self.settings.faults else None
+        action = FAULT_KILL if fault == "kill" else FAULT_HANG if fault == "hang" else FAULT_NONE
+        for attempt in range(2):
+            try:
+                return sandbox.decode(blob, out, self.settings.max_image_pixels,
+                                      self.settings.decode_timeout_s, action)
+            except DecodeError as exc:
+                return error_text(str(exc))
+            except DecoderDied as exc:
+                out[...] = 0
+                # A time-out is final. A death is retried once in a fresh child: one the object
+                # did not cause (the OOM killer choosing the child for another's memory) must
+                # not blame it.
+                if isinstance(exc, DecoderTimedOut) or attempt:
+                    return error_text(str(exc))
+        raise AssertionError("unreachable")
 
 
 def _listed_sizes(batch: dict[str, np.ndarray], n: int) -> list[int | None]:

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import Thresholds, pick_thresholds, row_thresholds, thresholds_for
 from ..maps import write_maps
+from ..retries import take_retries
 from ..storage import Location
-
-DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,15 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
 
 
 def resolve_thresholds(facts: ModelFacts, image_threshold: float | None,
-                       pixel_threshold: float | None) -> tuple[float, float]:
-    """Explicit values win, then the checkpoint's calibrated ones, then 0.5."""
-    image = image_threshold if image_threshold is not None else facts.image_threshold
-    pixel = pixel_threshold if pixel_threshold is not None else facts.pixel_threshold
-    return (float(DEFAULT_THRESHOLD if image is None else image),
-            float(DEFAULT_THRESHOLD if pixel is None else pixel))
+                       pixel_threshold: float | None, out: Location | None = None) -> Thresholds:
+    """Explicit values win, then the checkpoint's labelled ones (``eval --calibrate``), then
+    OUT's label-free calibration of this model (``vip2scan calibrate``), then 0.5, which the
+    result reports as uncalibrated."""
+    if out is None:
+        return pick_thresholds(image_threshold, pixel_threshold, facts.image_threshold,
+                               facts.pixel_threshold, None)
+    return thresholds_for(out, facts.model_id, image_threshold, pixel_threshold,
+                          facts.image_threshold, facts.pixel_threshold)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class InferSettings:
     map_size: int
     image_threshold: float
     pixel_threshold: float
+    # (absolute URI prefix, threshold): a row under a prefix uses its threshold (label-free
+    # calibration per product line), any other row ``image_threshold``
+    image_thresholds: tuple[tuple[str, float], ...] = ()
     device: str | None = None  # None: cuda if the actor sees a GPU, else cpu
     torch_threads: int | None = None
     amp: str | None = "auto"
@@ -143,6 +149,8 @@ class WriteMaps:
             write_maps(self.out, self.settings.store_name,
                        np.asarray(batch["map_index"])[ok].astype(np.int64), maps[ok])
         batch["write_s"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+        batch["retries"] = np.asarray(batch.get("retries", np.zeros(n)), dtype=float) + \
+            take_retries() / max(n, 1)  # this process's storage retries, for the run record
         return batch
 
 
@@ -270,9 +278,11 @@ class InferActor:
             max_pixel[ok] = peak.cpu().numpy()
             area[ok] = frac.cpu().numpy()
             maps[ok] = small.cpu().numpy()
+        thresholds = row_thresholds(batch["image_uri"], self.settings.image_threshold,
+                                    self.settings.image_thresholds)
         out.update(
             image_score=image_score,
-            is_anomalous=np.where(ok, image_score >= self.settings.image_threshold, False),
+            is_anomalous=np.where(ok, image_score >= thresholds, False),
             max_pixel_score=max_pixel,
             anomalous_area_fraction=area,
             map=maps,

@@ -69,9 +69,15 @@ def test_bench_local_engine_scale_points(tmp_path):
     out = tmp_path / "bench.json"
     _run(["bench", "--engine", "local", "--source", "local", "--images", "12", "--image-size", "64",
           "--batch-size", "4", "--bare-seconds", "0.5", "--scale", "--scale-images", "12,24",
-          "--workdir", str(tmp_path / "work"),
+          "--large-photos", "2", "--workdir", str(tmp_path / "work"),
           "--json", str(out)])
     report = json.loads(out.read_text())
+    photos = report["large_photos"]
+    assert photos["photos"] == 2 and photos["photo_px"] == [2448, 2048] and photos["model_px"] == 64
+    assert set(photos["decode_cpu_ms_per_image"]) == {"64", "518"}
+    for ms in photos["decode_cpu_ms_per_image"].values():
+        assert ms["exact"] > 0 and ms["fast"] > 0
+    assert 0 <= photos["max_abs_delta_image_score"] < 0.05 and 0 <= photos["max_abs_delta_map"] <= 1
 
     _assert_source_measured(report, "local", 12)
     assert report["pipeline"]["s3"] is None and report["efficiency"]["s3"] is None

@@ -10,7 +10,8 @@ from image_files import AWKWARD_FILES, SHAPE
 from PIL import Image
 
 from vip2scan.model.data.loading import load_sample
-from vip2scan.model.images import DecodeError, decode_image, load_image, load_mask, open_upright
+from vip2scan.model.images import (DecodeError, decode_image, decode_upright, load_image, load_mask,
+                                   open_upright)
 
 SIZE = 24
 
@@ -56,3 +57,24 @@ def test_masks_follow_the_reference_rule(tmp_path):
 def test_empty_bytes_are_a_reason_not_a_crash():
     with pytest.raises(DecodeError, match="empty"):
         decode_image(b"", SIZE)
+
+
+@pytest.mark.parametrize("name", sorted(AWKWARD_FILES))
+def test_large_photos_take_the_fast_path_within_resampling_noise(name):
+    """A file >= 2x the model size: reduced JPEG decode / box-then-bicubic resize, full-size
+    width and height, pixels within a few levels of the exact full-size path."""
+    scale, size = 10, 32  # 300 x 440 pixels -> 32: JPEGs decode at 1/8 DCT scale
+    data = AWKWARD_FILES[name](scale)
+    pixels, width, height = decode_image(data, size)
+    upright = open_upright(data)  # full size, the exact path
+    exact = np.asarray(upright.resize((size, size), Image.BICUBIC))
+    rotated = name.startswith("exif")
+    full = (SHAPE[0] * scale, SHAPE[1] * scale) if rotated else (SHAPE[1] * scale, SHAPE[0] * scale)
+    assert (width, height) == upright.size == full
+    delta = np.abs(pixels.astype(int) - exact.astype(int))
+    assert delta.mean() < 2.0 and delta.max() <= 40, (delta.mean(), delta.max())
+    decoded = decode_upright(data, at_least=size)[0]
+    if name.endswith(".jpg"):  # decoded at 1/8 scale, never below the model size
+        assert decoded.size == (-(-full[0] // 8), -(-full[1] // 8)) and min(decoded.size) >= size
+    else:
+        assert decoded.size == full

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -182,7 +181,6 @@ def test_incremental_rescans(first, checkpoint):
         fh.write(b"partial")
 
     readlog.clear()
-    t0 = time.perf_counter()
     third = scan(lake, out, checkpoint, _options(readlog))
     assert third.removed_runs == [abandoned]
     assert not os.path.exists(os.path.join(out, "_staging", abandoned))
@@ -191,7 +189,6 @@ def test_incremental_rescans(first, checkpoint):
     assert not third.inference_started and third.counts["scored"] == 0
     assert third.counts["unchanged"] == third.counts["listed"] and third.counts["vanished"] == 0
     assert third.files == [] and _lake_reads(readlog, lake) == []
-    assert time.perf_counter() - t0 < 30
 
     assert len(_run_rows(out, first_run)) == first["n_listed"]  # earlier runs intact
     runs = sorted(os.listdir(os.path.join(out, "runs")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import time
@@ -33,7 +34,7 @@ def test_local_listing_filters_by_suffix_and_globs(tmp_path):
     put_files(None, str(root), FILES)
     src = Location.of(str(root))
     manifest = str(tmp_path / "m.parquet")
-    n = list_prefix(src, manifest, ObjectFilter(include=("a/*",), exclude=("*three*",)))
+    n = list_prefix(src, manifest, ObjectFilter(include=("a/*",), exclude=("*three*",))).kept
     expected = [f"file://{root}/a/b/two.JPG", f"file://{root}/a/five.tif",
                 f"file://{root}/a/one.png"]
     assert n == 3 and _uris(manifest) == sorted(expected)
@@ -47,7 +48,7 @@ def test_local_listing_survives_a_symlink_loop(tmp_path):
     put_files(None, str(root), {"x/img.png": small_png(1)})
     os.symlink(root, root / "x" / "loop")
     manifest = str(tmp_path / "m.parquet")
-    assert list_prefix(Location.of(str(root)), manifest, ObjectFilter()) == 1
+    assert list_prefix(Location.of(str(root)), manifest, ObjectFilter()).kept == 1
 
 
 def test_s3_listing_streams_pages_with_etags(s3_server, s3_bucket, tmp_path):
@@ -55,7 +56,7 @@ def test_s3_listing_streams_pages_with_etags(s3_server, s3_bucket, tmp_path):
     put_files(fs, f"{s3_bucket}/lake", FILES)
     src = Location.of(f"s3://{s3_bucket}/lake", s3_server.storage_options)
     manifest = str(tmp_path / "m.parquet")
-    n = list_prefix(src, manifest, ObjectFilter(), page_rows=2)  # several pages
+    n = list_prefix(src, manifest, ObjectFilter(), page_rows=2).kept  # several pages
     assert n == 5
     table = pq.read_table(manifest)
     assert all(e and '"' not in e for e in table["etag"].to_pylist())
@@ -70,12 +71,12 @@ def test_manifest_csv_and_parquet(tmp_path):
                    f"{root}/skip/four.png,11\nnotes.txt,3\n")
     manifest = str(tmp_path / "m.parquet")
     src = Location.of(str(root))
-    assert read_manifest(Location.of(str(csv)), src, manifest, ObjectFilter()) == 2
+    assert read_manifest(Location.of(str(csv)), src, manifest, ObjectFilter()).kept == 2
     assert _uris(manifest) == [f"file://{root}/a/one.png", f"file://{root}/skip/four.png"]
     pq.write_table(pa.table({"image_uri": [f"file://{root}/a/one.png"], "etag": ["e1"]}),
                    tmp_path / "list.parquet")
     assert read_manifest(Location.of(str(tmp_path / "list.parquet")), src, manifest,
-                         ObjectFilter()) == 1
+                         ObjectFilter()).kept == 1
     assert pq.read_table(manifest)["etag"].to_pylist() == ["e1"]
 
 
@@ -109,11 +110,13 @@ def test_retries_transient_errors_only():
     def flaky():
         calls.append(1)
         if len(calls) < 3:
-            raise OSError("503 Service Unavailable: SlowDown")
+            raise OSError(errno.EBUSY, "Please reduce your request rate.")  # s3fs's SlowDown
         return "ok"
 
     assert with_retries(flaky, base_delay_s=0.001) == "ok" and len(calls) == 3
     assert not is_transient(FileNotFoundError("gone")) and not is_transient(PermissionError("403"))
+    # Classified by type and code, never by text: a key can contain " 500" or "timeout".
+    assert not is_transient(OSError("cannot decode s3://lake/status 500/timeout.png"))
     with pytest.raises(FileNotFoundError):
         with_retries(lambda: (_ for _ in ()).throw(FileNotFoundError("x")), base_delay_s=0.001)
 

@@ -185,13 +185,11 @@ def test_credentials_expiring_mid_run_stop_it_and_a_rerun_resumes(engine, s3_ser
                    engine=engine)
     plan = FaultPlan(state_dir=str(tmp_path / "state"), expire=(f"{bucket}/lake/",), expire_after=12)
 
-    started = time.monotonic()
     with pytest.raises(ScanError) as raised:
         scan(lake, out, tiny_checkpoint, ScanOptions(**options, fs_wrapper=plan))
     message = str(raised.value)
     assert "\n" not in message and "rejected the credentials" in message and "ExpiredToken" in message
     assert s3_server.key not in message and s3_server.secret not in message
-    assert time.monotonic() - started < 120
     assert any(e.startswith("expired") for e in plan.events())
 
     summary = scan(lake, out, tiny_checkpoint, ScanOptions(**options))

@@ -1,0 +1,153 @@
+"""`vip2scan calibrate OUT --expected-rate 0.01 [--by 'line*/']`: image thresholds without labels."""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.errors import BadParameter
+from vip2scan.jobs.query import StorageOption
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from vip2scan.pipeline.calibration import Calibration
+    from vip2scan.pipeline.outputs import Outputs
+
+UNCALIBRATED = "default (uncalibrated)"  # pipeline.calibration.SOURCE_DEFAULT, kept import-free
+
+EXAMPLE = ("Example: vip2scan calibrate s3://bucket/vip2scan-out --expected-rate 0.01 --by 'line*/'   "
+           "(then scan as usual: later scans of that model flag about 1 % of images per line)")
+
+
+def threshold_lines(threshold: float | None, source: str, by_prefix: dict[str, float],
+                    out: str, note: str = "") -> list[str]:
+    """How a scan summary and a report name a run's image threshold: its value and source,
+    or a warning with the command to run when it is the uncalibrated default."""
+    if not source or threshold is None:
+        return []  # a run recorded before thresholds had sources
+    if source == UNCALIBRATED:
+        why = f" ({note})" if note else ""
+        return [f"warning: image threshold {threshold:g} is not calibrated{why}; run "
+                f"`vip2scan calibrate {shlex.quote(out)} --expected-rate 0.01` (the fraction of "
+                "defective images you expect) or `vip2scan eval --calibrate` with labels"]
+    per = f", {len(by_prefix)} per-prefix" if by_prefix else ""
+    return [f"image threshold {threshold:.5g} ({source}{per})"]
+
+
+def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
+                           scores: np.ndarray) -> list[str]:
+    """What a run's report says about its threshold: source, per-prefix values, and what OUT's
+    current calibration would flag if it differs from what the run used."""
+    from vip2scan.pipeline.calibration import (SOURCE_FLAG, SOURCE_LABELLED, CalibrationError,
+                                               flagged_now, read_calibrations)
+
+    source = str(record.get("threshold_source") or "")
+    by_prefix = dict(record.get("image_thresholds") or {})
+    lines = threshold_lines(record.get("image_threshold"), source, by_prefix, outputs.out)
+    root = str(record.get("source") or "").rstrip("/") + "/"
+    if by_prefix:
+        lines.append("per prefix: " + ", ".join(
+            f"{p.removeprefix(root)} {t:.5g}" for p, t in sorted(by_prefix.items())))
+    if source in (SOURCE_FLAG, SOURCE_LABELLED):
+        return lines  # these win over OUT's calibration in later scans too
+    try:
+        current = read_calibrations(outputs.location).get(str(record.get("model_id")))
+    except CalibrationError as exc:
+        return [*lines, f"warning: {exc}"]
+    if current is None or (current.source == source and by_prefix == current.by_prefix()
+                           and current.image_threshold == record.get("image_threshold")):
+        return lines
+    lines.append(f"OUT's current calibration ({current.source}, {current.created_at}) would flag "
+                 f"{flagged_now(current, uris, scores)} of these {len(scores)} images; later "
+                 "scans use it, and scan --full re-scores this run's images with it")
+    return lines
+
+
+def check_rate(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise BadParameter(f"must be between 0 and 1 (exclusive), got {value:g}")
+    return value
+
+
+def check_glob(value: Optional[str]) -> Optional[str]:
+    if value is not None and not value.strip("/ "):
+        raise BadParameter("needs a glob naming a folder level, e.g. 'line*/'")
+    return value
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count:>5} {100.0 * count / total:5.1f} %" if total else f"{count:>5}      -"
+
+
+def format_table(calibration: Calibration) -> str:
+    """One line per prefix (with --by) and one for all scores: threshold, flagged before/after."""
+    header = ("prefix" if calibration.groups else "", "scores", "threshold", "flagged before",
+              "flagged after")
+    rows = [(g.group, str(g.n_scores),
+             "(overall)" if g.image_threshold is None else f"{g.image_threshold:.5f}",
+             _share(g.flagged_before, g.n_scores), _share(g.flagged_after, g.n_scores))
+            for g in calibration.groups]
+    unmatched = calibration.n_scores - sum(g.n_scores for g in calibration.groups)
+    if calibration.by and unmatched:
+        rows.append(("(no match)", str(unmatched), "(overall)", "", ""))
+    rows.append(("all", str(calibration.n_scores), f"{calibration.image_threshold:.5f}",
+                 _share(calibration.flagged_before, calibration.n_scores),
+                 _share(calibration.flagged_after, calibration.n_scores)))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def calibrate(
+    out: Annotated[str, typer.Argument(help="The scan's output location (path or URI).")],
+    expected_rate: Annotated[float, typer.Option(
+        "--expected-rate", callback=check_rate, metavar="RATE",
+        help="Fraction of images expected to be defective, e.g. 0.01: the threshold becomes "
+             "the (1 - RATE) quantile of the latest scores.")],
+    by: Annotated[Optional[str], typer.Option(
+        "--by", callback=check_glob, metavar="GLOB",
+        help="One threshold per folder prefix matching GLOB, e.g. 'line*/' (case-insensitive; "
+             "* also matches '/').")] = None,
+    model_id: Annotated[Optional[str], typer.Option(
+        "--model-id", help="Calibrate this model (default: the model of the newest run that "
+                           "scored images).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the thresholds without saving them.")] = False,
+    storage_option: StorageOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Set the image threshold from the lake's own latest scores (no labels needed).
+
+    Saved per model in OUT/calibration.json. Later scans of that model into OUT use it, unless --threshold is given or the checkpoint has labelled thresholds (eval --calibrate). Rows already scored keep their is_anomalous.
+    """  # noqa: E501 - one line per paragraph: the help reflows it
+    from vip2scan.pipeline.calibration import (calibration_notes, compute_calibration,
+                                               latest_scores, save_calibration)
+    from vip2scan.pipeline.layout import CALIBRATION
+    from vip2scan.pipeline.outputs import Outputs
+
+    outputs = Outputs(out, storage_options_from_flags(storage_option))
+    outputs.require_exists()
+    latest = latest_scores(outputs, model_id)
+    calibration = compute_calibration(latest, expected_rate, by)
+    typer.echo(f"model {calibration.model_id}: {calibration.n_scores} latest scores, expected "
+               f"rate {expected_rate:g} -> threshold = the {calibration.quantile:g} quantile")
+    typer.echo(format_table(calibration))
+    for note in calibration_notes(latest, calibration):
+        typer.echo(f"warning: {note}")
+    if dry_run:
+        typer.echo("not saved (--dry-run)")
+        return
+    save_calibration(outputs.location, calibration)
+    typer.echo(f"saved {outputs.uri(CALIBRATION)}: later scans of model {calibration.model_id} "
+               f"into this OUT use it ({calibration.source}); rows already scored keep their "
+               "is_anomalous (scan --full re-scores them)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate", epilog=EXAMPLE)(calibrate)

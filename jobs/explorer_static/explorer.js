@@ -1,0 +1,488 @@
+/* vip2scan explorer: plain JavaScript, no libraries, no network.
+ *
+ * Data comes as classic scripts calling V2S.setMeta / setIndex / setChunk (a page opened from
+ * file:// may load scripts but not fetch files): data/meta.js with the page, data/index.js
+ * when the table is first shown, data/chunk-NNNNN.js when an image of that chunk is opened.
+ * Untrusted text (object names, error messages) only ever goes into textContent.
+ */
+(function () {
+  "use strict";
+
+  var V2S = window.V2S = { chunks: {}, timing: { start: performance.now() } };
+  V2S.setMeta = function (meta) { V2S.meta = meta; };
+  V2S.setIndex = function (raw) { V2S.rawIndex = raw; };
+  V2S.setChunk = function (k, rows) { V2S.chunks[k] = rows; };
+
+  var ERROR = 1, ANOMALOUS = 2, RENDERED = 4, HAS_IMAGE = 8; // bits of index.f
+  var SAFE_LINK = /^(https?|s3|gs|gcs|az|abfs|abfss|file):/i;
+  var state = { smin: null, smax: null, status: "", prefix: "", night: "", model: "", rendered: false,
+                sortKey: "score", sortDir: -1, page: 0, size: 50, order: null };
+  var scripts = {};
+  var DISPLAY_SIDE = 320;
+
+  // ------------------------------------------------------------------ helpers
+  function $(id) { return document.getElementById(id); }
+
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (name) {
+      var value = attrs[name];
+      if (value === null || value === undefined) return;
+      if (name === "text") node.textContent = value;
+      else if (name === "className") node.className = value;
+      else if (name === "style") node.style.cssText = value;
+      else node.setAttribute(name, value);
+    });
+    (children || []).forEach(function (child) {
+      if (child !== null && child !== undefined) {
+        node.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
+      }
+    });
+    return node;
+  }
+
+  function svg(tag, attrs, children) {
+    var node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    Object.keys(attrs || {}).forEach(function (name) {
+      if (name === "text") node.textContent = attrs[name];
+      else node.setAttribute(name, attrs[name]);
+    });
+    (children || []).forEach(function (child) { if (child) node.appendChild(child); });
+    return node;
+  }
+
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function fixed(x, digits) { return isNaN(x) ? "" : x.toFixed(digits); }
+  function percent(x, digits) { return isNaN(x) ? "" : (100 * x).toFixed(digits) + " %"; }
+  function pad5(k) { return ("0000" + k).slice(-5); }
+  function say(text) { $("status-line").textContent = text; }
+
+  function loadScript(src) {
+    if (!scripts[src]) {
+      scripts[src] = new Promise(function (resolve, reject) {
+        var node = document.createElement("script");
+        node.src = src;
+        node.onload = resolve;
+        node.onerror = function () { reject(new Error("cannot load " + src)); };
+        document.head.appendChild(node);
+      });
+    }
+    return scripts[src];
+  }
+
+  function fail(err) {
+    say("error: " + err.message);
+    console.error(err);
+  }
+
+  function uriOf(i) { return V2S.meta.roots[V2S.index.root[i]] + V2S.index.k[i]; }
+
+  function objectLink(uri) {
+    if (!SAFE_LINK.test(uri)) return el("span", { className: "uri-title", text: uri });
+    return el("a", { href: uri, className: "uri-title", text: uri, rel: "noopener" });
+  }
+
+  // ------------------------------------------------------------------ index
+  function ensureIndex() {
+    if (V2S.index) return Promise.resolve(V2S.index);
+    say("loading " + V2S.meta.n_rows + " rows ...");
+    return loadScript("data/index.js").then(function () {
+      var raw = V2S.rawIndex, n = raw.k.length;
+      var ix = { n: n, k: raw.k, root: Int32Array.from(raw.root), pre: Int32Array.from(raw.pre),
+                 night: Int32Array.from(raw.night), model: Int32Array.from(raw.model),
+                 f: Uint8Array.from(raw.f), sc: new Float64Array(n), mp: new Float64Array(n),
+                 ar: new Float64Array(n) };
+      for (var i = 0; i < n; i++) {
+        ix.sc[i] = raw.sc[i] === null ? NaN : raw.sc[i] / 1e6;
+        ix.mp[i] = raw.mp[i] === null ? NaN : raw.mp[i] / 1e4;
+        ix.ar[i] = raw.ar[i] === null ? NaN : raw.ar[i] / 1e5;
+      }
+      V2S.rawIndex = null;
+      V2S.index = ix;
+      V2S.timing.indexMs = performance.now() - V2S.timing.start;
+      return ix;
+    });
+  }
+
+  function matches(ix, i) {
+    var f = ix.f[i];
+    if (state.status === "error" && !(f & ERROR)) return false;
+    if (state.status === "ok" && (f & ERROR)) return false;
+    if (state.status === "anomalous" && !(f & ANOMALOUS)) return false;
+    if (state.status === "normal" && (f & (ERROR | ANOMALOUS))) return false;
+    if (state.rendered && !(f & RENDERED)) return false;
+    if (state.prefix !== "" && ix.pre[i] !== +state.prefix) return false;
+    if (state.night !== "" && ix.night[i] !== +state.night) return false;
+    if (state.model !== "" && ix.model[i] !== +state.model) return false;
+    if (state.smin !== null && !(ix.sc[i] >= state.smin)) return false;
+    if (state.smax !== null && !(ix.sc[i] <= state.smax)) return false;
+    return true;
+  }
+
+  function sortKeyOf(ix, key) {
+    if (key === "score") return ix.sc;
+    if (key === "mp") return ix.mp;
+    if (key === "area") return ix.ar;
+    if (key === "prefix") return ix.pre;
+    if (key === "night") return ix.night;
+    if (key === "model") return ix.model;
+    if (key === "status") {
+      var s = new Float64Array(ix.n);
+      for (var i = 0; i < ix.n; i++) s[i] = ix.f[i] & ERROR ? 2 : (ix.f[i] & ANOMALOUS ? 0 : 1);
+      return s;
+    }
+    return null; // "uri": the index is in URI order already
+  }
+
+  function applyFilters() {
+    var ix = V2S.index, ids = [];
+    for (var i = 0; i < ix.n; i++) if (matches(ix, i)) ids.push(i);
+    var values = sortKeyOf(ix, state.sortKey), dir = state.sortDir;
+    ids.sort(function (a, b) {
+      if (values) {
+        var va = values[a], vb = values[b];
+        var na = va !== va, nb = vb !== vb; // NaN (no score) sorts last either way
+        if (na !== nb) return na ? 1 : -1;
+        if (!na && va !== vb) return va < vb ? -dir : dir;
+      }
+      return (a - b) * (values ? 1 : dir);
+    });
+    state.order = Int32Array.from(ids);
+    var pages = Math.max(1, Math.ceil(ids.length / state.size));
+    if (state.page >= pages) state.page = pages - 1;
+  }
+
+  // ------------------------------------------------------------------ table
+  function readFilters() {
+    function num(id) { var v = $(id).value.trim(); return v === "" || isNaN(+v) ? null : +v; }
+    state.smin = num("f-smin");
+    state.smax = num("f-smax");
+    state.status = $("f-status").value;
+    state.prefix = $("f-prefix").value;
+    state.night = $("f-night").value;
+    state.model = $("f-model").value;
+    state.rendered = $("f-rendered").checked;
+  }
+
+  function writeFilters() {
+    $("f-smin").value = state.smin === null ? "" : state.smin;
+    $("f-smax").value = state.smax === null ? "" : state.smax;
+    $("f-status").value = state.status;
+    $("f-prefix").value = state.prefix;
+    $("f-night").value = state.night;
+    $("f-model").value = state.model;
+    $("f-rendered").checked = state.rendered;
+  }
+
+  function thumb(i) {
+    var f = V2S.index.f[i];
+    if (f & HAS_IMAGE) return el("img", { src: "img/" + i + ".png", alt: "image " + i });
+    if (f & RENDERED) return el("img", { src: "img/" + i + "-map.png", alt: "map " + i });
+    return null;
+  }
+
+  function statusCell(f) {
+    if (f & ERROR) return el("td", { className: "status-error", text: "error" });
+    if (f & ANOMALOUS) return el("td", { className: "status-anomalous", text: "anomalous" });
+    return el("td", { text: "ok" });
+  }
+
+  function renderTable() {
+    var ix = V2S.index, meta = V2S.meta, body = clear(document.querySelector("#table tbody"));
+    var total = state.order.length, start = state.page * state.size;
+    var stop = Math.min(total, start + state.size), frag = document.createDocumentFragment();
+    for (var p = start; p < stop; p++) {
+      var i = state.order[p];
+      var row = el("tr", { "data-row": i }, [
+        el("td", {}, [thumb(i)]),
+        el("td", { className: "uri", text: ix.k[i] }),
+        el("td", { text: meta.prefixes[ix.pre[i]] }),
+        el("td", { text: meta.nights[ix.night[i]] }),
+        statusCell(ix.f[i]),
+        el("td", { className: "num", text: fixed(ix.sc[i], 4) }),
+        el("td", { className: "num", text: fixed(ix.mp[i], 3) }),
+        el("td", { className: "num", text: percent(ix.ar[i], 2) }),
+        el("td", { text: meta.models[ix.model[i]] })
+      ]);
+      frag.appendChild(row);
+    }
+    body.appendChild(frag);
+    var pages = Math.max(1, Math.ceil(total / state.size));
+    $("p-info").textContent = (total ? (start + 1) + "-" + stop : "0") + " of " + total +
+      " matching (" + ix.n + " objects) · page " + (state.page + 1) + " of " + pages;
+    $("p-prev").disabled = $("p-first").disabled = state.page === 0;
+    $("p-next").disabled = $("p-last").disabled = state.page >= pages - 1;
+    document.querySelectorAll("#table th[data-sort]").forEach(function (th) {
+      th.className = th.getAttribute("data-sort") === state.sortKey
+        ? (state.sortDir > 0 ? "sorted-asc" : "sorted-desc") : "";
+    });
+    if (V2S.timing.tableMs === undefined) V2S.timing.tableMs = performance.now() - V2S.timing.start;
+    say("table ready in " + Math.round(V2S.timing.tableMs) + " ms after the page started");
+  }
+
+  function refreshTable(resetPage) {
+    if (resetPage) state.page = 0;
+    return ensureIndex().then(function () { applyFilters(); renderTable(); });
+  }
+
+  function setUpTable() {
+    var meta = V2S.meta;
+    function fill(id, names) {
+      names.forEach(function (name, i) { $(id).appendChild(el("option", { value: String(i), text: name })); });
+    }
+    fill("f-prefix", meta.prefixes);
+    fill("f-night", meta.nights);
+    fill("f-model", meta.models);
+    var timer = null;
+    function changed() {
+      clearTimeout(timer);
+      timer = setTimeout(function () { readFilters(); refreshTable(true).catch(fail); }, 150);
+    }
+    $("filters").addEventListener("input", changed);
+    $("filters").addEventListener("change", changed);
+    $("filters").addEventListener("reset", function () { setTimeout(changed, 0); });
+    $("filters").addEventListener("submit", function (e) { e.preventDefault(); changed(); });
+    function go(page) { return function () { state.page = page(); refreshTable(false).catch(fail); }; }
+    function last() { return Math.max(0, Math.ceil(state.order.length / state.size) - 1); }
+    $("p-first").addEventListener("click", go(function () { return 0; }));
+    $("p-prev").addEventListener("click", go(function () { return Math.max(0, state.page - 1); }));
+    $("p-next").addEventListener("click", go(function () { return Math.min(last(), state.page + 1); }));
+    $("p-last").addEventListener("click", go(last));
+    $("p-size").addEventListener("change", function () {
+      state.size = +$("p-size").value;
+      refreshTable(true).catch(fail);
+    });
+    document.querySelectorAll("#table th[data-sort]").forEach(function (th) {
+      th.addEventListener("click", function () {
+        var key = th.getAttribute("data-sort");
+        if (key === state.sortKey) state.sortDir = -state.sortDir;
+        else { state.sortKey = key; state.sortDir = /score|mp|area/.test(key) ? -1 : 1; }
+        refreshTable(true).catch(fail);
+      });
+    });
+    document.querySelector("#table tbody").addEventListener("click", function (e) {
+      var tr = e.target.closest("tr");
+      if (tr) location.hash = "#image/" + tr.getAttribute("data-row");
+    });
+  }
+
+  // ------------------------------------------------------------------ overview charts
+  function hbars(items, width) {
+    var rowH = 18, labelW = 130, plotW = width - labelW - 120, h = items.length * rowH + 6;
+    var top = Math.max.apply(null, items.map(function (d) { return d.value; }).concat([1e-9]));
+    var root = svg("svg", { width: width, height: h, role: "img" });
+    items.forEach(function (d, j) {
+      var y = 3 + j * rowH, w = Math.max(1, plotW * d.value / top);
+      var bar = svg("g", {}, [
+        svg("title", { text: d.title }),
+        svg("text", { x: labelW - 6, y: y + 12, "text-anchor": "end", text: d.label }),
+        svg("rect", { x: labelW, y: y + 2, width: w, height: rowH - 5, "class": "bar" + (d.hot ? " hot" : "") }),
+        svg("text", { x: labelW + w + 4, y: y + 12, text: d.text })
+      ]);
+      if (d.onclick) { bar.style.cursor = "pointer"; bar.addEventListener("click", d.onclick); }
+      root.appendChild(bar);
+    });
+    return root;
+  }
+
+  function rate(d) { return d.ok ? d.anomalous / d.ok : 0; }
+  function rateText(d) {
+    return d.ok ? percent(rate(d), 1) + " (" + d.anomalous + "/" + d.ok + ")" : d.errors + " error rows, none scored";
+  }
+
+  function histogramChart(hist, thresholds) {
+    var W = 640, H = 200, left = 44, bottom = 30, plotW = W - left - 10, plotH = H - bottom - 10;
+    var n = hist.counts.length, top = Math.max.apply(null, hist.counts.concat([1]));
+    var root = svg("svg", { width: W, height: H, role: "img" });
+    function x(v) { return left + plotW * (v - hist.lo) / (hist.hi - hist.lo); }
+    hist.counts.forEach(function (c, j) {
+      var h = plotH * c / top, lo = hist.lo + (hist.hi - hist.lo) * j / n;
+      root.appendChild(svg("rect", { x: left + plotW * j / n + 0.5, y: 10 + plotH - h,
+        width: Math.max(1, plotW / n - 1), height: h, "class": "bar" }, [
+        svg("title", { text: c + " images with score " + lo.toFixed(4) + " to " +
+          (lo + (hist.hi - hist.lo) / n).toFixed(4) })]));
+    });
+    [hist.lo, (hist.lo + hist.hi) / 2, hist.hi].forEach(function (v, j) {
+      root.appendChild(svg("text", { x: x(v), y: H - 12, "text-anchor": ["start", "middle", "end"][j],
+        text: v.toFixed(4) }));
+    });
+    root.appendChild(svg("text", { x: 2, y: 20, text: String(top) }));
+    root.appendChild(svg("text", { x: W / 2, y: H - 1, "text-anchor": "middle", text: "image_score" }));
+    var outside = [];
+    thresholds.forEach(function (t, j) {
+      if (t.value < hist.lo || t.value > hist.hi) { outside.push(t.label + " " + t.value); return; }
+      root.appendChild(svg("line", { x1: x(t.value), x2: x(t.value), y1: 10, y2: 10 + plotH, "class": "threshold" },
+        [svg("title", { text: t.label + " " + t.value })]));
+      root.appendChild(svg("text", { x: x(t.value) + 3, y: 22 + 12 * j, text: t.label + " " + t.value }));
+    });
+    var box = el("div", {}, [root]);
+    if (outside.length) box.appendChild(el("p", { className: "muted", text: "Outside the range shown: " + outside.join(", ") }));
+    return box;
+  }
+
+  function listPrefix(j) {
+    return function () {
+      state.prefix = String(j); state.page = 0;
+      if (document.readyState !== "loading") writeFilters();
+      location.hash = "#images";
+    };
+  }
+
+  function renderOverview() {
+    var meta = V2S.meta, counts = clear($("counts"));
+    Object.keys(meta.counts).forEach(function (name) {
+      counts.appendChild(el("div", { className: "card" }, [el("b", { text: String(meta.counts[name]) }), name]));
+    });
+    clear($("chart-prefix")).appendChild(hbars(meta.per_prefix.map(function (d, j) {
+      return { label: d.prefix, value: rate(d), hot: d.anomalous > 0, onclick: listPrefix(j),
+               text: rateText(d),
+               title: d.prefix + ": " + d.anomalous + " anomalous of " + d.ok + " ok, " + d.errors + " errors" };
+    }), 420));
+    clear($("chart-night")).appendChild(hbars(meta.per_night.map(function (d) {
+      return { label: d.night, value: rate(d), hot: d.anomalous > 0,
+               text: rateText(d),
+               title: d.night + ": " + d.n + " rows in " + d.runs + " run(s), " + d.anomalous +
+                 " anomalous, " + d.errors + " errors" };
+    }), 420));
+    clear($("chart-hist")).appendChild(histogramChart(meta.histogram, meta.thresholds));
+    $("render-note").textContent = "Pre-rendered pictures: " + meta.rendered + " of " + meta.n_rows +
+      " images (the most anomalous half of --max-images " + meta.max_images + ", then a fixed sample" +
+      " of the rest). Any other image's map: vip2scan map " + meta.out + " IMAGE_URI --png map.png. " +
+      "Colours: " + meta.scaling + ".";
+    var reasons = clear($("error-reasons")), list = clear($("error-list"));
+    if (!meta.errors.length) { reasons.appendChild(el("p", { text: "No error rows among the current objects." })); return; }
+    reasons.appendChild(el("table", {}, [el("tr", {}, [el("th", { text: "reason" }), el("th", { text: "objects" })])]
+      .concat(meta.error_reasons.map(function (r) {
+        return el("tr", {}, [el("td", { text: r.reason }), el("td", { className: "num", text: String(r.n) })]);
+      }))));
+    list.appendChild(el("p", { text: "Error rows (first " + meta.errors.length + "; all of them: status = error in the Images list):" }));
+    list.appendChild(el("ul", {}, meta.errors.map(function (e) {
+      return el("li", {}, [el("a", { href: "#image/" + e[0], text: "object #" + e[0] }), ": " + e[1]]);
+    })));
+  }
+
+  // ------------------------------------------------------------------ one image
+  function colourBar(meta, r, pixelThreshold, width) {
+    var stops = meta.colours.map(function (c, j) { return c + " " + (100 * j / (meta.colours.length - 1)) + "%"; });
+    var bar = el("div", { className: "colourbar", style: "background: linear-gradient(to right, " + stops.join(", ") + ")" });
+    function tick(v, label) {
+      if (v === null || v === undefined || v < r.lo || v > r.hi) return;
+      bar.appendChild(el("div", { className: "tick", title: label, style: "left: " + (100 * (v - r.lo) / (r.hi - r.lo)) + "%" }));
+    }
+    tick(pixelThreshold, "pixel threshold " + pixelThreshold);
+    tick(r.peak, "maximum " + r.peak);
+    return el("div", { style: "width: " + width + "px" }, [bar, el("div", { className: "cb-labels" }, [
+      el("span", { text: r.lo.toFixed(4) }), el("span", { text: ((r.lo + r.hi) / 2).toFixed(4) }),
+      el("span", { text: r.hi.toFixed(4) })])]);
+  }
+
+  function historyBlock(meta, entries) {
+    var table = el("table", {}, [el("tr", {}, ["night", "run", "status", "score", "anomalous"].map(function (h) {
+      return el("th", { text: h });
+    }))]);
+    entries.forEach(function (h) {
+      table.appendChild(el("tr", {}, [el("td", { text: meta.nights[h[0]] }), el("td", { text: h[1] >= 0 ? meta.runs[h[1]].id : "" }),
+        el("td", { text: h[2] ? "error" : "ok" }), el("td", { className: "num", text: h[3] === null ? "" : h[3].toFixed(4) }),
+        el("td", { text: h[4] ? "yes" : "" })]));
+    });
+    var scored = entries.filter(function (h) { return h[3] !== null; });
+    if (scored.length < 2) return table;
+    var W = 240, H = 60, lo = Math.min.apply(null, scored.map(function (h) { return h[3]; }));
+    var hi = Math.max.apply(null, scored.map(function (h) { return h[3]; })) + 1e-9;
+    var pts = scored.map(function (h, j) {
+      return (6 + (W - 12) * j / (scored.length - 1)).toFixed(1) + "," + (H - 6 - (H - 12) * (h[3] - lo) / (hi - lo)).toFixed(1);
+    });
+    var line = svg("svg", { width: W, height: H, role: "img" }, [svg("title", { text: "score across nights" }),
+      svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#4477aa", "stroke-width": 2 })]);
+    return el("div", {}, [line, table]);
+  }
+
+  function renderImage(i, detail) {
+    var meta = V2S.meta, ix = V2S.index, view = clear($("view-image"));
+    var uri = uriOf(i), render = detail[5], run = detail[3] >= 0 ? meta.runs[detail[3]] : null;
+    var pos = state.order ? Array.prototype.indexOf.call(state.order, i) : -1;
+    var nav = el("p", {}, [el("a", { href: "#images", text: "\u2190 back to the list" })]);
+    if (pos > 0) nav.appendChild(el("a", { href: "#image/" + state.order[pos - 1], id: "img-prev", style: "margin-left: 1em", text: "\u2039 previous" }));
+    if (pos >= 0 && pos < state.order.length - 1) nav.appendChild(el("a", { href: "#image/" + state.order[pos + 1], id: "img-next", style: "margin-left: 1em", text: "next \u203a" }));
+    view.appendChild(nav);
+    view.appendChild(el("h2", {}, [objectLink(uri)]));
+    var stats = el("dl", { className: "stats" });
+    function stat(name, value) { stats.appendChild(el("dt", { text: name })); stats.appendChild(el("dd", { text: value })); }
+    var f = ix.f[i];
+    stat("status", f & ERROR ? "error" : (f & ANOMALOUS ? "anomalous" : "ok, not anomalous"));
+    if (f & ERROR) stat("reason", detail[0] || "");
+    stat("image score", fixed(ix.sc[i], 6) + (run && run.threshold !== null ? "  (threshold " + run.threshold + ")" : ""));
+    stat("max pixel", fixed(ix.mp[i], 4));
+    stat("anomalous area", percent(ix.ar[i], 3));
+    stat("size", detail[1] && detail[2] ? detail[1] + " x " + detail[2] + " px" : "");
+    stat("prefix", meta.prefixes[ix.pre[i]]);
+    stat("night", meta.nights[ix.night[i]]);
+    stat("model", meta.models[ix.model[i]]);
+    stat("run", run ? run.id : "");
+    var box = el("div", { className: "detail" });
+    if (render) {
+      // Small images are shown enlarged (pixelated) to at least DISPLAY_SIDE px.
+      var zoom = Math.max(1, DISPLAY_SIDE / Math.max(render.w, render.h));
+      var dw = Math.round(render.w * zoom), dh = Math.round(render.h * zoom);
+      var heat = el("img", { src: "img/" + i + "-map.png", className: zoom > 1 ? "heat zoomed" : "heat", alt: "anomaly map overlay", id: "overlay-heat" });
+      var base = render.img ? el("img", { src: "img/" + i + ".png", alt: "image", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null })
+        : el("div", { style: "width:" + dw + "px;height:" + dh + "px;background:#888" });
+      var marker = el("div", { className: "marker", id: "peak-marker", title: "maximum of the map",
+                               style: "left:" + (100 * render.x) + "%;top:" + (100 * render.y) + "%" });
+      var slider = el("input", { type: "range", min: 0, max: 100, value: 50, id: "opacity" });
+      var showMark = el("input", { type: "checkbox", checked: "checked", id: "show-marker" });
+      heat.style.opacity = "0.5";
+      slider.addEventListener("input", function () { heat.style.opacity = String(slider.value / 100); });
+      showMark.addEventListener("change", function () { marker.hidden = !showMark.checked; });
+      box.appendChild(el("figure", {}, [el("figcaption", { text: render.img ? "Image with its anomaly map" : "Anomaly map (the object could not be read now)" }),
+        el("div", { className: "stack" }, [base, heat, marker]),
+        el("p", {}, [el("label", {}, ["map opacity ", slider]), " ", el("label", {}, [showMark, " mark the maximum"])])]));
+      box.appendChild(el("figure", {}, [el("figcaption", { text: "Anomaly map" }),
+        el("div", { className: "stack" }, [el("img", { src: "img/" + i + "-map.png", alt: "anomaly map", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null }),
+          el("div", { className: "marker", style: "left:" + (100 * render.x) + "%;top:" + (100 * render.y) + "%" })]),
+        colourBar(meta, render, run ? run.pixel_threshold : null, dw),
+        el("p", { className: "legend", text: "Colour bar: map values from " + render.lo.toFixed(4) + " to " + render.hi.toFixed(4) +
+          " (ticks: the run's pixel threshold when in range, and this map's maximum " + render.peak.toFixed(4) + "). " + meta.scaling + "." })]));
+    } else {
+      box.appendChild(el("p", { className: "legend", text: f & ERROR ? "No map: this row is an error." :
+        "Not pre-rendered (the explorer renders the most anomalous images and a sample). Its map: vip2scan map " +
+        meta.out + " '" + uri + "' --png map.png" }));
+    }
+    box.appendChild(el("div", {}, [stats, el("h3", { text: "History across nights" }), historyBlock(meta, detail[4])]));
+    view.appendChild(box);
+    say("");
+  }
+
+  function showImage(i) {
+    return ensureIndex().then(function (ix) {
+      if (!(i >= 0 && i < ix.n)) throw new Error("no object #" + i);
+      if (!state.order) applyFilters();
+      var k = Math.floor(i / V2S.meta.chunk_rows);
+      return loadScript("data/chunk-" + pad5(k) + ".js").then(function () {
+        renderImage(i, V2S.chunks[k][i - k * V2S.meta.chunk_rows]);
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------ routing
+  function show(name) {
+    ["overview", "images", "image"].forEach(function (v) { $("view-" + v).hidden = v !== name; });
+    $("nav-overview").className = name === "overview" ? "active" : "";
+    $("nav-images").className = name !== "overview" ? "active" : "";
+  }
+
+  function route() {
+    var hash = location.hash || "#overview";
+    if (hash.indexOf("#image/") === 0) { show("image"); showImage(parseInt(hash.slice(7), 10)).catch(fail); }
+    else if (hash === "#images") { show("images"); writeFilters(); refreshTable(false).catch(fail); }
+    else { show("overview"); renderOverview(); say(""); }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    if (!V2S.meta) { say("error: data/meta.js is missing; rebuild with vip2scan explore OUT"); return; }
+    $("lake").textContent = V2S.meta.out + " · " + V2S.meta.n_rows + " objects";
+    setUpTable();
+    window.addEventListener("hashchange", route);
+    route();
+  });
+})();

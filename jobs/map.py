@@ -1,0 +1,80 @@
+"""`vip2scan map OUT IMAGE_URI --png map.png`: one image's anomaly map, as a picture or numbers.
+
+The map is the newest ``ok`` row's for that object (``read_map``), at the image's own width x
+height. ``--png`` colours it by the explorer's rule (its own robust range; the range is
+printed), ``--overlay`` blends it onto the image as scored, ``--npy`` keeps the float values.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Optional
+
+import typer
+
+from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.errors import click
+from vip2scan.jobs.query import StorageOption, options_for
+
+EXAMPLE = ("Example: vip2scan map s3://bucket/vip2scan-out s3://bucket/lake/line3/img_00042.png "
+           "--png map.png --overlay")
+
+
+def save(data: bytes, to: str, storage_options: dict) -> None:
+    import fsspec
+
+    with fsspec.open(to, "wb", **options_for(to, storage_options)) as f:
+        f.write(data)
+
+
+def map_command(
+    out: Annotated[str, typer.Argument(help="The scan's output location (path or URI).")],
+    image_uri: Annotated[str, typer.Argument(help="The object, as in the image_uri column.")],
+    png: Annotated[Optional[str], typer.Option("--png", metavar="FILE", help="Write the map coloured as a PNG here.")] = None,
+    overlay: Annotated[bool, typer.Option(
+        "--overlay", help="With --png: blend the map onto the image (needs the object).")] = False,
+    npy: Annotated[Optional[str], typer.Option("--npy", metavar="FILE", help="Write the float32 map (numpy .npy) here.")] = None,
+    storage_option: StorageOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Fetch one image's anomaly map (newest scored row) and print where its maximum is."""
+    import numpy as np
+
+    from vip2scan.jobs.imaging import SCALING_RULE, display_range, heat_image, peak_position, png_bytes
+    from vip2scan.pipeline import read_map
+
+    storage_options = storage_options_from_flags(storage_option)
+    try:
+        amap = read_map(image_uri, out, storage_options=storage_options)
+    except KeyError as exc:  # no ok row with a map: the reason, in one line
+        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from None
+    height, width = amap.shape
+    x, y = peak_position(amap)
+    typer.echo(f"map of {image_uri}: {width} x {height} px, values {float(amap.min()):.4f} to "
+               f"{float(amap.max()):.4f}, maximum at x={int(x * width)} y={int(y * height)}")
+    if npy:
+        buffer = io.BytesIO()
+        np.save(buffer, amap.astype(np.float32))
+        save(buffer.getvalue(), npy, storage_options)
+        typer.echo(f"wrote {npy}")
+    if png:
+        value_range = display_range([amap])
+        picture = heat_image(amap, (width, height), value_range)
+        if overlay:
+            from PIL import Image
+
+            from vip2scan.jobs.explore import read_object
+            from vip2scan.jobs.imaging import OVERLAY_ALPHA, upright_thumbnail
+
+            data = read_object(image_uri, storage_options)
+            if data is None:
+                raise click.ClickException(f"{image_uri} is gone: write the map alone (drop --overlay)")
+            image = upright_thumbnail(data, width, height, max(width, height))
+            picture = Image.blend(image, picture.resize(image.size), OVERLAY_ALPHA)
+        save(png_bytes(picture), png, storage_options)
+        rule = SCALING_RULE.replace("that run's rendered maps", "this map")
+        typer.echo(f"wrote {png} (colours: {value_range[0]:.4f} to {value_range[1]:.4f}; {rule})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("map", epilog=EXAMPLE)(map_command)

@@ -1,0 +1,326 @@
+"""Label-free image thresholds: ``OUT/calibration.json``, written by ``vip2scan calibrate``.
+
+Most lakes have no labels, and zero-shot scores sit in a narrow band that differs per product
+line, so the default threshold 0.5 can flag most of a lake. Calibration sets the image
+threshold of one model to the (1 - rate) quantile of its latest ok scores in OUT, so about
+``rate`` of such images are flagged; with a glob (``--by 'line*/'``) it sets one threshold per
+matching prefix. Later scans of that model read it when they plan a run.
+
+Precedence when a scan plans a run (:func:`pick_thresholds`): an explicit threshold, then the
+checkpoint's labelled thresholds (``eval --calibrate``), then OUT's calibration of the model,
+then the default 0.5, reported as uncalibrated. A calibration changes later scans only:
+committed rows keep the ``is_anomalous`` their run decided (the run record says with what).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .layout import CALIBRATION
+from .outputs import Outputs
+from .records import read_json, write_json
+from .storage import Location
+
+CALIBRATION_VERSION = 1
+DEFAULT_THRESHOLD = 0.5
+SOURCE_FLAG = "flag"
+SOURCE_LABELLED = "labelled"
+SOURCE_DEFAULT = "default (uncalibrated)"
+
+
+class CalibrationError(Exception):
+    """Calibration cannot run or OUT's calibration file cannot be used (one line)."""
+
+
+def label_free_source(rate: float, by: str | None = None) -> str:
+    """How a run record names a label-free threshold: 'label-free rate 0.01 [per 'line*/']'."""
+    return f"label-free rate {rate:g}" + (f" per {by!r}" if by else "")
+
+
+def is_calibrated(source: str) -> bool:
+    return bool(source) and source != SOURCE_DEFAULT
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds a run scores with, and where the image threshold came from."""
+
+    image: float
+    pixel: float
+    source: str
+    by_prefix: dict[str, float] = field(default_factory=dict)  # absolute URI prefix -> threshold
+    note: str = ""  # why an available calibration was not used
+
+
+@dataclass(frozen=True)
+class GroupThreshold:
+    """One prefix's threshold (None: too few scores, the overall threshold applies)."""
+
+    group: str  # the prefix below the lake's root, for people: 'line3/'
+    prefix: str  # the absolute URI prefix scans match: 's3://lake/line3/'
+    n_scores: int
+    image_threshold: float | None
+    flagged_before: int
+    flagged_after: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A label-free calibration of one model, as saved in OUT/calibration.json."""
+
+    model_id: str
+    expected_rate: float
+    quantile: float
+    n_scores: int
+    image_threshold: float
+    flagged_before: int
+    flagged_after: int
+    created_at: str
+    by: str | None = None
+    groups: tuple[GroupThreshold, ...] = ()
+    other_model_rows: int = 0  # latest rows scored by other models, not used
+
+    @property
+    def source(self) -> str:
+        return label_free_source(self.expected_rate, self.by)
+
+    def by_prefix(self) -> dict[str, float]:
+        return {g.prefix: g.image_threshold for g in self.groups if g.image_threshold is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": CALIBRATION_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in data.items() if k in known}
+        values["groups"] = tuple(GroupThreshold(**g) for g in values.get("groups") or ())
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- the file
+
+def read_calibrations(out: Location) -> dict[str, Calibration]:
+    """Every model's calibration in OUT ({} when OUT has none); a damaged file is an error,
+    not a silent fall-back to 0.5."""
+    if not out.exists(CALIBRATION):
+        return {}
+    content = read_json(out, CALIBRATION)
+    try:
+        models = (content or {})["models"]
+        return {model_id: Calibration.from_dict(entry) for model_id, entry in models.items()}
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CalibrationError(f"{out.join(CALIBRATION)} is unreadable ({type(exc).__name__}); "
+                               "rerun `vip2scan calibrate` to rewrite it") from None
+
+
+def save_calibration(out: Location, calibration: Calibration) -> None:
+    """Add or replace this model's calibration; other models' entries are kept. One atomic
+    write (rename locally, a single PUT on object stores), so a scan never reads half a file."""
+    try:
+        models = {k: v.to_dict() for k, v in read_calibrations(out).items()}
+    except CalibrationError:
+        models = {}  # a damaged file is replaced: calibrating is how its error says to fix it
+    models[calibration.model_id] = calibration.to_dict()
+    write_json(out, {"version": CALIBRATION_VERSION, "models": models}, CALIBRATION)
+
+
+def pick_thresholds(flag_image: float | None, flag_pixel: float | None,
+                    labelled_image: float | None, labelled_pixel: float | None,
+                    calibration: Calibration | None) -> Thresholds:
+    """Explicit values win, then the checkpoint's labelled ones, then OUT's label-free
+    calibration (image threshold only), then 0.5, reported as uncalibrated."""
+    pixel = flag_pixel if flag_pixel is not None else labelled_pixel
+    pixel = float(DEFAULT_THRESHOLD if pixel is None else pixel)
+    if flag_image is not None:
+        return Thresholds(float(flag_image), pixel, SOURCE_FLAG)
+    if labelled_image is not None:
+        return Thresholds(float(labelled_image), pixel, SOURCE_LABELLED)
+    if calibration is not None:
+        return Thresholds(float(calibration.image_threshold), pixel, calibration.source,
+                          calibration.by_prefix())
+    return Thresholds(DEFAULT_THRESHOLD, pixel, SOURCE_DEFAULT)
+
+
+def thresholds_for(out: Location, model_id: str, flag_image: float | None,
+                   flag_pixel: float | None, labelled_image: float | None,
+                   labelled_pixel: float | None) -> Thresholds:
+    """The thresholds a scan of ``model_id`` into ``out`` uses (see :func:`pick_thresholds`)."""
+    calibrations = read_calibrations(out)
+    picked = pick_thresholds(flag_image, flag_pixel, labelled_image, labelled_pixel,
+                             calibrations.get(model_id))
+    if picked.source == SOURCE_DEFAULT and calibrations:
+        others = ", ".join(sorted(calibrations))
+        return Thresholds(picked.image, picked.pixel, picked.source,
+                          note=f"{CALIBRATION} calibrates model(s) {others}, not {model_id}")
+    return picked
+
+
+def row_thresholds(uris: Sequence[str], default: float,
+                   by_prefix: Mapping[str, float] | Sequence[tuple[str, float]]) -> np.ndarray:
+    """Each row's image threshold: its longest matching prefix's, else ``default`` (float64,
+    so comparing float32 scores to it is exact)."""
+    pairs = sorted(dict(by_prefix).items(), key=lambda p: len(p[0]), reverse=True)
+    out = np.full(len(uris), float(default), dtype=np.float64)
+    if pairs:
+        for i, uri in enumerate(uris):
+            for prefix, value in pairs:
+                if str(uri).startswith(prefix):
+                    out[i] = value
+                    break
+    return out
+
+
+def flagged_now(calibration: Calibration, uris: Sequence[str], scores: np.ndarray) -> int:
+    """How many of these scores ``calibration`` flags (what a rescan would decide)."""
+    limits = row_thresholds(uris, calibration.image_threshold, calibration.by_prefix())
+    return int((np.asarray(scores, dtype=np.float64) >= limits).sum())
+
+
+# --------------------------------------------------------------------------- computing one
+
+@dataclass(frozen=True)
+class LatestScores:
+    """The latest ok rows of one model under OUT, and what else the latest view holds."""
+
+    model_id: str
+    uris: Any  # pyarrow ChunkedArray of image_uri, aligned with scores
+    scores: np.ndarray  # float64
+    flagged: np.ndarray  # bool: is_anomalous as committed
+    roots: list[str]  # the sources of OUT's runs, shortest first
+    other_models: dict[str, int]  # model_id -> latest ok rows not used
+    labelled: bool  # the model's newest run used labelled thresholds
+
+
+def latest_scores(outputs: Outputs, model_id: str | None) -> LatestScores:
+    """The latest ok scores of ``model_id`` (default: the model of the newest run that scored)."""
+    records = outputs.run_records()
+    scoring = [r for r in records if (r.get("counts") or {}).get("scored")]
+    if not scoring:
+        raise CalibrationError(f"no run under {outputs.location.display()} has scored an image: "
+                               "scan the lake first")
+    model_id = model_id or str(scoring[-1].get("model_id"))
+    usable = "status = 'ok' AND image_score IS NOT NULL AND NOT isnan(image_score)"
+    con = outputs.connect()
+    # Columnar: a lake of millions of objects stays a few arrays, not millions of tuples.
+    mine = con.sql(f"SELECT image_uri, image_score, is_anomalous FROM latest WHERE {usable} "
+                   "AND model_id = ?", params=[model_id]).to_arrow_table()
+    others = dict(con.execute(f"SELECT model_id, count(*) FROM latest WHERE {usable} "
+                              "AND model_id <> ? GROUP BY model_id", [model_id]).fetchall())
+    con.close()
+    if mine.num_rows == 0:
+        known = ", ".join(f"{k} ({v})" for k, v in sorted(others.items())) or "none"
+        raise CalibrationError(f"no latest scores of model {model_id} under "
+                               f"{outputs.location.display()} (models with latest scores: {known})")
+    newest = [r for r in records if r.get("model_id") == model_id]
+    return LatestScores(
+        model_id=model_id, uris=mine.column("image_uri"),
+        scores=mine.column("image_score").to_numpy().astype(np.float64),
+        flagged=mine.column("is_anomalous").fill_null(False).to_numpy().astype(bool),
+        roots=sorted({str(r.get("source")) for r in records if r.get("source")}, key=len),
+        other_models=others,
+        labelled=bool(newest) and newest[-1].get("threshold_source") == SOURCE_LABELLED)
+
+
+def relative_key(uri: str, roots: Sequence[str]) -> tuple[str, str]:
+    """(root, key below it) for the shortest run source holding ``uri``, so a scan of a
+    sub-prefix and of its parent group the same object alike; else the URI's own path."""
+    for root in roots:
+        if uri.startswith(root.rstrip("/") + "/"):
+            return root.rstrip("/") + "/", uri[len(root.rstrip("/")) + 1:]
+    protocol, sep, path = uri.partition("://")
+    return (f"{protocol}://", path) if sep else ("", uri)
+
+
+def group_of(key: str, pattern: str) -> str | None:
+    """The shortest folder prefix of ``key`` matching the glob (case-insensitive, ``*``
+    crosses '/'), e.g. 'line3/' for 'line3/day01/img.png' and 'line*/'; None if none does."""
+    pattern = pattern.lower() if pattern.endswith("/") else pattern.lower() + "/"
+    for i, char in enumerate(key):
+        if char == "/" and fnmatch.fnmatchcase(key[:i + 1].lower(), pattern):
+            return key[:i + 1]
+    return None
+
+
+def min_scores(rate: float) -> int:
+    """Scores a quantile needs to mean something: enough that ``rate`` of them is one image."""
+    return max(2, math.ceil(1.0 / rate - 1e-9))
+
+
+def quantile_threshold(scores: np.ndarray, rate: float) -> float:
+    """The (1 - rate) quantile (numpy's linear interpolation) of the scores."""
+    return float(np.quantile(scores, 1.0 - rate))
+
+
+def compute_calibration(latest: LatestScores, rate: float, by: str | None = None,
+                        now: dt.datetime | None = None) -> Calibration:
+    """The calibration of ``latest``'s model at ``rate`` (0 < rate < 1), optionally per prefix.
+
+    A prefix with fewer than :func:`min_scores` scores keeps the overall threshold (a 1 %
+    quantile of 30 scores is noise); so do objects under no matching prefix.
+    """
+    if not 0.0 < rate < 1.0:
+        raise CalibrationError(f"expected rate must be between 0 and 1, got {rate:g}")
+    overall = quantile_threshold(latest.scores, rate)
+    thresholds = np.full(len(latest.scores), overall)
+    groups: list[GroupThreshold] = []
+    if by:
+        members: dict[tuple[str, str], list[int]] = {}
+        seen: dict[str, tuple[str, str | None]] = {}  # folder -> (root, group): once per folder
+        for i, uri in enumerate(latest.uris.to_pylist()):
+            folder = uri.rsplit("/", 1)[0]
+            if folder not in seen:
+                root, key = relative_key(uri, latest.roots)
+                seen[folder] = (root, group_of(key, by))
+            root, group = seen[folder]
+            if group is not None:
+                members.setdefault((root, group), []).append(i)
+        for (root, group), index in sorted(members.items(), key=lambda kv: kv[0][1]):
+            idx = np.asarray(index)
+            value = quantile_threshold(latest.scores[idx], rate) \
+                if len(idx) >= min_scores(rate) else None
+            if value is not None:
+                thresholds[idx] = value
+            groups.append(GroupThreshold(
+                group=group, prefix=root + group, n_scores=len(idx), image_threshold=value,
+                flagged_before=int(latest.flagged[idx].sum()),
+                flagged_after=int((latest.scores[idx] >= thresholds[idx]).sum())))
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return Calibration(
+        model_id=latest.model_id, expected_rate=rate, quantile=1.0 - rate,
+        n_scores=len(latest.scores), image_threshold=overall,
+        flagged_before=int(latest.flagged.sum()),
+        flagged_after=int((latest.scores >= thresholds).sum()),
+        created_at=now.isoformat(timespec="seconds"), by=by, groups=tuple(groups),
+        other_model_rows=sum(latest.other_models.values()))
+
+
+def calibration_notes(latest: LatestScores, calibration: Calibration) -> list[str]:
+    """Warnings worth a line: too few scores, other models' rows, labelled thresholds."""
+    notes = []
+    rate = calibration.expected_rate
+    if calibration.n_scores < min_scores(rate):
+        notes.append(f"only {calibration.n_scores} scores: a rate of {rate:g} needs at least "
+                     f"{min_scores(rate)} for a stable threshold")
+    fallback = [g.group for g in calibration.groups if g.image_threshold is None]
+    if fallback:
+        notes.append(f"{len(fallback)} prefix(es) with fewer than {min_scores(rate)} scores use "
+                     f"the overall threshold: {', '.join(fallback[:5])}"
+                     + (" ..." if len(fallback) > 5 else ""))
+    if calibration.by and not calibration.groups:
+        notes.append(f"no object is under a prefix matching {calibration.by!r}: one overall "
+                     "threshold")
+    if latest.other_models:
+        shown = ", ".join(f"{k} ({v} rows)" for k, v in sorted(latest.other_models.items()))
+        notes.append(f"latest rows of other models not used: {shown}; --model-id calibrates "
+                     "another model")
+    if latest.labelled:
+        notes.append(f"model {latest.model_id} was last scanned with labelled thresholds "
+                     "(eval --calibrate): those keep winning over this calibration")
+    return notes
