@@ -151,6 +151,16 @@ def precondition_failed(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EINVAL
 
 
+def replaced_while_reading(exc: BaseException) -> bool:
+    """s3fs's FileExpired: the object was replaced between opening and reading it (a lease
+    being taken over, say); reading again gets the new version."""
+    try:
+        from s3fs.utils import FileExpired
+    except ImportError:  # no s3fs: no S3 objects to be replaced
+        return False
+    return isinstance(exc, FileExpired)
+
+
 # --------------------------------------------------------------------------- counting
 
 class _Counter:

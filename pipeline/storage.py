@@ -34,7 +34,7 @@ from .layout import WRITE_TEMP_SUFFIX
 from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
                         secret_option_values)
 from .retries import (configure_client, has_client_retries, is_transient, precondition_failed,
-                      s3_client_options, with_retries)
+                      replaced_while_reading, s3_client_options, with_retries)
 
 FilesystemWrapper = Callable[[AbstractFileSystem], AbstractFileSystem]
 
@@ -260,14 +260,20 @@ class Location:
             # s3fs reads an open file with If-Match on the ETag it saw when opening it, so
             # the bytes are exactly that version's (a replace in between fails the read,
             # and it is repeated).
-            with self.fs.open(path, "rb") as handle:
-                return handle.read(), handle.details.get("ETag")
+            try:
+                with self.fs.open(path, "rb") as handle:
+                    return handle.read(), handle.details.get("ETag")
+            except OSError as exc:
+                if replaced_while_reading(exc):
+                    self.fs.invalidate_cache(path)  # the next try must see the new version
+                raise
 
         # Repeated for a replace in between; for transient errors only where the client
         # does not retry them itself.
         client_retries = has_client_retries(self.fs)
-        return with_retries(get, retry_if=lambda exc: precondition_failed(exc) or (
-            not client_retries and is_transient(exc)))
+        return with_retries(get, retry_if=lambda exc: precondition_failed(exc)
+                            or replaced_while_reading(exc)
+                            or (not client_retries and is_transient(exc)))
 
     def replace_if_unchanged(self, data: bytes, version: str | None, *parts: str) -> bool:
         """Overwrite an object only if it is still at ``version`` (S3 If-Match); False if
