@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from . import faults
 from .commit import staged_part_names
@@ -151,6 +151,23 @@ def remove_run_leftovers(out: Location, run_id: str, scan_date: str | None) -> N
     out.remove(staging_dir(run_id), recursive=True)
 
 
+def staged_runs(out: Location) -> Iterator[tuple[str, Plan | None, bool]]:
+    """(run_id, its plan or None, committed?) for every run with a staging folder, read-only.
+
+    The plan is None when missing or not written by us for that folder (never resumed)."""
+    for run_id in out.ls_names(STAGING):
+        plan = Plan.load(out, run_id)
+        if plan is not None and (plan.run_id != run_id or not is_scan_date(plan.scan_date)):
+            plan = None
+        record = read_json(out, record_name(run_id))
+        yield run_id, plan, bool(record and record.get("status") == STATUS_COMPLETE)
+
+
+def resumes(plan: Plan | None, source_uri: str, model_id: str) -> bool:
+    """Whether a scan of this source + model resumes ``plan``."""
+    return plan is not None and plan.source == source_uri and plan.model_id == model_id
+
+
 def find_resumable(out: Location, source_uri: str, model_id: str) -> tuple[Plan | None, list[str]]:
     """The interrupted run of this source + model to resume, and what was cleaned up.
 
@@ -159,23 +176,18 @@ def find_resumable(out: Location, source_uri: str, model_id: str) -> tuple[Plan 
     """
     resumable: Plan | None = None
     removed: list[str] = []
-    for run_id in out.ls_names(STAGING):
-        plan = Plan.load(out, run_id)
-        if plan is not None and (plan.run_id != run_id or not is_scan_date(plan.scan_date)):
-            plan = None  # not written by us for this directory: never resume it
-        record = read_json(out, record_name(run_id))
-        if record and record.get("status") == STATUS_COMPLETE:
+    for run_id, plan, committed in staged_runs(out):
+        if committed:
             out.remove(staging_dir(run_id), recursive=True)
             removed.append(run_id)
-        elif plan and plan.source == source_uri and plan.model_id == model_id and resumable is None:
+        elif resumes(plan, source_uri, model_id) and resumable is None:
             resumable = plan
         else:
             if plan:
                 log.warning("discarding interrupted run %s of %s (model %s): %s; the objects "
                             "it staged count as new again", run_id, plan.source, plan.model_id,
-                            "another run of it is resumed" if plan.source == source_uri and
-                            plan.model_id == model_id else "this scan is of another source "
-                            "or model")
+                            "another run of it is resumed" if resumes(plan, source_uri, model_id)
+                            else "this scan is of another source or model")
             raw = read_json(out, staging_file(run_id, PLAN_FILE)) or {}
             scan_date = plan.scan_date if plan else raw.get("scan_date")
             remove_run_leftovers(out, run_id, str(scan_date) if scan_date else None)

@@ -24,13 +24,13 @@ from .commit import commit_parts, publish_record, publish_vanished, run_record
 from .diff import Selection, iter_todo, list_and_diff
 from .errors import ScanError, one_line, write_failure
 from .engines import EngineChoice, choose_engine
-from .layout import STAGING, is_scan_date, new_run_id, record_name, scores_partition
+from .layout import new_run_id, record_name, scores_partition
 from .listing import ObjectFilter, suffix_list
 from .holder import signals_unwind
 from .lock import Lease, OutputLocked
 from .options import ScanOptions, TodoCallback
-from .plan import ModelPlan, Plan, Remaining, create_plan, find_resumable, remaining_work
-from .records import read_json
+from .plan import (ModelPlan, Plan, Remaining, create_plan, find_resumable, remaining_work,
+                   resumes, staged_runs)
 from .preflight import check_apart, check_manifest, check_out, check_source
 from .redaction import redact
 from .schema import STATUS_COMPLETE
@@ -206,15 +206,9 @@ def pending_run(out: Location, source_uri: str, model_id: str, workdir: str) -> 
 
     Read-only, unlike plan.find_resumable (which also cleans up): a dry run changes nothing.
     """
-    for run_id in out.ls_names(STAGING):
-        plan = Plan.load(out, run_id)
-        if plan is None or plan.run_id != run_id or not is_scan_date(plan.scan_date) \
-                or plan.source != source_uri or plan.model_id != model_id:
-            continue
-        record = read_json(out, record_name(run_id))
-        if record and record.get("status") == STATUS_COMPLETE:
-            continue
-        return PendingRun(run_id, remaining_work(out, plan, workdir).staged, plan.n_todo)
+    for run_id, plan, committed in staged_runs(out):
+        if not committed and resumes(plan, source_uri, model_id):
+            return PendingRun(run_id, remaining_work(out, plan, workdir).staged, plan.n_todo)
     return None
 
 
