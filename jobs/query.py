@@ -15,7 +15,8 @@ from vip2scan.jobs.errors import BadParameter, UsageError
 EXAMPLE = (
     "Example: vip2scan query ./demo-out/out "
     "\"SELECT status, count(*) AS n FROM scores GROUP BY status\"\n\n"
-    "Views: scores (rows of complete runs), latest (newest row per image_uri, vanished objects dropped), "
+    "Views: scores (rows of complete runs), latest (newest row per image_uri, vanished objects dropped; "
+    "the snapshot the newest commit wrote), "
     "runs (one row per complete run), vanished (URIs each run found gone)."
 )
 

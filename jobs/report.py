@@ -11,8 +11,8 @@ import typer
 
 from vip2scan.jobs.calibrate import report_threshold_lines
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.imaging import (SCALING_RULE, THUMB_SIDE, display_range, fit_map,
-                                    thumbnail_and_overlay)
+from vip2scan.jobs.imaging import (SCALING_RULE, THUMB_SIDE, display_range, fit_map, png_bytes,
+                                    thumbnail_and_overlay, upright_thumbnail)
 from vip2scan.jobs.query import StorageOption, options_for
 
 EXAMPLE = "Example: vip2scan report s3://bucket/vip2scan-out --top 24   (then open OUT/reports/<run_id>/report.html)"
@@ -60,13 +60,17 @@ def render_html(record: dict, counts: dict, threshold: Optional[float], top: lis
         str(i + 1),
         f'<img src="{esc(item["image_png"])}" alt="image {i + 1}">' if item["image_png"]
         else "<em>gone from the lake since this run</em>",
-        f'<img src="{esc(item["overlay_png"])}" alt="anomaly map {i + 1}">',
+        f'<img src="{esc(item["overlay_png"])}" alt="anomaly map {i + 1}">' if item["overlay_png"]
+        else "<em>no map stored (scanned with --maps anomalous or none)</em>",
         f'{item["image_score"]:.4f}<br><small>max pixel {item["max_pixel_score"]:.3f}<br>'
         f'area {item["anomalous_area_fraction"]:.3%}</small>',
         f'<code>{esc(item["image_uri"])}</code><br><small>{item["width"]} x {item["height"]}</small>',
     ] for i, item in enumerate(top)]
     error_rows = [[f"<code>{esc(e['image_uri'])}</code>", esc(str(e["error"]))] for e in errors]
     more_errors = max(0, counts.get("error rows", 0) - len(errors))
+    nothing_scored = "" if counts.get("ok rows", 1) else (
+        "<p>This run scored no image: every object it read became an error row, or it found "
+        "nothing new or changed to read (see the counts above).</p>\n")
     more_html = (f"<p>... and {more_errors} more: <code>vip2scan query OUT "
                  f"&quot;SELECT image_uri, error FROM scores WHERE status = 'error'&quot;</code></p>"
                  if more_errors else "")
@@ -89,7 +93,7 @@ started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(thres
 <h2>Counts</h2>
 {_table(["", "count"], run_rows)}
 <h2>Image scores</h2>
-<img src="histogram.png" alt="histogram of image scores" style="max-width: 640px">
+{nothing_scored}<img src="histogram.png" alt="histogram of image scores" style="max-width: 640px">
 <h2>Top {len(top)} most anomalous images</h2>
 <p>Left: the image; right: its anomaly map resized to the image's own aspect. Colour: {esc(scaling_note)}.</p>
 {_table(["#", "image", "anomaly map", "image_score", "object"], top_rows)}
@@ -100,11 +104,19 @@ started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(thres
 """
 
 
+def stored_map(row: dict, out: str, storage_options: dict) -> Optional[np.ndarray]:
+    """The row's map fitted to a thumbnail; None when the scan stored none for it."""
+    from vip2scan.pipeline import read_map
+
+    if row.get("map_store") is None:
+        return None
+    return fit_map(read_map(row, out, storage_options=storage_options), THUMB_SIDE)
+
+
 def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: dict) -> str:
     """Write OUT/reports/<run_id>/ and return the URI of its report.html."""
     import fsspec
 
-    from vip2scan.pipeline import read_map
     from vip2scan.pipeline.layout import report_dir
     from vip2scan.pipeline.outputs import Outputs
     from vip2scan.pipeline.schema import RUN_COUNT_FIELDS
@@ -140,20 +152,26 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
     fs.makedirs(top_dir, exist_ok=True)
     fs.pipe(outputs.path(folder, "histogram.png"), histogram_png(scores, threshold))
     # Maps first: one display stretch for the run, so colours compare across its rows.
-    maps = [fit_map(read_map(row, out, storage_options=storage_options), THUMB_SIDE) for row in top]
-    value_range = display_range(maps)
+    maps = [stored_map(row, out, storage_options) for row in top]
+    value_range = display_range(m for m in maps if m is not None)
     for i, (row, anomaly_map) in enumerate(zip(top, maps)):
         try:
             with fsspec.open(row["image_uri"], "rb", **options_for(row["image_uri"], storage_options)) as f:
                 image_bytes: Optional[bytes] = f.read()
         except FileNotFoundError:  # vanished since this run: its row and map still tell the story
             image_bytes = None
-        image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map, value_range)
+        if anomaly_map is None:  # below the threshold of a --maps anomalous run
+            image_png = png_bytes(upright_thumbnail(image_bytes, int(row["width"]),
+                                                    int(row["height"]), THUMB_SIDE))
+            overlay_png = None
+        else:
+            image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map, value_range)
         row["image_png"] = f"top/{i + 1:03d}-image.png" if image_bytes is not None else None
-        row["overlay_png"] = f"top/{i + 1:03d}-map.png"
+        row["overlay_png"] = f"top/{i + 1:03d}-map.png" if overlay_png is not None else None
         if row["image_png"]:
             fs.pipe(outputs.path(folder, row["image_png"]), image_png)
-        fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
+        if row["overlay_png"]:
+            fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
     ok_uris = [u for u, good in zip(rows.column("image_uri").to_pylist(), ok) if good]
     notes = report_threshold_lines(outputs, record, ok_uris, scores)
     scaling = f"{SCALING_RULE}; here {value_range[0]:.4g} (blue) to {value_range[1]:.4g} (dark red)"

@@ -12,6 +12,7 @@ from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
 from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.query import StorageOption
+from vip2scan.pipeline.map_layout import MAP_DTYPES, MAP_MODES
 
 if TYPE_CHECKING:
     from vip2scan.pipeline import RunSummary
@@ -103,6 +104,11 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     if summary.model_id:
         lines.append(f"  model {summary.model_id}")
     lines += engine_lines(summary)
+    from vip2scan.pipeline.accounting import IoCounts, cost_line
+
+    requests = IoCounts.from_record(summary.io or {})
+    if requests.total_requests():  # S3 only: local files are not counted (accounting.py)
+        lines.append("  " + cost_line(requests, int((summary.io or {}).get("objects_read", 0))))
     if counts.get("scored") or summary.run_id is None:  # quiet nights: no rows, no threshold
         lines += [f"  {line}" for line in threshold_lines(
             summary.image_threshold, summary.threshold_source, summary.image_thresholds, out,
@@ -154,7 +160,14 @@ def scan(
     channels_last: Annotated[bool, typer.Option(
         "--channels-last", help="Feed the model channels_last input.")] = False,
     map_size: Annotated[int, typer.Option(min=1, metavar="PX", help="Stored anomaly-map size (square).")] = 256,
-    maps: Annotated[bool, typer.Option("--maps/--no-maps", help="Write anomaly maps to Zarr.")] = True,
+    maps: Annotated[str, typer.Option(
+        metavar="all|anomalous|none", help="Which rows get an anomaly map in Zarr: all, only "
+                                            "those at or above the threshold, or none.")] = "all",
+    no_maps: Annotated[bool, typer.Option("--no-maps", hidden=True, help="Same as --maps none.")] = False,
+    map_dtype: Annotated[str, typer.Option(
+        metavar="float16|uint8", help="Stored map values (uint8: quantised, error <= 1/508).")] = "float16",
+    maps_per_shard: Annotated[Optional[int], typer.Option(
+        min=1, metavar="K", help="Maps per Zarr shard object (default: about 4 MB of maps).")] = None,
     threshold: Annotated[Optional[float], typer.Option(
         metavar="T", help="Image threshold (default: the checkpoint's labelled one, else "
                           "OUT's `vip2scan calibrate`, else 0.5).")] = None,
@@ -199,6 +212,10 @@ def scan(
         raise BadParameter(f"expected one of {', '.join(ENGINE_CHOICES)}, got {engine!r}",
                            param_hint="'--engine'")
     extra_suffixes = parse_suffixes(suffixes)
+    maps = "none" if no_maps else parse_maps_mode(maps)
+    if map_dtype not in MAP_DTYPES:
+        raise BadParameter(f"expected one of {', '.join(MAP_DTYPES)}, got {map_dtype!r}",
+                           param_hint="'--map-dtype'")
     if list_todo and not dry_run:
         raise BadParameter("--list only goes with --dry-run", param_hint="'--list'")
     storage_options = storage_options_from_flags(storage_option)
@@ -214,7 +231,8 @@ def scan(
     chosen = dict(
         backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, actors=actor_range,
         gpus_per_actor=gpus_per_actor, compile=compile_model or None,
-        channels_last=channels_last or None, map_size=map_size, write_maps=maps, threshold=threshold,
+        channels_last=channels_last or None, map_size=map_size, maps=maps, map_dtype=map_dtype,
+        maps_per_shard=maps_per_shard, threshold=threshold,
         pixel_threshold=pixel_threshold, full=full, limit=limit, dry_run=dry_run, retry_errors=retry_errors,
         manifest=manifest, include=tuple(include or ()), exclude=tuple(exclude or ()), suffixes=extra_suffixes,
         list_todo=print_todo if list_todo else None,
@@ -236,6 +254,15 @@ def scan(
     typer.echo(format_summary(summary, out, storage_options))
     if strict and int((summary.counts or {}).get("failed", 0) or 0) > 0:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def parse_maps_mode(value: str) -> str:
+    """``--maps``; a config file's ``maps = true/false`` (the old switch) means all/none."""
+    mode = {"true": "all", "false": "none"}.get(str(value).strip().lower(), str(value).strip().lower())
+    if mode not in MAP_MODES:
+        raise BadParameter(f"expected one of {', '.join(MAP_MODES)}, got {value!r}",
+                           param_hint="'--maps'")
+    return mode
 
 
 def register(app: typer.Typer) -> None:

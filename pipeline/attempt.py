@@ -16,12 +16,14 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import faults
+from .accounting import IoCounts, take_io
 from .commit import StagingWriter
 from .engines import EngineChoice, EngineConfig, StageSettings
 from .engines import local as local_engine
@@ -32,7 +34,7 @@ from .lock import Lease, LeaseLost
 from .options import ScanOptions
 from .plan import Plan, Remaining, upload_file
 from .retries import check_retry_budget, take_retries
-from .schema import scores_table
+from .schema import ALREADY_STAGED, scores_table
 from .stages.decode import DecodeSettings
 from .stages.infer import InferSettings, MapWriterSettings, ModelSpec
 from .storage import Location
@@ -66,9 +68,12 @@ class RunStats:
     rows_staged: int = 0
     inference_started: bool = False
     retries: int = 0  # storage retries of this run, every process's (retries.py)
+    # storage requests and bytes of this run, every process's (accounting.py)
+    requests: IoCounts = field(default_factory=IoCounts)
 
     def __post_init__(self) -> None:
         take_retries()  # what this process retried before the run is not the run's
+        take_io()  # ... nor the requests it sent
 
     def add(self, stage: str, seconds: float) -> None:
         self.stage_s[stage] = self.stage_s.get(stage, 0.0) + float(seconds)
@@ -88,14 +93,19 @@ class RunStats:
         self.objects_read += table.num_rows
         self.bytes_read += int(_column_sum(table, "read_bytes"))
         self.retries += int(round(_column_sum(table, "retries")))
+        self.requests += IoCounts.from_table(table)
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.started
 
-    def io(self) -> dict[str, int]:
-        self.retries += take_retries()  # the driver's own (listing, staging, commit)
+    def io(self) -> dict[str, Any]:
+        """Counts for the run record and summary; it takes the driver's own (listing, staging,
+        commit) so far, so a later call also has what the driver did since."""
+        self.retries += take_retries()
+        self.requests += take_io()
         return {"objects_read": self.objects_read, "bytes_read": self.bytes_read,
-                "rows_staged": self.rows_staged, "retries": self.retries}
+                "rows_staged": self.rows_staged, "retries": self.retries,
+                **self.requests.record()}
 
 
 def credentials_refused(table: pa.Table) -> tuple[str, str] | None:
@@ -143,6 +153,9 @@ class StagedResults:
                 f"stopping run {self.plan.run_id}: the source rejected the credentials reading "
                 f"{refused[0]} ({refused[1]}); {self.done} rows are staged, rerun with valid "
                 "credentials to resume"))
+        if ALREADY_STAGED in table.column_names:
+            # A redone unit (its shards rewritten whole) repeats rows an earlier attempt staged.
+            table = table.filter(pc.invert(pc.fill_null(table.column(ALREADY_STAGED), False)))
         now = dt.datetime.now(dt.timezone.utc)
         self.writer.add(scores_table(table, run_id=self.plan.run_id, model_id=self.plan.model_id,
                                      scanned_at=now, map_store=self.plan.map_store))
@@ -173,9 +186,10 @@ def ray_log_path(run_id: str) -> str:
     return os.path.join(folder, f"{run_id}-ray.log")
 
 
-def engine_config(opts: ScanOptions, log_file: str | None = None) -> EngineConfig:
+def engine_config(opts: ScanOptions, log_file: str | None = None,
+                  unit_rows: int | None = None) -> EngineConfig:
     return EngineConfig(
-        batch_size=opts.batch_size, actors=opts.actors, gpus_per_actor=opts.gpus_per_actor,
+        batch_size=opts.batch_size, unit_rows=unit_rows, actors=opts.actors, gpus_per_actor=opts.gpus_per_actor,
         cpus_per_actor=opts.cpus_per_actor, torch_threads=opts.torch_threads,
         decode_cpus=opts.decode_cpus,
         max_tasks_in_flight_per_actor=opts.max_tasks_in_flight_per_actor,
@@ -199,7 +213,7 @@ def stage_settings(out: Location, plan: Plan, spec: ModelSpec, image_size: int,
                           faults=fault_hooks)
     maps = MapWriterSettings(out_uri=out.uri, store_name=plan.map_store,
                              storage_options=dict(out.storage_options) or None,
-                             wrapper=opts.fs_wrapper)
+                             wrapper=opts.fs_wrapper, mode=plan.maps_mode)
     return StageSettings(decode=decode, infer=infer, maps=maps)
 
 
@@ -213,7 +227,8 @@ def run_attempt(out: Location, plan: Plan, remaining: Remaining, spec: ModelSpec
     stages = stage_settings(out, plan, spec, image_size, opts)
     results = StagedResults(out, plan, opts, lease, stats, done=remaining.staged)
     try:
-        ENGINES[engine.name](out, work_path, engine_config(opts, log_file), stages, results)
+        config = engine_config(opts, log_file, plan.work_unit_rows(opts.batch_size))
+        ENGINES[engine.name](out, work_path, config, stages, results)
         results.writer.flush()
     except KeyboardInterrupt:
         # Rows already scored are kept: a part is one atomic write, so this is safe even if

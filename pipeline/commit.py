@@ -270,7 +270,7 @@ def versions() -> dict[str, str]:
 def run_record(plan: "Plan", out: Location, result: CommitResult, *, checkpoint: str,
                finished_at: str, counts: dict[str, int], image_size: int,
                vanished_file: str | None, wall_s: float, images_per_s: float,
-               stage_s: dict[str, float], io_counts: dict[str, int],
+               stage_s: dict[str, float], io_counts: dict[str, Any],
                inference_started: bool) -> dict[str, Any]:
     return {
         "record_version": RECORD_VERSION,
@@ -294,6 +294,9 @@ def run_record(plan: "Plan", out: Location, result: CommitResult, *, checkpoint:
         "files": result.files,
         "map_store": plan.map_store,
         "map_size": plan.map_size,
+        # which rows have a map, its dtype and the shard size (pipeline/map_layout.py)
+        "maps": {"mode": plan.maps_mode if plan.map_store else "none", "dtype": plan.map_dtype,
+                 "maps_per_shard": plan.maps_per_shard},
         "image_size": image_size,
         "image_threshold": plan.image_threshold,
         "pixel_threshold": plan.pixel_threshold,

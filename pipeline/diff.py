@@ -7,8 +7,10 @@ is new or changed under line1, and the next scan of the parent does not rescore 
 sub-prefix scan scored. Only objects under the scanned prefix that pass this run's selection
 can be found vanished: a sub-prefix scan never deletes its siblings from ``latest``.
 
-The diff is DuckDB over Parquet: the new listing vs. the latest state per URI, spilling to
-local disk, so a lake of tens of millions of objects diffs in bounded memory. Its result is a
+The latest state is read from the ``latest`` snapshot the newest commit wrote (snapshot.py: the
+model's newest row per URI, sorted by URI), or, in an OUT without one, windowed over the
+related runs' rows and vanished lists. The diff is DuckDB over Parquet: the new listing vs.
+that state, spilling to local disk, so a lake of tens of millions of objects diffs in bounded memory. Its result is a
 work list sorted by URI with a fixed ``map_index`` per row, and the list of URIs that vanished.
 """
 
@@ -20,14 +22,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ScanError, one_line
-from .listing import ListingTally, ObjectFilter, list_prefix, read_manifest
+from .keyfilter import keys_kept
+from .listing import ListingTally, ObjectFilter, list_prefix
+from .manifest import read_manifest
 from .outputs import duckdb_connect, register_parquet, sql_str
 from .records import committed_records
 from .retries import with_retries
 from .schema import SCORES_SCHEMA, VANISHED_SCHEMA
+from .snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot
 from .storage import Location
 
 log = logging.getLogger(__name__)
@@ -88,10 +94,14 @@ def list_and_diff(src: Location, out: Location, selection: Selection, model_id: 
         raise
     except Exception as exc:  # noqa: BLE001
         raise ScanError(one_line(f"cannot list {src.display()}", exc)) from None
-    previous = state_runs(out, src.uri, model_id, selection.manifest is not None)
+    snapshot = current_snapshot(committed_records(out))
+    previous = [] if snapshot is not None else \
+        state_runs(out, src.uri, model_id, selection.manifest is not None)
     result = diff_listing(manifest_path, out, previous, workdir, selection.object_filter,
                           src.uri, run_id, full=selection.full,
-                          retry_errors=selection.retry_errors, limit=selection.limit)
+                          retry_errors=selection.retry_errors, limit=selection.limit,
+                          snapshot=snapshot, model_id=model_id,
+                          listed_under_source=selection.manifest is None)
     result.counts.skipped, result.counts.excluded = tally.skipped_total, tally.excluded
     result.skipped_by_suffix = dict(sorted(tally.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
     result.warnings = selection_warnings(tally, src, selection.manifest)
@@ -144,13 +154,44 @@ def iter_todo(todo_path: str) -> Iterator[tuple[str, str]]:
 
 def diff_listing(manifest_path: str, out: Location, previous: list[dict[str, Any]],
                  workdir: str, object_filter: ObjectFilter, source_uri: str, run_id: str, *,
-                 full: bool = False, retry_errors: bool = False, limit: int | None = None
-                 ) -> DiffResult:
-    """Anti-join the new listing against the latest state per URI of the previous runs."""
+                 full: bool = False, retry_errors: bool = False, limit: int | None = None,
+                 snapshot: Snapshot | None = None, model_id: str = "",
+                 listed_under_source: bool = False) -> DiffResult:
+    """Anti-join the new listing against the latest state per URI: ``snapshot``'s rows of
+    ``model_id`` when given, else a window over ``previous`` runs' rows and vanished lists.
+    ``listed_under_source``: every listed URI lies under ``source_uri`` (no manifest), so
+    only that range of the snapshot is read."""
     con = duckdb_connect(workdir)
     con.execute("CREATE OR REPLACE TEMP VIEW listing AS SELECT image_uri, any_value(size_bytes) "
                 "AS size_bytes, any_value(etag) AS etag, any_value(mtime) AS mtime "
                 f"FROM read_parquet({sql_str(manifest_path)}) GROUP BY image_uri")
+    if snapshot is not None:
+        _state_from_snapshot(con, out, snapshot, model_id,
+                             source_uri if listed_under_source else None)
+    else:
+        _state_from_runs(con, out, previous)
+    return _classify(con, workdir, object_filter, source_uri, run_id, full=full,
+                     retry_errors=retry_errors, limit=limit)
+
+
+def _state_from_snapshot(con: Any, out: Location, snapshot: Snapshot, model_id: str,
+                         source_uri: str | None) -> None:
+    """``prev``: the model's rows of the snapshot (vanished objects are not in it; the window
+    below marks them 'vanished', which counts the same), optionally only under the source
+    (a sorted snapshot lets the reader skip the rest of the lake's row groups)."""
+    register_parquet(con, "snap", out, list(snapshot.files),
+                     ["image_uri", "etag", "size_bytes", "mtime", "status", "model_id", "state"],
+                     SNAPSHOT_SCHEMA)
+    where = f"state AND model_id = {sql_str(model_id)}"
+    if source_uri is not None:
+        root = source_uri.rstrip("/") + "/"
+        # Every URI starting with root sorts in [root, root with its '/' raised to '0').
+        where += f" AND image_uri >= {sql_str(root)} AND image_uri < {sql_str(root[:-1] + '0')}"
+    con.execute("CREATE TEMP TABLE prev AS SELECT image_uri, etag, size_bytes, mtime, status "
+                f"FROM snap WHERE {where}")
+
+
+def _state_from_runs(con: Any, out: Location, previous: list[dict[str, Any]]) -> None:
     runs = pa.table({"run_id": [r["run_id"] for r in previous],
                      "seq": list(range(len(previous)))})
     con.register("prev_runs", runs)
@@ -173,6 +214,11 @@ def diff_listing(manifest_path: str, out: Location, previous: list[dict[str, Any
             FROM prev_vanished v JOIN prev_runs r USING (run_id)
         ) QUALIFY row_number() OVER (PARTITION BY image_uri ORDER BY seq DESC) = 1
     """)
+
+
+def _classify(con: Any, workdir: str, object_filter: ObjectFilter, source_uri: str,
+              run_id: str, *, full: bool, retry_errors: bool, limit: int | None) -> DiffResult:
+    """The work list and the vanished list from ``listing`` against ``prev``."""
     changed = """(
         CASE WHEN l.etag IS NOT NULL AND p.etag IS NOT NULL THEN l.etag <> p.etag
              ELSE (l.size_bytes IS DISTINCT FROM p.size_bytes) OR (l.mtime IS DISTINCT FROM p.mtime)
@@ -212,8 +258,9 @@ def diff_listing(manifest_path: str, out: Location, previous: list[dict[str, Any
     reader = con.sql("SELECT p.image_uri FROM prev p ANTI JOIN listing l USING (image_uri) "
                      "WHERE p.status <> 'vanished' ORDER BY p.image_uri").to_arrow_reader(50_000)
     for batch in reader:
-        uris = [u for u in batch.column(0).to_pylist()
-                if u.startswith(root) and object_filter.matches(u[len(root):])]
+        under = batch.column(0).filter(pc.starts_with(batch.column(0), root))
+        uris = under.filter(keys_kept(object_filter, pc.utf8_slice_codeunits(under, len(root))))
+        uris = uris.cast(pa.string())
         counts.vanished += len(uris)
         writer.write_table(pa.table({"image_uri": uris, "run_id": [run_id] * len(uris)},
                                     schema=VANISHED_SCHEMA))

@@ -156,10 +156,10 @@ def on_driver_flush(batches_staged: int, kill_after: int | None) -> None:
 # Where the driver can be killed, in the order a run passes them (tests draw from these):
 # lease taken; one listed object; the plan's files written but plan.json not yet; the plan
 # saved; one result batch back from the engine, not yet staged; one staging part durable;
-# one score file published at commit; all score files published; the run record written,
-# its staging not yet removed.
+# one score file published at commit; all score files published; the `latest` snapshot
+# written, the record naming it not yet; the run record written, its staging not yet removed.
 DRIVER_POINTS = ("lease", "listing", "plan", "planned", "batch", "staged", "score_file",
-                 "committed", "record")
+                 "committed", "snapshot", "record")
 _driver_passes: dict[str, int] = {}
 
 

@@ -5,6 +5,8 @@
       maps/<run_id>.zarr                                  Zarr v3 group, array ``maps`` [N, R, R]
       runs/<run_id>.json                                  the run record, written last
       runs/<run_id>.vanished.parquet                      URIs that disappeared since earlier runs
+      latest/<run_id>/part-<k>.parquet                    the `latest` snapshot the run built at its
+                                                          commit (its record names it: snapshot.py)
       reports/<run_id>/                                   written by ``vip2scan report``
       _staging/<run_id>/plan.json, todo.parquet, vanished.parquet, work.parquet, parts/
                                                           a run in progress (resumable)
@@ -33,6 +35,7 @@ SCORES = "scores"
 MAPS = "maps"
 RUNS = "runs"
 REPORTS = "reports"
+LATEST = "latest"
 STAGING = "_staging"
 LOCK = "_lock"
 LOCK_GUARD = "_lock.guard"
@@ -92,6 +95,15 @@ def run_id_of_record(file_name: str) -> str | None:
 
 def vanished_name(run_id: str) -> str:
     return f"{RUNS}/{run_id}.vanished.parquet"
+
+
+def snapshot_dir(run_id: str) -> str:
+    """Where the run's commit writes the ``latest`` snapshot (read once its record names it)."""
+    return f"{LATEST}/{run_id}"
+
+
+def snapshot_file_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
 
 
 def scores_partition(scan_date: str) -> str:

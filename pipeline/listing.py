@@ -3,6 +3,7 @@
 The manifest has one row per image object: ``image_uri``, ``size_bytes``, ``etag`` (nullable),
 ``mtime`` (nullable, timestamp[us, UTC]). Listing pages are written to Parquet as they arrive,
 so the driver never holds the lake: memory is bounded by one page (S3) or one directory (local).
+An explicit listing (``--manifest``) is read by manifest.py, a batch at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 from . import faults
 from .errors import ScanError
 from .schema import MANIFEST_SCHEMA, utc_timestamp
-from .storage import Location, normalise_uri, split_protocol
+from .storage import Location
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -83,11 +84,24 @@ class ListingTally:
         elif verdict == "excluded":
             self.excluded += 1
         else:
-            key = suffix_key(relative_key)
-            if key not in self.skipped and len(self.skipped) >= MAX_SUFFIX_KEYS:
-                key = OTHER_SUFFIXES
-            self.skipped[key] = self.skipped.get(key, 0) + 1
+            self.count_skipped(suffix_key(relative_key))
         return verdict == "keep"
+
+    def count_skipped(self, key: str, n: int = 1) -> None:
+        """Count ``n`` skipped objects of one tally key; past MAX_SUFFIX_KEYS keys, a key not
+        seen yet counts as '(other)' (so keys are admitted in order of first appearance)."""
+        if key not in self.skipped and len(self.skipped) >= MAX_SUFFIX_KEYS:
+            key = OTHER_SUFFIXES
+        self.skipped[key] = self.skipped.get(key, 0) + n
+
+    def add_batch(self, kept: int, excluded: int, skipped: Mapping[str, int]) -> None:
+        """Count a batch judged at once (keyfilter.key_verdicts); ``skipped`` in the order
+        its keys first appeared."""
+        self.kept += kept
+        self.excluded += excluded
+        self.seen += kept + excluded + sum(skipped.values())
+        for key, n in skipped.items():
+            self.count_skipped(key, n)
 
     @property
     def skipped_total(self) -> int:
@@ -102,7 +116,9 @@ class ManifestWriter:
         self.page_rows = page_rows
         self.rows = 0
         self._buffer: dict[str, list] = {name: [] for name in MANIFEST_SCHEMA.names}
-        self._writer = pq.ParquetWriter(path, MANIFEST_SCHEMA)
+        # No dictionaries: URIs and etags are unique, and trying them costs a third of
+        # writing a 10 M-row manifest.
+        self._writer = pq.ParquetWriter(path, MANIFEST_SCHEMA, use_dictionary=False)
 
     def add(self, image_uri: str, size_bytes: int | None, etag: str | None, mtime: Any) -> None:
         faults.driver_point("listing")
@@ -112,6 +128,13 @@ class ManifestWriter:
         self._buffer["mtime"].append(utc_timestamp(mtime))
         if len(self._buffer["image_uri"]) >= self.page_rows:
             self.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Write rows already in MANIFEST_SCHEMA (after any buffered ones)."""
+        self.flush()
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
 
     def flush(self) -> None:
         n = len(self._buffer["image_uri"])
@@ -212,60 +235,6 @@ def list_prefix(source: Location, manifest_path: str, object_filter: ObjectFilte
                     mtime = (info.get("LastModified") or info.get("mtime")
                              or info.get("updated") or info.get("last_modified"))
                     writer.add(source.uri_of(path), info.get("size"), etag, mtime)
-    return tally
-
-
-# --------------------------------------------------------------------------- explicit manifest
-
-def _resolve_uri(value: str, source: Location) -> str:
-    """Manifest entries may be absolute URIs, absolute paths, or keys relative to the source."""
-    if "://" in value or os.path.isabs(value):
-        return normalise_uri(value)
-    return source.join(value)
-
-
-def _manifest_batches(manifest: Location) -> Iterable[pa.RecordBatch]:
-    import pyarrow.csv as pacsv
-    import pyarrow.dataset as pads
-
-    lowered = manifest.uri.lower()
-    filesystem = manifest.pyarrow_filesystem()
-    if lowered.endswith((".csv", ".csv.gz", ".tsv")):
-        fmt: Any = pads.CsvFileFormat(
-            parse_options=pacsv.ParseOptions(delimiter="\t" if lowered.endswith(".tsv") else ","),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"image_uri": pa.string(), "etag": pa.string()}),
-        )
-    else:
-        fmt = "parquet"
-    dataset = pads.dataset(manifest.path, filesystem=filesystem, format=fmt)
-    if "image_uri" not in dataset.schema.names:
-        raise ValueError(f"manifest {manifest.display()} has no 'image_uri' column")
-    columns = [c for c in MANIFEST_SCHEMA.names if c in dataset.schema.names]
-    yield from dataset.to_batches(columns=columns, batch_size=PAGE_ROWS)
-
-
-def read_manifest(manifest: Location, source: Location, manifest_path: str,
-                  object_filter: ObjectFilter) -> ListingTally:
-    """Stream an explicit listing (Parquet/CSV with image_uri [+ size_bytes, etag, mtime],
-    e.g. an S3 Inventory export) through the filter into our Parquet manifest."""
-    root = source.uri.rstrip("/") + "/"
-    tally = ListingTally()
-    with ManifestWriter(manifest_path) as writer:
-        for batch in _manifest_batches(manifest):
-            cols = batch.to_pydict()
-            n = batch.num_rows
-            sizes = cols.get("size_bytes", [None] * n)
-            etags = cols.get("etag", [None] * n)
-            mtimes = cols.get("mtime", [None] * n)
-            for i, raw in enumerate(cols["image_uri"]):
-                if not raw:
-                    continue
-                uri = _resolve_uri(str(raw), source)
-                rel = uri[len(root):] if uri.startswith(root) else split_protocol(uri)[1]
-                if tally.keep(object_filter, rel):
-                    writer.add(uri, sizes[i], None if etags[i] is None else str(etags[i]),
-                               mtimes[i])
     return tally
 
 

@@ -42,7 +42,10 @@ class ScanOptions:
     max_tasks_in_flight_per_actor: int = 3
     # outputs
     map_size: int = 256
-    write_maps: bool = True
+    write_maps: bool = True  # False: the same as maps="none"
+    maps: str = "all"  # all | anomalous (only rows at or above the threshold) | none
+    map_dtype: str = "float16"  # or uint8 (quantised, error <= 1/508)
+    maps_per_shard: int | None = None  # None: a few MB of maps per shard object
     # selection
     full: bool = False
     limit: int | None = None

@@ -27,10 +27,13 @@ from .maps import read_map_array, resize_map
 from .records import committed_records
 from .schema import (RUN_COUNT_FIELDS, RUNS_SCHEMA, SCORES_SCHEMA, UTC_US, VANISHED_SCHEMA,
                      utc_timestamp)
+from .snapshot_ref import SNAPSHOT_SCHEMA, VIEW_COLUMNS, current_snapshot
 from .storage import Location, normalise_uri
 
 # `latest`: newest row per object; an object whose newest row predates the run that
 # found it gone is dropped (it vanished); one that reappeared and was rescanned is kept.
+# This window over all runs is the fallback: a committed OUT has a snapshot of its result
+# (snapshot.py), which the view reads instead.
 LATEST_SQL = """
 CREATE VIEW latest AS
 SELECT s.* FROM (
@@ -271,11 +274,20 @@ class Outputs:
             "memory_limit": query_memory_limit(memory_limit),
             "temp_directory": os.path.join(tempfile.gettempdir(), f"vip2scan-duckdb-{os.getpid()}")})
         con.execute("SET TimeZone = 'UTC'")
+        # No progress bar: DuckDB draws it on stdout, inside `query --format csv` output.
+        con.execute("SET enable_progress_bar = false")
         records = self.run_records()
         con.register("runs", self.runs_table(records))
         con.register("vanished", self.vanished_table(records))
         con.register("scores_all", self.scores_dataset(records))
         # Rows of a run whose record is missing belong to a run that is still committing.
         con.execute("CREATE VIEW scores AS SELECT * FROM scores_all WHERE run_id IN (SELECT run_id FROM runs)")
-        con.execute(LATEST_SQL)
+        snapshot = current_snapshot(records)
+        if snapshot is None:  # an OUT written before snapshots: window over every run
+            con.execute(LATEST_SQL)
+        else:  # the snapshot the newest commit wrote: no window, no history read
+            register_parquet(con, "latest_snapshot", self.location, list(snapshot.files),
+                             SNAPSHOT_SCHEMA.names, SNAPSHOT_SCHEMA)
+            con.execute(f"CREATE VIEW latest AS SELECT {', '.join(VIEW_COLUMNS)} "
+                        "FROM latest_snapshot WHERE shown")
         return con

@@ -27,10 +27,11 @@ from .diff import Selection, list_and_diff
 from .layout import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
                      maps_store_name, parts_dir, record_name, scores_partition, staging_dir,
                      staging_file)
+from .map_layout import MapLayout, choose_maps_per_shard, unit_rows
 from .maps import create_map_store
 from .outputs import duckdb_connect, register_parquet, sql_str
 from .records import read_json, write_json
-from .schema import SCORES_SCHEMA, STATUS_COMPLETE
+from .schema import ALREADY_STAGED, SCORES_SCHEMA, STATUS_COMPLETE
 from .storage import Location
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,19 @@ class Plan:
     # -> threshold), frozen with the plan so a resumed run scores like its first attempt.
     threshold_source: str = ""
     image_thresholds: dict[str, float] = field(default_factory=dict)
+    # The map store's layout and the work units aligned to its shards (map_layout.py); plans
+    # written before sharding have one object per map, so any unit lines up with them.
+    map_dtype: str = "float16"
+    maps_per_shard: int = 1
+    maps_mode: str = "all"
+    unit_rows: int = 0  # 0: the attempt's batch size
+
+    @property
+    def map_layout(self) -> MapLayout:
+        return MapLayout(self.map_size, self.map_dtype, self.maps_per_shard, self.maps_mode)
+
+    def work_unit_rows(self, batch_size: int) -> int:
+        return self.unit_rows or max(1, int(batch_size))
 
     @property
     def todo_file(self) -> str:
@@ -93,8 +107,19 @@ class ModelPlan:
     threshold_note: str = ""  # why OUT's calibration did not apply (not part of the plan)
 
 
+@dataclass(frozen=True)
+class MapsRequest:
+    """What the scan asked for: ``--maps``, ``--map-size``, ``--map-dtype``, ``--maps-per-shard``."""
+
+    mode: str = "all"  # all | anomalous | none
+    size: int = 256
+    dtype: str = "float16"
+    per_shard: int | None = None  # None: from the map size (map_layout.choose_maps_per_shard)
+    batch_size: int = 32
+
+
 def create_plan(out: Location, src: Location, selection: Selection, model: ModelPlan, *,
-                run_id: str, now: dt.datetime, map_size: int, write_maps: bool,
+                run_id: str, now: dt.datetime, maps: MapsRequest,
                 config: dict[str, Any], workdir: str) -> Plan:
     """List, diff and save the plan of a new run (plan.json last: its presence means the
     todo list, the vanished list and the map store are all in place)."""
@@ -102,18 +127,24 @@ def create_plan(out: Location, src: Location, selection: Selection, model: Model
     upload_file(out, diff.todo_path, staging_file(run_id, TODO_FILE))
     upload_file(out, diff.vanished_path, staging_file(run_id, VANISHED_FILE))
     n_todo = diff.counts.to_scan
+    map_size = maps.size
+    per_shard = choose_maps_per_shard(maps.size, maps.dtype, n_todo, maps.per_shard) \
+        if maps.mode != "none" else 1
+    layout = MapLayout(maps.size, maps.dtype, per_shard, maps.mode)
     store = None
-    if write_maps and n_todo > 0:
-        store = create_map_store(out, run_id, n_todo, map_size, {
+    if maps.mode != "none" and n_todo > 0:
+        store = create_map_store(out, run_id, n_todo, layout, {
             "model_id": model.model_id, "image_size": model.image_size,
-            "source": src.display(), "dtype": "float16"}, image_uris=planned_uris(diff.todo_path))
+            "source": src.display()}, image_uris=planned_uris(diff.todo_path))
     plan = Plan(run_id=run_id, source=src.uri, model_id=model.model_id,
                 started_at=now.isoformat(), scan_date=now.strftime("%Y-%m-%d"),
                 counts=diff.counts.as_dict(), n_todo=n_todo, map_store=store, map_size=map_size,
                 image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold,
                 config=config, skipped_by_suffix=diff.skipped_by_suffix, warnings=diff.warnings,
                 threshold_source=model.threshold_source,
-                image_thresholds=dict(model.image_thresholds))
+                image_thresholds=dict(model.image_thresholds), map_dtype=maps.dtype,
+                maps_per_shard=per_shard, maps_mode=maps.mode,
+                unit_rows=unit_rows(per_shard, maps.batch_size))
     faults.driver_point("plan")
     plan.save(out)
     return plan
@@ -199,7 +230,7 @@ def find_resumable(out: Location, source_uri: str, model_id: str) -> tuple[Plan 
 class Remaining:
     """The work a run has left, from its todo list and the parts it has staged."""
 
-    path: str  # local Parquet: the todo rows not yet staged, in map_index order
+    path: str  # local Parquet: the todo rows of units not yet staged in full, in map_index order
     left: int  # rows left
     staged: int  # distinct URIs staged
     staged_rows: int  # rows staged (more than ``staged`` only if an object was staged twice)
@@ -219,12 +250,23 @@ def remaining_work(out: Location, plan: Plan, workdir: str) -> Remaining:
     staged, staged_rows = (int(v) for v in con.execute(
         "SELECT count(DISTINCT image_uri), count(*) FROM staged").fetchone())
     remaining_path = os.path.join(workdir, "remaining.parquet")
-    con.execute(f"""
-        COPY (SELECT t.* FROM read_parquet({sql_str(todo_local)}) t
-              ANTI JOIN staged s USING (image_uri) ORDER BY map_index)
-        TO {sql_str(remaining_path)} (FORMAT parquet, ROW_GROUP_SIZE 4096)
-    """)
-    left = int(con.execute(f"SELECT count(*) FROM read_parquet({sql_str(remaining_path)})"
+    todo = f"read_parquet({sql_str(todo_local)})"
+    units = int(plan.unit_rows or 0)
+    if units > 1:
+        # Work units are whole shards of the map store: a unit with any row left is redone
+        # whole, so its shards are rewritten whole; its rows staged before are marked, and the
+        # driver does not stage them twice.
+        query = f"""
+            SELECT t.*, s.image_uri IS NOT NULL AS {ALREADY_STAGED}
+            FROM {todo} t LEFT JOIN (SELECT DISTINCT image_uri FROM staged) s USING (image_uri)
+            WHERE t.map_index // {units} IN (
+                SELECT map_index // {units} FROM {todo} ANTI JOIN staged USING (image_uri))
+            ORDER BY map_index"""
+    else:
+        query = f"SELECT t.* FROM {todo} t ANTI JOIN staged s USING (image_uri) ORDER BY map_index"
+    con.execute(f"COPY ({query}) TO {sql_str(remaining_path)} (FORMAT parquet, ROW_GROUP_SIZE 4096)")
+    restaged = f" WHERE NOT {ALREADY_STAGED}" if units > 1 else ""
+    left = int(con.execute(f"SELECT count(*) FROM read_parquet({sql_str(remaining_path)}){restaged}"
                            ).fetchone()[0])
     con.close()
     return Remaining(remaining_path, left, staged, staged_rows)

@@ -31,16 +31,17 @@ def write_json(out: Location, content: dict[str, Any], *parts: str) -> None:
 def trustworthy_record(record: dict[str, Any], file_name: str) -> bool:
     """A record that names itself (``runs/<run_id>.json``) and only paths inside OUT.
 
-    Readers join a record's run_id, files and map store to OUT to read, write (reports) or
+    Readers join a record's run_id, files, map store and snapshot files to OUT to read, write (reports) or
     delete; a doctored record must not steer them outside OUT, so such records are ignored
     (``verify`` reports them).
     """
     run_id = record.get("run_id")
     if not is_run_id(run_id) or file_name != record_file(run_id):
         return False
+    latest = record.get("latest") if isinstance(record.get("latest"), dict) else {}
     try:
         for name in [*(record.get("files") or []), record.get("map_store"),
-                     record.get("vanished_file")]:
+                     record.get("vanished_file"), *(latest.get("files") or [])]:
             if name is not None:
                 safe_relative_path(name)
     except (ValueError, TypeError):

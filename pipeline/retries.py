@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from .accounting import instrument, instrument_filesystem
 from .errors import ScanError
 from .redaction import redact
 
@@ -292,6 +293,7 @@ def instrumented_session(**session_kwargs: Any) -> Any:
     session.register("before-send.s3", _remember_url)
     session.register("before-send.s3", _before_send)
     session.register("response-received.s3", _response_received)
+    instrument(session)  # after the health check: a request refused locally is not counted
     return session
 
 
@@ -313,9 +315,11 @@ def s3_client_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure_client(fs: Any) -> Any:
-    """Set s3fs's own call repeats on an S3 filesystem (an attribute, not an init argument)."""
+    """Set s3fs's own call repeats on an S3 filesystem (an attribute, not an init argument),
+    and count its requests (accounting.py)."""
     if has_client_retries(fs):
         fs.retries = S3FS_CALL_ATTEMPTS
+        instrument_filesystem(fs)
     return fs
 
 

@@ -29,11 +29,12 @@ from .listing import ObjectFilter, suffix_list
 from .holder import signals_unwind
 from .lock import Lease, OutputLocked
 from .options import ScanOptions, TodoCallback
-from .plan import (ModelPlan, Plan, Remaining, create_plan, find_resumable, remaining_work,
-                   resumes, staged_runs)
+from .plan import (MapsRequest, ModelPlan, Plan, Remaining, create_plan, find_resumable,
+                   remaining_work, resumes, staged_runs)
 from .preflight import check_apart, check_manifest, check_out, check_source
 from .redaction import redact
 from .schema import STATUS_COMPLETE
+from .snapshot import commit_snapshot
 from .stages.infer import ModelSpec, model_facts, resolve_thresholds
 from .storage import Location
 
@@ -75,7 +76,7 @@ class RunSummary:
     resumed: bool = False
     inference_started: bool = False
     stage_s: dict[str, float] = field(default_factory=dict)
-    io: dict[str, int] = field(default_factory=dict)
+    io: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     removed_runs: list[str] = field(default_factory=list)
     skipped_by_suffix: dict[str, int] = field(default_factory=dict)  # not scanned: no image suffix
@@ -274,9 +275,11 @@ def start_plan(target: Target, opts: ScanOptions, model: ModelPlan, lease: Lease
     now = dt.datetime.now(dt.timezone.utc)
     run_id = new_run_id(now)
     lease.set_run_id(run_id)
+    maps = MapsRequest(mode=opts.maps if opts.write_maps else "none", size=opts.map_size,
+                       dtype=opts.map_dtype, per_shard=opts.maps_per_shard,
+                       batch_size=opts.batch_size)
     return create_plan(target.out, target.src, target.selection, model, run_id=run_id, now=now,
-                       map_size=opts.map_size, write_maps=opts.write_maps, config=opts.public(),
-                       workdir=workdir)
+                       maps=maps, config=opts.public(), workdir=workdir)
 
 
 def resume_plan(out: Location, plan: Plan, lease: Lease) -> Plan:
@@ -312,6 +315,9 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         faults.driver_point("committed")
         counts = {**plan.counts, "scored": result.ok, "failed": result.failed}
         vanished_file = publish_vanished(out, plan.run_id) if counts.get("vanished", 0) else None
+        latest = commit_snapshot(out, {"run_id": plan.run_id, "model_id": plan.model_id,
+                                       "started_at": plan.started_at, "files": result.files,
+                                       "vanished_file": vanished_file}, fence)
         wall_s = stats.wall_s()
         images_per_s = stats.rows_staged / wall_s if wall_s > 0 else 0.0
         finished = dt.datetime.now(dt.timezone.utc)
@@ -321,7 +327,8 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         counts=counts, image_size=model.image_size, vanished_file=vanished_file, wall_s=wall_s,
         images_per_s=images_per_s, stage_s=stats.stage_s, io_counts=stats.io(),
         inference_started=stats.inference_started),
-        "skipped_by_suffix": plan.skipped_by_suffix, "warnings": plan.warnings})
+        "skipped_by_suffix": plan.skipped_by_suffix, "warnings": plan.warnings,
+        "latest": latest})
     return RunSummary(
         run_id=plan.run_id, status=STATUS_COMPLETE, counts=counts, wall_s=wall_s,
         images_per_s=images_per_s, out=out.display(),

@@ -98,12 +98,19 @@ def _as_table(batch: pa.Table | dict[str, Any]) -> pa.Table:
     return pa.table(columns)
 
 
+# Columns between the stages and the driver, not stored: whether a row's map was written
+# (``--maps anomalous`` writes some), and whether a redone unit's row was staged before.
+HAS_MAP = "has_map"
+ALREADY_STAGED = "already_staged"
+
+
 def scores_table(batch: pa.Table | dict[str, Any], *, run_id: str, model_id: str,
                  scanned_at: dt.datetime, map_store: str | None) -> pa.Table:
     """Build a SCORES_SCHEMA table from a pipeline output batch (pyarrow table or numpy dict).
 
     Error rows get no scores and no map: their score columns, ``map_store`` and ``map_index``
-    are null, and ``error`` holds the reason.
+    are null, and ``error`` holds the reason. Rows whose ``has_map`` is false (below the
+    threshold with ``--maps anomalous``) have a null ``map_store`` and ``map_index`` too.
     """
     table = _as_table(batch)
     n = table.num_rows
@@ -125,6 +132,14 @@ def scores_table(batch: pa.Table | dict[str, Any], *, run_id: str, model_id: str
     def only_ok(values: pa.Array) -> pa.Array:
         return pc.if_else(ok, values, pa.nulls(n, values.type))
 
+    with_map = ok
+    if HAS_MAP in table.column_names:
+        with_map = pc.and_(ok, pc.fill_null(table.column(HAS_MAP).combine_chunks().cast(pa.bool_()),
+                                            False))
+
+    def only_mapped(values: pa.Array) -> pa.Array:
+        return pc.if_else(with_map, values, pa.nulls(n, values.type))
+
     columns = {
         "image_uri": col("image_uri", pa.string()),
         "etag": col("etag", pa.string()),
@@ -136,8 +151,8 @@ def scores_table(batch: pa.Table | dict[str, Any], *, run_id: str, model_id: str
         "is_anomalous": only_ok(col("is_anomalous", pa.bool_())),
         "max_pixel_score": only_ok(col("max_pixel_score", pa.float32())),
         "anomalous_area_fraction": only_ok(col("anomalous_area_fraction", pa.float32())),
-        "map_store": only_ok(pa.array([map_store] * n, pa.string())),
-        "map_index": only_ok(col("map_index", pa.int64())) if map_store else pa.nulls(n, pa.int64()),
+        "map_store": only_mapped(pa.array([map_store] * n, pa.string())),
+        "map_index": only_mapped(col("map_index", pa.int64())) if map_store else pa.nulls(n, pa.int64()),
         "model_id": pa.array([model_id] * n, pa.string()),
         "run_id": pa.array([run_id] * n, pa.string()),
         "scanned_at": pa.array([scanned_at] * n, UTC_US),

@@ -8,6 +8,8 @@ Checks:
 - every ``ok`` row's ``map_index`` has a written map in the run's Zarr store, whose array has
   the recorded resolution; no store holds a map without an ``ok`` row (unwritten slots have
   no chunk and read as NaN, the fill value); no store exists without a run;
+- the ``latest`` snapshot the newest record names holds exactly what the window over every
+  committed run gives (snapshot.py);
 - no staging leftover (a run's staging folder, half-written temp files) is older than the lock
   expiry, unless the live lease belongs to that run.
 
@@ -35,11 +37,13 @@ from .layout import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, 
                      run_id_of_record, run_id_of_score_file, run_id_of_store,
                      safe_relative_path, staging_dir, staging_file)
 from .lock import Lease, OutputLocked, lease_expired, read_lease
+from .map_layout import decode_maps
 from .maps import open_maps, written_indices
 from .outputs import duckdb_connect, register_parquet, sql_str
-from .records import read_json
+from .records import committed_records, read_json
 from .redaction import redact
 from .schema import SCORES_SCHEMA, STATUS_COMPLETE
+from .snapshot import check_snapshot
 from .storage import FilesystemWrapper, Location
 
 DEFAULT_EXPIRY_S = 300.0  # ScanOptions.lock_ttl_s's default: a lease older than this is dead
@@ -53,7 +57,7 @@ class VerifyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # record | files | counts | duplicates | maps | orphan | staging | fix
+    kind: str  # record | files | counts | duplicates | maps | orphan | snapshot | staging | fix
     run_id: str | None
     message: str
 
@@ -117,6 +121,9 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
     try:
         for rid, record in records.items():
             _check_run(loc, con, report, rid, record, score_files.get(rid, []))
+        if only is None:  # the `latest` snapshot against the runs' own rows
+            for message in check_snapshot(loc, con, committed_records(loc)):
+                report.add("snapshot", None, message)
     finally:
         con.close()
     for rid, files in sorted(score_files.items()):
@@ -194,7 +201,8 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
     if record.get("vanished_file") and not loc.exists(record["vanished_file"]):
         report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
     register_parquet(con, "run_rows", loc, files,
-                     ["image_uri", "status", "map_store", "map_index", "run_id"], SCORES_SCHEMA)
+                     ["image_uri", "status", "is_anomalous", "map_store", "map_index", "run_id"],
+                     SCORES_SCHEMA)
     total, ok, failed, foreign = (int(v or 0) for v in _one_row(
         con, "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'error'), "
         f"count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows"))
@@ -220,16 +228,22 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
 def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,
                 total: int) -> None:
     store = record.get("map_store")
+    # 'anomalous': only ok rows at or above the threshold have a map; the others have a null
+    # map_store and map_index, like error rows (records before it have no "maps": all).
+    sparse = (record.get("maps") or {}).get("mode") == "anomalous"
+    expected = "is_anomalous" if sparse else "TRUE"
     bad_rows = _one_row(
         con, "SELECT count(*) FILTER (status = 'error' AND map_index IS NOT NULL), "
-        f"count(*) FILTER (status = 'ok' AND map_store IS DISTINCT FROM {sql_str(store or '')}), "
-        "count(*) FILTER (status = 'ok' AND map_index IS NULL) FROM run_rows")
+        f"count(*) FILTER (map_store IS NOT NULL AND map_store <> {sql_str(store or '')}), "
+        f"count(*) FILTER (status = 'ok' AND {expected} AND map_index IS NULL), "
+        "count(*) FILTER ((map_store IS NULL) <> (map_index IS NULL)) FROM run_rows")
     if not store:
         return
-    error_with_map, wrong_store, ok_without_index = (int(v or 0) for v in bad_rows)
-    if error_with_map or wrong_store or ok_without_index:
+    error_with_map, wrong_store, ok_without_index, half = (int(v or 0) for v in bad_rows)
+    if error_with_map or wrong_store or ok_without_index or half:
         report.add("maps", rid, f"{error_with_map} error row(s) with a map_index, {wrong_store} "
-                   f"ok row(s) naming another store, {ok_without_index} ok row(s) without one")
+                   f"row(s) naming another store, {ok_without_index} ok row(s) without a map "
+                   f"that should have one, {half} row(s) with only one of map_store/map_index")
     indices = np.asarray(con.execute(
         "SELECT map_index FROM run_rows WHERE status = 'ok' AND map_index IS NOT NULL "
         "ORDER BY map_index").fetchnumpy()["map_index"], dtype=np.int64)
@@ -252,12 +266,12 @@ def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record:
                    + ", ".join(str(i) for i in missing[:MAX_LISTED]))
     orphans = np.setdiff1d(written, indices)
     if len(orphans):
-        report.add("maps", rid, f"{len(orphans)} map(s) without an ok row, e.g. map_index "
-                   + ", ".join(str(i) for i in orphans[:MAX_LISTED]))
+        report.add("maps", rid, f"{len(orphans)} map(s) without a row pointing at them, e.g. "
+                   "map_index " + ", ".join(str(i) for i in orphans[:MAX_LISTED]))
     present = np.intersect1d(indices, written)
     for index in present[np.linspace(0, len(present) - 1, min(SAMPLED_MAPS, len(present)),
                                      dtype=int)] if len(present) else []:
-        values = np.asarray(array[int(index)], dtype=np.float32)
+        values = decode_maps(np.asarray(array[int(index)]))
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             report.add("maps", rid, f"map {int(index)} holds values outside [0, 1] or NaN")
 

@@ -17,7 +17,7 @@ drawn from a seeded random generator:
 DELETE slow; ``paths`` limits faults and delays to requests whose path contains one of the
 given substrings. ``down = True`` resets every connection as soon as it is accepted (a store
 that is down). Counters of what was seen and injected are kept in ``requests`` and
-``injected``.
+``injected``; ``sent`` lists every request (method and target, query included).
 
 The sequence of decisions is fixed by the seed; which request gets which decision also depends
 on the order in which concurrent clients' requests arrive.
@@ -88,6 +88,7 @@ class FaultProxy:
         self.requests: Counter[str] = Counter()  # method class -> requests seen
         self.injected: Counter[str] = Counter()  # fault kind -> times injected
         self.log: list[tuple[str, str, str]] = []  # (method class, target, fault or "ok")
+        self.sent: list[tuple[str, str]] = []  # (HTTP method, target with its query), in order
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -122,6 +123,10 @@ class FaultProxy:
         with self._lock:
             sockets = list(self._open)
         for sock in sockets:
+            try:  # wakes the thread blocked reading it (a close alone does not, on Linux)
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             _close(sock)
         for thread in self._threads:
             thread.join(timeout=5)
@@ -187,6 +192,8 @@ class FaultProxy:
                     _reset(client)
                     return
                 method, target, head, body, keep_alive = request
+                with self._lock:
+                    self.sent.append((method, target))
                 kind = method_class(method, target)
                 fault = self._decide(kind, target)
                 self._record(kind, target, fault)

@@ -2,12 +2,16 @@
 
     vip2scan bench [--backbone vip2-tiny] [--image-size N] [--images 2000] [--source local|s3|both]
                    [--device cpu|cuda] [--batch-size B] [--scale] [--engine ray|local] [--json OUT]
+                   [--model detector|null]
+                   [--map-store N]   map-store requests per 1,000 images (mapstore.py)
+    vip2scan bench --plan N [--nights H] [--json OUT]   planning and `latest` at N objects (plan.py)
 
 Measures bare-model images/s and ms/image; full-scan images/s per source (a local
 directory; S3 via moto on 127.0.0.1, started here unless --s3-endpoint is given); efficiency =
 pipeline / bare; the scan's stage breakdown; peak RSS of the driver and Ray workers (with
 --scale at 2,000 and 20,000 images); an unchanged-lake rescan as a fraction of the full scan;
-and the environment. Prints a table and writes one JSON object.
+and the environment. Prints a table and writes one JSON object. With ``--model null`` the
+scans use the null detector instead: the data plane's ceiling (see ceiling.py).
 
 Also runnable without the rest of the CLI (the GPU machine has no Ray):
 ``python -m vip2scan.jobs.bench --engine local ...``.
@@ -74,12 +78,33 @@ def bench(
         help="Pipeline knob: batches queued per actor.")] = None,
     large_photos: Annotated[int, typer.Option(
         min=0, help="Also time decoding N generated 5 MP JPEGs (exact vs fast path).")] = 0,
+    model: Annotated[str, typer.Option(
+        help="detector (random weights of --backbone) or null: the data plane's ceiling with a "
+             "stand-in of ~zero cost (64 px unless --image-size; CPU ms/image by role).")] = "detector",
+    plan_objects: Annotated[Optional[int], typer.Option(
+        "--plan", min=1, metavar="N", help="Instead: time planning (--dry-run, a manifest of N "
+        "objects) and `SELECT ... FROM latest` after --nights nights of history.")] = None,
+    nights: Annotated[int, typer.Option(
+        min=1, help="With --plan: nights of history (1 % of the objects change each).")] = 3,
+    map_store: Annotated[int, typer.Option(
+        min=0, metavar="N", help="Also count the map store's PUTs/GETs/bytes per 1,000 images "
+                                 "for each --maps mode and shard size (N synthetic maps).")] = 0,
+    map_store_size: Annotated[int, typer.Option(
+        min=1, metavar="PX", help="Map size for --map-store (the scan's default).")] = 256,
 ) -> None:
     """Measure the scan pipeline against the bare model (throughput, stages, memory, rescan)."""
+    if plan_objects is not None:  # a bench of its own: planning and `latest` (plan.py)
+        from .plan import run_plan_bench, write_plan_result
+
+        write_plan_result(run_plan_bench(plan_objects, nights, workdir or default_workdir(),
+                                         keep_outputs), json_out)
+        return
     if source not in ("local", "s3", "both"):
         raise typer.BadParameter("choose local, s3 or both", param_hint="'--source'")
     if engine not in ("ray", "local"):
         raise typer.BadParameter("choose ray or local", param_hint="'--engine'")
+    if model not in ("detector", "null"):
+        raise typer.BadParameter("choose detector or null", param_hint="'--model'")
     if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
         raise typer.BadParameter("choose cpu or cuda", param_hint="'--device'")
     params = BenchParams(
@@ -91,8 +116,12 @@ def bench(
         bare_seconds=bare_seconds,
         actors=None if actors is None else (actors, actors), cpus_per_actor=cpus_per_actor,
         decode_cpus=decode_cpus, torch_threads=torch_threads, max_tasks_in_flight=max_tasks_in_flight,
-        large_photos=large_photos)
+        large_photos=large_photos, model=model)
     result = run_bench(params)
+    if map_store:
+        from .mapstore import run_map_store_bench
+
+        result["map_store"] = run_map_store_bench(map_store, map_store_size)
     text = json.dumps(result, indent=2, default=str)
     if json_out == "-":
         typer.echo(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -136,6 +137,14 @@ def _is_ray_worker(proc: Any) -> bool:
                               or any(part.endswith("default_worker.py") for part in cmdline))
 
 
+def _is_decode_sandbox(proc: Any) -> bool:
+    """A child running pipeline/stages/sandbox.py (the decoder's isolated process)."""
+    try:
+        return any(part.endswith("sandbox.py") for part in proc.cmdline())
+    except Exception:  # noqa: BLE001 - exited meanwhile
+        return False
+
+
 @dataclass
 class ProcessFigures:
     """What the sampler saw. Memory in MiB (None: nothing of that kind ran); CPU in seconds
@@ -153,6 +162,8 @@ class ProcessFigures:
     cpu_s: float | None = None
     cpu_s_by_role: dict[str, float] = field(default_factory=dict)  # see process_role
     samples: int = 0
+    # The sampler's own thread (in the driver): taken out of the driver's CPU, it is the probe.
+    sampler_cpu_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,7 +198,12 @@ def process_role(proc: Any, driver_pid: int) -> str:
     except Exception:  # noqa: BLE001 - exited meanwhile
         return "other"
     if title.startswith("ray::"):
-        return title.split(" ")[0][:60]
+        # 'ray::Class.method' while an actor runs a method: one role per actor (its start-up,
+        # '.__init__', apart: it is paid once per scan, not per image).
+        title = title.split(" ")[0]
+        if not title.endswith(".__init__"):
+            title = re.sub(r"\.\w+$", "", title)
+        return title[:60]
     if "python" in os.path.basename(title):  # e.g. python .../dashboard/agent.py
         try:
             script = next((a for a in proc.cmdline()[1:] if a.endswith(".py")), title)
@@ -217,25 +233,28 @@ class ProcessSampler:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _seen_workers: set[int] = field(default_factory=set)
-    _cpu_first: dict[int, float] = field(default_factory=dict)
     _cpu_last: dict[int, float] = field(default_factory=dict)
     _roles: dict[int, str] = field(default_factory=dict)
+    _cpu_by_role: dict[str, float] = field(default_factory=dict)
 
     def _descendants(self, me: Any) -> list[Any]:
         # Descendants only: other users of the machine may run Ray clusters of their own.
         if not self.include_descendants:
-            return []
+            # The local engine's decode sandbox children do its decoding: they count.
+            return [p for p in me.children(recursive=False) if _is_decode_sandbox(p)]
         return [p for p in me.children(recursive=True) if p.pid not in self.exclude_pids]
 
     def _note_cpu(self, proc: Any, first: bool, driver_pid: int) -> None:
         cpu = _cpu_s(proc)
-        if first:
-            self._cpu_first[proc.pid] = cpu
-        self._cpu_first.setdefault(proc.pid, 0.0)  # born after the start: all of it counts
-        self._cpu_last[proc.pid] = cpu
         role = process_role(proc, driver_pid)
-        if role != "ray::IDLE" or proc.pid not in self._roles:  # keep what an idle worker last ran
-            self._roles[proc.pid] = role
+        if role == "ray::IDLE" and proc.pid in self._roles:
+            role = self._roles[proc.pid]  # idle now: the time since the last sample was its last task's
+        self._roles[proc.pid] = role
+        # Born after the start: all of its CPU counts. A worker runs different tasks over its
+        # life (decode, repartition), so each interval's CPU goes to the task it runs then.
+        before = self._cpu_last.get(proc.pid, cpu if first else 0.0)
+        self._cpu_last[proc.pid] = cpu
+        self._cpu_by_role[role] = self._cpu_by_role.get(role, 0.0) + cpu - before
 
     def sample_once(self, first: bool = False) -> None:
         import psutil
@@ -268,20 +287,21 @@ class ProcessSampler:
             figures.worker_max_rss_mb = max(figures.worker_max_rss_mb or 0.0, largest)
             figures.workers_peak_private_mb = max(figures.workers_peak_private_mb or 0.0, private)
         figures.workers_seen = len(self._seen_workers)
-        by_role: dict[str, float] = {}
-        for pid, last in self._cpu_last.items():
-            role = self._roles.get(pid, "other")
-            by_role[role] = by_role.get(role, 0.0) + last - self._cpu_first[pid]
+        by_role = dict(self._cpu_by_role)
+        if "driver" in by_role:
+            by_role["driver"] = max(0.0, by_role["driver"] - figures.sampler_cpu_s)
         figures.cpu_s_by_role = by_role
         figures.cpu_s = sum(by_role.values())
         figures.samples += 1
 
     def _loop(self) -> None:
+        start = time.thread_time()
         while not self._stop.wait(self.interval_s):
             try:
                 self.sample_once()
             except Exception:  # noqa: BLE001 - sampling must never break the measured run
                 pass
+            self.figures.sampler_cpu_s = time.thread_time() - start
 
     def __enter__(self) -> "ProcessSampler":
         self._stop.clear()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .ceiling import format_ceiling
+
 BENCH_FORMAT_VERSION = 1
 SOURCES = ("local", "s3")
 STAGES = ("list_diff", "read", "decode", "infer", "write", "commit")
@@ -34,6 +36,7 @@ def empty_result(environment: dict[str, Any], settings: dict[str, Any]) -> dict[
         "stage_breakdown": {s: None for s in SOURCES},
         "memory": {**{s: None for s in SOURCES}, "scale": None},
         "incremental": {s: None for s in SOURCES},
+        "ceiling": None,  # --model null: per source, see ceiling.py
         "targets": None,
     }
 
@@ -164,6 +167,15 @@ def format_table(result: dict[str, Any]) -> str:
         if roles:
             shown = ", ".join(f"{role} {ms:.1f}" for role, ms in sorted(roles.items(), key=lambda kv: -kv[1]))
             lines.append(f"  CPU ms/image by process ({source}): {shown}")
+    for source, pipeline in pipe.items():
+        storage = (pipeline or {}).get("storage") or {}
+        per_1000 = storage.get("requests_per_1000_images")
+        if per_1000 and any(per_1000.values()):  # S3 only: local files are not counted
+            shown = ", ".join(f"{c} {n:.1f}" for c, n in per_1000.items() if n or c != "OTHER")
+            lines.append(f"  storage requests per 1,000 images ({source}): {shown}; "
+                         f"{_fmt(storage['bytes_written_per_1000_images'] / 1e6, 2)} MB written; "
+                         f"{_fmt(storage['usd_per_million_images'], 2)} USD per million images "
+                         f"({storage['prices']})")
     scale = result["memory"]["scale"]
     if scale:
         points = ", ".join(f"{p['images']}: driver {_fmt(p['driver_peak_rss_mb'])} / workers "
@@ -176,6 +188,12 @@ def format_table(result: dict[str, Any]) -> str:
                            for size, ms in photos["decode_cpu_ms_per_image"].items())
         lines.append(f"  5 MP JPEG decode CPU ms/image (exact -> fast): {decode}; max |delta score| "
                      f"{photos['max_abs_delta_image_score']:.2e}, max |delta map| {photos['max_abs_delta_map']:.2e}")
+    lines.extend(format_ceiling(result))
+    for entry in (result.get("map_store") or {}).get("configurations", []):
+        lines.append(f"  map store --maps {entry['maps']} {entry['dtype']} K={entry['maps_per_shard']}: "
+                     f"{entry['put_per_1000']:.1f} PUT, {entry['get_per_1000']:.1f} GET, "
+                     f"{entry['mb_written_per_1000']:.1f} MB per 1,000 images "
+                     f"(target <= {entry['target_put_per_1000']:.1f} PUT: {_fmt(entry['meets_target'])})")
     if result["targets"]:
         met = ", ".join(f"{name} {_fmt(t['value'], 3)} (target {t['target']}): {_fmt(t['met'])}"
                         for name, t in result["targets"].items() if t["value"] is not None)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .report import empty_result, evaluate_targets, set_bare_model, stage_breakdown
+from .ceiling import NULL_IMAGE_SIZE, ceiling_section, ceiling_targets, measure_null_model, null_checkpoint
+from .report import SOURCES, empty_result, evaluate_targets, set_bare_model, stage_breakdown
 from .lakes import Sources, ensure_checkpoint, ensure_local_lake, log
 from .photos import measure_large_photos
 from .probes import ProcessSampler, cpu_seconds_of, environment, measure_bare_model
@@ -49,6 +50,9 @@ class BenchParams:
     torch_threads: int | None = None
     max_tasks_in_flight: int | None = None
     large_photos: int = 0  # 5 MP JPEGs for the decode section (0: skip it)
+    # "detector": a random-weight checkpoint of the backbone; "null": the null detector, the
+    # data plane's ceiling (see ceiling.py; its bare model is the null detector's own cost).
+    model: str = "detector"
 
 
 # --------------------------------------------------------------------------- Ray
@@ -146,6 +150,8 @@ def timed_scan(source: str, out: str, checkpoint: str, options: Any, exclude_pid
 def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
                    exclude_pids: set[int], engine: str) -> dict[str, Any]:
     """Full scan, then a rescan of the unchanged lake into the same OUT."""
+    from vip2scan.pipeline.accounting import per_thousand_images
+
     summary, wall, processes, progress = timed_scan(source_uri, out_uri, checkpoint, options, exclude_pids, engine)
     images = int(summary.counts.get("scored", 0)) + int(summary.counts.get("failed", 0))
     ips = images / wall if wall > 0 else None
@@ -164,12 +170,14 @@ def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
                      if images else None,
                      "object_store_cpu_ms_per_image": None if not images or store_cpu_s is None
                      else 1000.0 * store_cpu_s / images,
-                     "run_id": summary.run_id, "counts": summary.counts, "io": summary.io},
+                     "run_id": summary.run_id, "counts": summary.counts, "io": summary.io,
+                     # Requests by class and bytes per 1,000 images, with their list-price cost.
+                     "storage": per_thousand_images(summary.io, images)},
         "stage_breakdown": stage_breakdown(summary.stage_s, wall, images),
         "memory": processes,
         "incremental": {"wall_s": rescan_wall, "fraction_of_full_scan": rescan_wall / wall if wall else None,
                         "inference_started": rescan.inference_started, "counts": rescan.counts,
-                        "stage_s": rescan.stage_s},
+                        "stage_s": rescan.stage_s, "io": rescan.io},
     }
 
 
@@ -206,13 +214,18 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
     import torch
 
     from vip2scan.model.config import backbone_config
+    from vip2scan.model.null import null_model_id
 
     device = params.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    null = params.model == "null"
     if params.image_size is None:
-        params.image_size = int(backbone_config(params.backbone)["vision_cfg"]["image_size"])
+        params.image_size = NULL_IMAGE_SIZE if null else \
+            int(backbone_config(params.backbone)["vision_cfg"]["image_size"])
     params.workdir.mkdir(parents=True, exist_ok=True)
-    env = environment(device, params.backbone, params.image_size, params.batch_size, params.engine)
+    env = environment(device, "null" if null else params.backbone, params.image_size, params.batch_size,
+                      params.engine)
     settings = {"images": params.images, "sources": list(params.sources), "engine": params.engine,
+                "model": params.model,
                 "scale_images": list(params.scale_images or []) or None,
                 "channels_last": params.channels_last, "compile": params.compile_model,
                 "knobs": {"actors": params.actors, "cpus_per_actor": params.cpus_per_actor,
@@ -222,9 +235,15 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
 
     log(f"lake of {params.images} images at {params.image_size} px in {params.workdir}")
     ensure_local_lake(params.workdir, params.images, params.image_size)
-    checkpoint = ensure_checkpoint(params.workdir, params.backbone, params.image_size)
-    log(f"bare model on {device}, batch {params.batch_size}")
-    bare_windows = [measure_bare(params, checkpoint, device)]
+    if null:
+        checkpoint = null_checkpoint(params.image_size)
+        log(f"null model on {device}, batch {params.batch_size}")
+        null_model = measure_null_model(params.image_size, params.batch_size, device, params.bare_seconds)
+        result["bare_model"] = {**null_model, "windows_images_per_s": [null_model["images_per_s"]]}
+    else:
+        checkpoint = ensure_checkpoint(params.workdir, params.backbone, params.image_size)
+        log(f"bare model on {device}, batch {params.batch_size}")
+        bare_windows = [measure_bare(params, checkpoint, device)]
 
     sources = Sources(params.workdir, params.image_size, params.s3_endpoint, params.keep_outputs)
     memory_by_size: dict[int, dict] = {}
@@ -247,8 +266,18 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
         sources.close()
     if params.large_photos:
         log(f"large-photo decode: {params.large_photos} generated 5 MP JPEGs")
-        result["large_photos"] = measure_large_photos(params.large_photos, checkpoint,
+        photo_checkpoint = ensure_checkpoint(params.workdir, params.backbone, params.image_size) \
+            if null else checkpoint  # scores change with the decode rule only on a real model
+        result["large_photos"] = measure_large_photos(params.large_photos, photo_checkpoint,
                                                       params.image_size, device)
+    if null:
+        # No efficiency: the pipeline against a model that costs nothing is the point itself.
+        map_size = scan_options(params, device, {}).map_size
+        result["ceiling"] = {kind: ceiling_section(result["pipeline"][kind], result["stage_breakdown"][kind],
+                                                   null_model, null_model_id(params.image_size), map_size)
+                             for kind in SOURCES if result["pipeline"][kind] is not None}
+        result["targets"] = ceiling_targets(result)
+        return result
     log("bare model again, after the scans")
     bare_windows.append(measure_bare(params, checkpoint, device))
     set_bare_model(result, bare_windows)

@@ -36,14 +36,13 @@ class EngineConfig:
     """Sizing of the stages (mirrors the CLI's flags; defaults suit one node)."""
 
     batch_size: int = 32
+    # Rows per work unit: whole shards of the map store (stages/units.py); None: batch_size.
+    unit_rows: int | None = None
     actors: tuple[int, int] | None = None  # (min, max); None: #GPUs, else 1 CPU actor
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU actors
     cpus_per_actor: float = 1.0
     torch_threads: int | None = None  # CPU actors: None = cluster CPUs // max actors
     decode_cpus: float = 0.5  # per decode task; decode is I/O + PIL, mostly GIL-free
-    # Rows per decode task: a task decodes ~2-3 ms of pixels per row on one core, so 64 rows
-    # keep Ray's per-task cost (~10-20 ms) small against the work; None = max(batch, 64).
-    decode_rows: int | None = None
     # Batches queued at an actor (their blocks are fetched while the model runs) and, of
     # those, how many run at once: one on the model, one writing its maps.
     max_tasks_in_flight_per_actor: int = 3
@@ -62,6 +61,9 @@ class EngineConfig:
     # and the local file the Ray engine sends Ray's own notices to (the driver's stderr).
     notify: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     log_file: str | None = None
+
+    def work_unit_rows(self) -> int:
+        return int(self.unit_rows or self.batch_size)
 
 
 # Below this many images to score, `--engine auto` runs the local engine: Ray's start-up

@@ -4,10 +4,11 @@
 (``read_and_decode``, ``InferActor``, ``write_maps_batch``), so the rows it hands to
 ``consume`` are the rows the Ray engine would hand over; only the scheduling differs:
 
-    work list (Parquet, batch_size rows at a time)
+    work list (Parquet, one work unit at a time: whole map shards, stages/units.py)
       -> decode pool      threads; PIL and fsspec release the GIL for the heavy parts
-      -> inference        the calling thread, one model, torch on every core (or the GPU)
-      -> map-writer pool  threads; Zarr chunk writes are I/O + zstd
+      -> inference        the calling thread, one model, torch on every core (or the GPU),
+                          batch_size rows at a time
+      -> map-writer pool  threads; each unit's shards written whole (I/O + zstd)
       -> consume()        one consumer thread, in work-list order
 
 Both pools are bounded (at most ``prefetch`` batches decoded ahead, ``prefetch`` batches
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor, write_maps_batch
+from ..stages.units import numpy_rows, unit_slices
 from ..storage import Location
 from . import EngineConfig, StageSettings
 
@@ -53,20 +55,23 @@ def write_threads(cpus: int) -> int:
     return max(2, min(MAX_WRITE_THREADS, cpus // 4))
 
 
-def _numpy_batch(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-    """A Parquet record batch as the numpy dict Ray Data would hand a ``map_batches`` UDF."""
-    return {name: batch.column(i).to_numpy(zero_copy_only=False)
-            for i, name in enumerate(batch.schema.names)}
-
-
-def iter_work_batches(work: Location, work_path: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """The remaining-work Parquet file, ``batch_size`` rows at a time, streamed (not loaded)."""
+def iter_work_units(work: Location, work_path: str, unit_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The remaining-work Parquet file (map_index order), one work unit at a time, streamed."""
     path = work.fs_path(work_path)
     handle: Any = open(path, "rb") if work.is_local else work.fs.open(path, "rb")
+    carry: pa.Table | None = None
     with handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
-            if batch.num_rows:
-                yield _numpy_batch(batch)
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=max(unit_rows, 1024)):
+            table = pa.Table.from_batches([batch])
+            if carry is not None:
+                table = pa.concat_tables([carry, table])
+            slices = list(unit_slices(table.column("map_index").to_numpy(), unit_rows))
+            # The last unit may go on in the next batch: keep it back.
+            for _, start, stop in slices[:-1]:
+                yield numpy_rows(table.slice(start, stop - start))
+            carry = table.slice(slices[-1][1]) if slices else None
+    if carry is not None and carry.num_rows:
+        yield numpy_rows(carry)
 
 
 class OrderedConsumer:
@@ -138,7 +143,7 @@ def run(work: Location, work_path: str, config: EngineConfig, stages: StageSetti
                 ThreadPoolExecutor(write_threads(cpus), thread_name_prefix="write-maps") as write_pool:
             consumer = OrderedConsumer(consume, capacity=prefetch)
             decoding: deque[Future] = deque()
-            work_batches = iter_work_batches(work, work_path, config.batch_size)
+            work_batches = iter_work_units(work, work_path, config.work_unit_rows())
 
             def top_up() -> None:
                 while len(decoding) < prefetch:
@@ -152,7 +157,7 @@ def run(work: Location, work_path: str, config: EngineConfig, stages: StageSetti
                 while decoding:
                     decoded = decoding.popleft().result()
                     top_up()  # keep the decoders busy while the model runs
-                    scored = actor(decoded)
+                    scored = actor.score_unit(decoded)
                     consumer.put(write_pool.submit(write_maps_batch, scored, stages.maps))
             finally:
                 for future in decoding:  # after a failure: do not decode what nobody will score

@@ -1,11 +1,15 @@
 """The Ray Data part of a scan: remaining work -> read+decode -> infer + write maps -> driver.
 
-    work list, one read task per row group  manifest rows, map_index fixed
-    .repartition(rows per block)            blocks of ``decode_rows`` so decode tasks spread
-    .map_batches(read_and_decode)           CPU tasks: bytes -> uint8 pixels | error row
-    .map_batches(InferActor, ActorPool)     one actor per GPU (or CPU actors); each writes
-                                            its maps to Zarr and drops them
+    work list, read in map_index ranges     one row per work unit (whole map shards,
+                                            stages/units.py), map_index fixed
+    .repartition(1 row per block)           so decode tasks spread, one unit each
+    .map_batches(decode_units)              CPU tasks: bytes -> uint8 pixels | error row
+    .map_batches(InferActor, ActorPool)     one actor per GPU (or CPU actors); each scores a
+                                            unit, writes its shards to Zarr, drops the maps
     .iter_batches()  (driver)               small rows -> staging parts (exactly-once record)
+
+A unit travels as one row, so no block boundary Ray Data chooses can split a shard between
+two writers: each shard is written whole, once, by the actor that scored its unit.
 
 Everything is streamed with Ray Data's backpressure under a fixed object-store budget
 (object_store_budget), so no stage holds the lake and memory does not grow with it.
@@ -37,6 +41,7 @@ from ..redaction import redact
 from ..retries import with_retries
 from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor
+from ..stages.units import decode_units, pack_work_units
 from ..storage import Location
 from . import EngineConfig, StageSettings
 
@@ -116,42 +121,67 @@ def object_store_budget(config: EngineConfig, image_size: int) -> int:
     if config.object_store_budget_mb:
         return int(config.object_store_budget_mb * 2**20)
     _, high, _, _, _ = actor_pool(config)
-    batch_bytes = config.batch_size * image_size * image_size * 3
+    batch_bytes = max(config.batch_size, config.work_unit_rows()) * image_size * image_size * 3
     return max(MIN_OBJECT_STORE_BUDGET, DECODED_BATCHES_PER_ACTOR * high * batch_bytes)
 
 
-def read_work_row_groups(batch: dict[str, np.ndarray], work: Location, work_path: str) -> pa.Table:
-    """The rows of the work list's row groups ``batch["row_group"]``."""
+def read_work_units(batch: dict[str, np.ndarray], work: Location, work_path: str,
+                    unit_rows: int) -> dict[str, np.ndarray]:
+    """The work units whose map_index lies in [batch["lo"], batch["hi"]), one row each."""
+    lo, hi = int(batch["lo"][0]), int(batch["hi"][0])
+
     def read() -> pa.Table:
         with work.fs.open(work.fs_path(work_path), "rb") as handle:
-            return pq.ParquetFile(handle).read_row_groups([int(i) for i in batch["row_group"]])
+            # Row-group statistics skip the groups outside the range (the list is sorted).
+            return pq.read_table(handle, filters=[("map_index", ">=", lo), ("map_index", "<", hi)])
 
-    return with_retries(read, fs=work.fs)  # repeated only where the client does not retry
+    table = with_retries(read, fs=work.fs)  # repeated only where the client does not retry
+    return pack_work_units(table.sort_by("map_index"), unit_rows)
 
 
-def work_list_dataset(work: Location, work_path: str, max_retries: int = 3):
-    """The remaining-work Parquet file as a Dataset: one read task per row group.
+def unit_ranges(work: Location, work_path: str, unit_rows: int) -> list[tuple[int, int]]:
+    """[lo, hi) map_index ranges, aligned to units, one per row group of the work list."""
+    def starts() -> list[int]:
+        with work.fs.open(work.fs_path(work_path), "rb") as handle:
+            meta = pq.ParquetFile(handle).metadata
+        column = meta.schema.names.index("map_index")
+        found = []
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(column).statistics
+            if meta.row_group(g).num_rows and stats is not None and stats.has_min_max:
+                found.append(int(stats.min) // unit_rows * unit_rows)
+        return found
+
+    bounds = sorted(set(with_retries(starts, fs=work.fs)))
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:] + [2**62])]
+
+
+def work_list_dataset(work: Location, work_path: str, unit_rows: int, max_retries: int = 3):
+    """The remaining-work Parquet file as a Dataset of work units: one read task per range.
 
     Not ``ray.data.read_parquet``: for one small file, Ray 2.60's reader runs a listing task
     and provisions 32 footer-reader actors first, ~5 s before the first row on 2 cores. The
-    work list is one file the driver just wrote (row groups of 4,096 rows), so its footer
-    is read here and the row groups are spread over plain tasks.
+    work list is one file the driver just wrote (row groups of 4,096 rows, sorted by
+    map_index), so its footer is read here and unit-aligned ranges are spread over plain tasks.
     """
     import ray
 
-    def row_group_count() -> int:
-        with work.fs.open(work.fs_path(work_path), "rb") as handle:
-            return pq.ParquetFile(handle).metadata.num_row_groups
-
-    groups = with_retries(row_group_count, fs=work.fs)
-    ds = ray.data.from_items([{"row_group": i} for i in range(groups)],
-                             override_num_blocks=max(1, groups))
+    ranges = unit_ranges(work, work_path, unit_rows)
+    ds = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in ranges] or [{"lo": 0, "hi": 0}],
+                             override_num_blocks=max(1, len(ranges)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
-        return ds.map_batches(read_work_row_groups,
-                              fn_kwargs={"work": work, "work_path": work_path},
+        return ds.map_batches(read_work_units,
+                              fn_kwargs={"work": work, "work_path": work_path,
+                                         "unit_rows": unit_rows},
                               batch_size=1, batch_format="numpy", num_cpus=0.25,
-                              max_retries=max_retries)
+                              udf_modifying_row_count=True, max_retries=max_retries)
+
+
+def decode_unit_batch(batch: dict[str, np.ndarray], settings: Any, unit_rows: int
+                      ) -> dict[str, np.ndarray]:
+    """Ray task form of units.decode_units with the one read+decode stage."""
+    return decode_units(batch, lambda rows: read_and_decode(rows, settings), unit_rows)
 
 
 def build_dataset(work: Location, work_path: str, config: EngineConfig, stages: StageSettings):
@@ -163,28 +193,28 @@ def build_dataset(work: Location, work_path: str, config: EngineConfig, stages: 
                     device=config.device or stages.infer.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
-        ds = work_list_dataset(work, work_path, config.task_max_retries)
-        # The work list arrives as one or a few big blocks of URIs; cut it into small blocks
-        # so that decode tasks spread over the cluster (streaming, no shuffle).
-        decode_rows = config.decode_rows or max(config.batch_size, 64)
-        ds = ds.repartition(target_num_rows_per_block=decode_rows)
-        ds = ds.map_batches(read_and_decode, fn_kwargs={"settings": stages.decode},
-                            batch_size=decode_rows, batch_format="numpy",
+        units = config.work_unit_rows()
+        ds = work_list_dataset(work, work_path, units, config.task_max_retries)
+        # A read task yields the units of a whole row group; one unit per block lets the
+        # decode tasks spread over the cluster (streaming, no shuffle).
+        ds = ds.repartition(target_num_rows_per_block=1)
+        ds = ds.map_batches(decode_unit_batch,
+                            fn_kwargs={"settings": stages.decode, "unit_rows": units},
+                            batch_size=1, batch_format="numpy",
                             num_cpus=config.decode_cpus, udf_modifying_row_count=False,
                             max_retries=config.task_max_retries)
         # An actor task's output block is released only when the task ends, so actor tasks of
-        # one batch each let rows reach the driver (and be staged) as they are scored.
-        ds = ds.repartition(target_num_rows_per_block=config.batch_size)
+        # one unit each let rows reach the driver (and be staged) as they are scored.
         calls = max(1, int(config.concurrent_calls_per_actor))
         return ds.map_batches(
             InferActor, fn_constructor_kwargs={"settings": infer, "maps": stages.maps},
-            batch_size=config.batch_size, batch_format="numpy",
+            batch_size=1, batch_format="numpy",
             compute=ActorPoolStrategy(
                 min_size=low, max_size=high,
                 max_tasks_in_flight_per_actor=max(calls, config.max_tasks_in_flight_per_actor),
                 # True threads: InferActor serialises the model itself and writes outside the lock.
                 max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1),
-            num_gpus=gpus if gpus > 0 else None, num_cpus=cpus, udf_modifying_row_count=False,
+            num_gpus=gpus if gpus > 0 else None, num_cpus=cpus, udf_modifying_row_count=True,
             max_restarts=config.actor_max_restarts, max_task_retries=config.actor_max_task_retries,
         )
 
@@ -280,7 +310,13 @@ def run_logged(work: Location, work_path: str, config: EngineConfig, stages: Sta
         # worker cannot load, a checkpoint changed since planning) fails the run at once: the
         # error is deterministic, so retrying would only repeat it.
         settings = {"enable_progress_bars": False, "enable_operator_progress_bars": False,
-                    "actor_init_retry_on_errors": False, "max_consecutive_actor_init_deaths": 0}
+                    "actor_init_retry_on_errors": False, "max_consecutive_actor_init_deaths": 0,
+                    # The one-unit split after a work-list read yields ~100 tiny blocks; with
+                    # Ray's default of 2 unconsumed blocks per task it yields one per
+                    # scheduling round (~0.1 s on 2 cores) while holding a CPU, so the first
+                    # decode waited 12 s at 4,000 images. Each block is a few KB; decode and
+                    # actor tasks yield one block each, so only that split runs ahead.
+                    "_max_num_blocks_in_streaming_gen_buffer": None}
         saved = {name: getattr(context, name) for name in settings if hasattr(context, name)}
         for name in saved:
             setattr(context, name, settings[name])

@@ -25,8 +25,11 @@ import numpy as np
 
 from ..calibration import Thresholds, pick_thresholds, row_thresholds, thresholds_for
 from ..maps import write_maps
+from ..accounting import report_io
 from ..retries import take_retries
+from ..schema import HAS_MAP
 from ..storage import Location
+from .units import concat_rows, is_packed, split_rows, unpack_decoded
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,13 @@ class ModelSpec:
 
 
 def load_detector(spec: ModelSpec, device: str = "cpu", amp: str | None = "auto"):
-    """The spec's detector from the one factory, in eval mode (the override rule lives there)."""
+    """The spec's detector from the one factory, in eval mode (the override rule lives there);
+    the checkpoint name ``null[:<size>]`` gives the null detector (vip2scan.model.null)."""
+    from vip2scan.model.null import build_null_detector, null_image_size
+
+    null_size = null_image_size(spec.checkpoint, spec.overrides())
+    if null_size is not None:
+        return build_null_detector(null_size, device)
     from vip2scan.model.detector import Detector
 
     detector = Detector.from_checkpoint(spec.checkpoint, device=device,
@@ -75,7 +84,11 @@ def model_facts(spec: ModelSpec) -> ModelFacts:
     that change the model id) is loaded in full here, which also proves it loads.
     """
     from vip2scan.model.facts import is_checkpoint_dir, read_checkpoint_facts
+    from vip2scan.model.null import null_image_size, null_model_id
 
+    null_size = null_image_size(spec.checkpoint, spec.overrides())
+    if null_size is not None:  # no file and no torch: the name says it all
+        return ModelFacts(null_model_id(null_size), null_size)
     options = spec.storage_options or None
     if not spec.overrides() and is_checkpoint_dir(spec.checkpoint, options):
         facts = read_checkpoint_facts(spec.checkpoint, options)
@@ -127,13 +140,15 @@ class MapWriterSettings:
     store_name: str | None
     storage_options: dict | None = field(default=None, repr=False)
     wrapper: Any = field(default=None, repr=False)
+    mode: str = "all"  # 'anomalous': only rows at or above their image threshold get a map
 
 
 class WriteMaps:
-    """map_batches callable: write each ok row's map to its Zarr chunk, drop the maps.
+    """map_batches callable: write the batch's maps to the Zarr store, drop the maps.
 
-    Rows leave this stage only after their map is written, so the driver stages a row (the
-    exactly-once record) only once its map is durable.
+    Given a work unit (whole shards), each shard is written once, whole. Rows leave this stage
+    only after their map is written, so the driver stages a row (the exactly-once record) only
+    once its map is durable; ``has_map`` says which rows got one.
     """
 
     def __init__(self, settings: MapWriterSettings):
@@ -144,13 +159,18 @@ class WriteMaps:
         t0 = time.perf_counter()
         maps = batch.pop("map", None)
         n = len(batch["image_uri"])
+        has_map = np.zeros(n, dtype=bool)
         if self.settings.store_name and maps is not None:
-            ok = np.asarray(batch["status"]) == "ok"
+            has_map = np.asarray(batch["status"]) == "ok"
+            if self.settings.mode == "anomalous":
+                has_map &= np.asarray(batch.get("is_anomalous", has_map), dtype=bool)
             write_maps(self.out, self.settings.store_name,
-                       np.asarray(batch["map_index"])[ok].astype(np.int64), maps[ok])
+                       np.asarray(batch["map_index"])[has_map].astype(np.int64), maps[has_map])
+        batch[HAS_MAP] = has_map
         batch["write_s"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
         batch["retries"] = np.asarray(batch.get("retries", np.zeros(n)), dtype=float) + \
             take_retries() / max(n, 1)  # this process's storage retries, for the run record
+        report_io(batch, n)  # this process's storage requests and bytes, for the run record
         return batch
 
 
@@ -208,16 +228,28 @@ class InferActor:
         self._unreported_init_s = time.perf_counter() - t0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of packed work units (stages/units.py) or of plain rows -> score rows."""
+        units = list(unpack_decoded(batch)) if is_packed(batch) else [batch]
+        scored = []
+        for unit in units:
+            out = self.score_unit(unit)
+            if self._map_writer is not None:
+                # A row leaves only once its map is durable: the driver stages rows (the
+                # exactly-once record) as soon as it sees them.
+                out = self._map_writer(out)
+            scored.append(out)
+        result = concat_rows(scored)
+        report_io(result, len(result["image_uri"]))  # e.g. a checkpoint read, maps off
+        return result
+
+    def score_unit(self, unit: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Scores and maps of a work unit, ``batch_size`` rows at a time through the model."""
         with self._model_lock:
             self.batches_seen += 1
             if self.settings.faults is not None:
                 self.settings.faults.on_actor_batch(self.batches_seen)
-            out = self.score(batch)
-        if self._map_writer is not None:
-            # A row leaves only once its map is durable: the driver stages rows (the
-            # exactly-once record) as soon as it sees them.
-            out = self._map_writer(out)
-        return out
+            return concat_rows([self.score(part) for part in
+                                split_rows(unit, int(self.settings.batch_size or 0))])
 
     def _to_device(self, pixels: np.ndarray, ok: np.ndarray):
         """uint8 [N, S, S, 3] host pixels of the ok rows -> [M, 3, S, S] on the device.

@@ -70,8 +70,18 @@ def test_bench_local_engine_scale_points(tmp_path):
     _run(["bench", "--engine", "local", "--source", "local", "--images", "12", "--image-size", "64",
           "--batch-size", "4", "--bare-seconds", "0.5", "--scale", "--scale-images", "12,24",
           "--large-photos", "2", "--workdir", str(tmp_path / "work"),
-          "--json", str(out)])
+          "--map-store", "64", "--map-store-size", "16", "--json", str(out)])
     report = json.loads(out.read_text())
+    maps = report["map_store"]
+    by_config = {(e["maps"], e["dtype"], e["maps_per_shard"]): e for e in maps["configurations"]}
+    assert by_config[("all", "float16", 1)]["put_per_1000"] == 1000  # one object per map
+    assert by_config[("all", "float16", 8)]["put_per_1000"] == 125 == 1000 / 8
+    assert by_config[("all", "float16", 8)]["objects"] == 8
+    sparse = next(e for e in maps["configurations"] if e["maps"] == "anomalous")
+    assert sparse["objects"] <= maps["anomalous_images"]
+    # (the sparse target is per 1,000 images at scale: one PUT in 64 images is 15.6 here)
+    assert all(e["meets_target"] for e in maps["configurations"]
+               if e["maps"] == "all" and e["maps_per_shard"] <= 8)  # K=128 > 64 maps: one short shard
     photos = report["large_photos"]
     assert photos["photos"] == 2 and photos["photo_px"] == [2448, 2048] and photos["model_px"] == 64
     assert set(photos["decode_cpu_ms_per_image"]) == {"64", "518"}
@@ -87,3 +97,31 @@ def test_bench_local_engine_scale_points(tmp_path):
     assert all(p["driver_peak_rss_mb"] > 0 for p in scale["points"])
     assert scale["max_growth"] == pytest.approx(
         scale["points"][1]["driver_peak_rss_mb"] / scale["points"][0]["driver_peak_rss_mb"] - 1)
+
+
+@pytest.mark.slow
+def test_bench_null_model_ceiling_with_ray(tmp_path, ray_local):
+    """`--model null`: the scan with the null detector, CPU by role, the ceiling's targets."""
+    from vip2scan.jobs.bench.ceiling import ROLES
+
+    out = tmp_path / "bench.json"
+    result = _run(["bench", "--model", "null", "--source", "local", "--images", "160", "--batch-size", "32",
+                   "--bare-seconds", "0.3", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    assert "data-plane ceiling (local, null-64" in result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["model"] == "null" and report["environment"]["backbone"] == "null"
+    assert report["environment"]["image_size"] == 64  # the null model's default lake
+    assert report["bare_model"]["images_per_s"] > 0  # the null detector alone
+    assert report["efficiency"] == {"local": None, "s3": None} and report["pipeline"]["s3"] is None
+    ceiling = report["ceiling"]["local"]
+    assert ceiling["model_id"] == "null-64" and ceiling["images"] == 160
+    assert report["pipeline"]["local"]["failed"] == 0
+    assert ceiling["images_per_s"] > 0 and ceiling["steady_images_per_s"] > 0 and ceiling["first_rows_s"] > 0
+    roles = ceiling["cpu_ms_per_image_by_role"]
+    assert set(roles) == set(ROLES) and sum(roles.values()) == pytest.approx(ceiling["cpu_ms_per_image"])
+    assert all(roles[role] > 0 for role in ("driver", "decode", "actor", "ray"))
+    assert sum(ceiling["cpu_ms_per_image_by_process"].values()) == pytest.approx(ceiling["cpu_ms_per_image"])
+    assert ceiling["decode_ms_per_image"] > 0 and ceiling["cpu_ms_per_image_outside_decode_and_model"] > 0
+    assert set(report["targets"]) == {"ceiling_steady_images_per_s_local", "ceiling_first_rows_s_local",
+                                      "ceiling_overhead_cpu_ms_local"}
+    assert report["incremental"]["local"]["counts"]["unchanged"] == 160

@@ -143,13 +143,20 @@ def test_explorer_in_headless_chromium(browser, explorer, lake, latest, tmp_path
     browser.set_value("#f-prefix", str(prefix))
     browser.wait_for(f"document.getElementById('p-info').textContent.includes('of {latest['line2']} matching')")
     assert set(browser.evaluate(CELL.format(col=COL_PREFIX))) == {"line2/"}
+    # Filters apply 150 ms after the last change: wait for each one's own count, or the next
+    # step reads a table (or, after a navigation, writes back filters) from the step before.
+    matching = "document.getElementById('p-info').textContent.includes('of {} matching')"
     browser.set_value("#f-prefix", "")
+    browser.wait_for(matching.format(total))
     middle = float(np.median([s for s in browser.evaluate("Array.from(V2S.index.sc)") if s is not None]))
     browser.set_value("#f-smin", repr(middle))
-    browser.wait_for(f"!document.getElementById('p-info').textContent.includes('of {total} matching')")
+    above = browser.evaluate(f"Array.from(V2S.index.sc).filter(s => s >= {middle!r}).length")
+    assert 0 < above < total
+    browser.wait_for(matching.format(above))
     shown = [float(s) for s in browser.evaluate(CELL.format(col=COL_SCORE))]
     assert shown and min(shown) >= round(middle, 4) - 1e-4
     browser.set_value("#f-smin", "")
+    browser.wait_for(matching.format(total))
 
     # the per-image view of the 16-bit image: picture, map, marker, opacity, history
     row = browser.evaluate(f"V2S.index.k.indexOf({json.dumps(SIXTEEN_BIT)})")
@@ -177,7 +184,9 @@ def test_explorer_in_headless_chromium(browser, explorer, lake, latest, tmp_path
     browser.evaluate("location.hash = '#images'")
     # hashchange is handled asynchronously and rewrites the filters from the page's state:
     # wait for it, or the filter set below is overwritten.
-    browser.wait_for("document.getElementById('nav-images').className === 'active'")
+    # ('nav-images' is already active on an image's view: wait for the table's own view, which
+    # the handler shows right before it rewrites the filters)
+    browser.wait_for("!document.getElementById('view-images').hidden")
     browser.set_value("#f-status", "error")
     browser.wait_for(f"document.getElementById('p-info').textContent.includes('of {latest['error']} matching')")
     browser.click("#table tbody tr")

@@ -92,7 +92,7 @@ def test_parse_command_line_checks_flags_without_running_anything() -> None:
     ctx = parse_command_line(["scan", "s3://lake/", "--out", "s3://out/", "--checkpoint", "ckpt",
                               "--batch-size", "16", "--no-maps", "--config", "/only/on/the/cluster.toml"])
     assert ctx.info_name == "scan"
-    assert ctx.params["batch_size"] == 16 and ctx.params["maps"] is False
+    assert ctx.params["batch_size"] == 16 and ctx.params["no_maps"] is True
     assert parse_command_line(["jobs", "logs", "raysubmit_1", "--follow"]).params["follow"] is True
     with pytest.raises(UsageError):
         parse_command_line(["scan", "s3://lake/", "--out", "o", "--batchsize", "16"])

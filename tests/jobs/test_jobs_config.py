@@ -55,7 +55,11 @@ def test_file_values_fill_unset_options(tmp_path, monkeypatch, suffix, text) -> 
     assert params["checkpoint"] == "from-file-ckpt"
     assert params["out"] == "s3://bucket/from-top-level"  # top-level keys reach every command
     assert params["batch_size"] == 8 and params["map_size"] == 128
-    assert params["maps"] is False  # `maps = false` and `no-maps = true` mean the same
+    from vip2scan.jobs.scan import parse_maps_mode
+
+    # `maps = false` (the old switch) and `no-maps = true` both mean `--maps none`
+    assert params["no_maps"] or parse_maps_mode(params["maps"]) == "none"
+    assert parse_maps_mode(params["maps"]) == "none" if suffix == ".toml" else params["no_maps"]
     assert list(params["include"]) == ["*.png", "*.jpg"]
     assert "endpoint_url=http://127.0.0.1:9000" in params["storage_option"]
 

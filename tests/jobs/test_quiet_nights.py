@@ -104,6 +104,8 @@ def test_unchanged_rescans_verify_report_and_query(scanned: Lake) -> None:
     report = invoke("report", str(scanned.out), "--run", quiet[-1])
     assert report.exit_code == 0, report.stderr
     assert _one_line(report, "report: ").endswith(f"/reports/{quiet[-1]}/report.html")
+    quiet_page = (scanned.out / "reports" / quiet[-1] / "report.html").read_text()
+    assert "This run scored no image" in quiet_page
     default = invoke("report", str(scanned.out))  # the newest run that scored something
     assert default.exit_code == 0 and f"/reports/{first}/" in default.stdout, default.stderr
 
@@ -127,7 +129,7 @@ def test_night_of_error_rows_only(scanned: Lake) -> None:
     assert report.exit_code == 0, report.stderr
     assert _one_line(report, "report: ").endswith(f"/reports/{errors_run}/report.html")
     page = (scanned.out / "reports" / errors_run / "report.html").read_text()
-    assert "broken.png" in page
+    assert "broken.png" in page and "This run scored no image" in page
     query = invoke("query", str(scanned.out),
                    "SELECT status, count(*) AS n FROM latest GROUP BY status ORDER BY status",
                    "--format", "csv")

@@ -74,7 +74,7 @@ def column_types(table: pa.Table) -> dict[str, str]:
 def test_every_runnable_recipe_gives_the_same_columns_and_types(two_nights) -> None:
     expected = {**{f.name: type_family(f.type) for f in SCORES_SCHEMA}, "scan_date": "date32[day]"}
     ran = {}
-    for name in ("duckdb", "duckdb-latest", "pyarrow", "pandas", "polars", "package"):
+    for name in ("duckdb", "duckdb-latest", "snapshot", "pyarrow", "pandas", "polars", "package"):
         table = run_recipe(name, two_nights)
         ran[name] = table
         assert column_types(table) == expected, name
@@ -88,8 +88,9 @@ def test_raw_latest_recipe_matches_the_latest_view(two_nights) -> None:
 
     view = Outputs(str(two_nights)).connect().sql(
         "SELECT image_uri, run_id FROM latest ORDER BY image_uri").fetchall()
-    raw = run_recipe("duckdb-latest", two_nights)
-    assert sorted(zip(raw["image_uri"].to_pylist(), raw["run_id"].to_pylist())) == view
+    for name in ("duckdb-latest", "snapshot"):
+        raw = run_recipe(name, two_nights)
+        assert sorted(zip(raw["image_uri"].to_pylist(), raw["run_id"].to_pylist())) == view, name
     assert len(view) == 6  # 6 written, 1 vanished, 1 added
 
 

@@ -15,10 +15,14 @@ import pytest
 
 from pipeline_testkit import ReadLog, broken_files, put_files
 from vip2scan.pipeline import OutputLocked, ScanOptions, scan
+from vip2scan.pipeline.verify import verify
 
 N_LAKE = 40
 CHILD = os.path.join(os.path.dirname(__file__), "pipeline_scan_child.py")
-OPTIONS = dict(batch_size=4, map_size=16, stage_rows=4)
+# Units of 8 rows (one shard of 8 maps) reach the driver in batches of 4 and are staged 4
+# rows at a time, so the kill can leave a unit half staged: the rerun redoes it whole.
+OPTIONS = dict(batch_size=4, map_size=16, stage_rows=4, maps_per_shard=8)
+UNIT_ROWS = 8
 
 
 def _rows(out: str) -> list[dict]:
@@ -62,9 +66,17 @@ def test_killed_driver_resumes_same_run_exactly_once(tmp_path, checkpoint, ray_r
     assert len(staging) == 1 and not os.path.exists(os.path.join(out, "runs"))
     run_id = staging[0]
     parts = os.listdir(os.path.join(out, "_staging", run_id, "parts"))
-    staged_before = sum(pads.dataset(os.path.join(out, "_staging", run_id, "parts", p)).count_rows()
-                        for p in parts)
+    staged_uris = set(pads.dataset([os.path.join(out, "_staging", run_id, "parts", p) for p in parts],
+                                   format="parquet").to_table(columns=["image_uri"])
+                      ["image_uri"].to_pylist())
+    staged_before = len(staged_uris)
     assert kill_after * OPTIONS["batch_size"] <= staged_before < listed
+    todo = pads.dataset(os.path.join(out, "_staging", run_id, "todo.parquet")).to_table()
+    unit_of = dict(zip(todo["image_uri"].to_pylist(),
+                       (i // UNIT_ROWS for i in todo["map_index"].to_pylist())))
+    unfinished = {unit_of[u] for u in unit_of if u not in staged_uris}
+    redone = sum(unit_of[u] in unfinished for u in staged_uris)  # staged rows of half-staged units
+    print("staged before the kill", staged_before, "of which in half-staged units", redone)
 
     # The rerun waits for the dead child's lease to expire, then resumes the same run.
     readlog = ReadLog(str(tmp_path / "reads.log"))
@@ -76,9 +88,12 @@ def test_killed_driver_resumes_same_run_exactly_once(tmp_path, checkpoint, ray_r
     assert {r["run_id"] for r in rows} == {run_id}
     assert resumed.counts["scored"] + resumed.counts["failed"] == listed
     assert resumed.counts["new"] == listed
-    # only the objects not staged before the crash were read again
+    # only the objects not staged before the crash were read again, and the rest of each
+    # half-staged unit (its shards are rewritten whole)
     lake_reads = [p for p in readlog.paths() if p.startswith(lake)]
-    assert len(lake_reads) == len(set(lake_reads)) == listed - staged_before
+    assert len(lake_reads) == len(set(lake_reads)) == listed - staged_before + redone
+    report = verify(out)
+    assert report.ok and report.maps_checked > 0, report.problems
     with open(os.path.join(out, "runs", f"{run_id}.json")) as fh:
         assert json.load(fh)["attempts"] == 2
     assert not os.path.exists(os.path.join(out, "_staging", run_id))

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_testkit import put_files, small_png
-from vip2scan.pipeline.listing import ObjectFilter, list_prefix, read_manifest
+from vip2scan.pipeline.listing import ObjectFilter, list_prefix
+from vip2scan.pipeline.manifest import read_manifest
 from vip2scan.pipeline.lock import Lease, LeaseLost, OutputLocked, read_lease
 from vip2scan.pipeline.redaction import public_options, redact
 from vip2scan.pipeline.retries import is_transient, with_retries

@@ -45,7 +45,7 @@ OPTIONS = dict(engine="local", batch_size=2, stage_rows=2, max_rows_per_file=2, 
                lock_ttl_s=2.0, heartbeat_s=0.5)
 # Passes a run makes of each kill point; the drawn N is 1..passes.
 PASSES = {"lease": 1, "listing": LISTED, "plan": 1, "planned": 1, "batch": TO_SCAN // 2,
-          "staged": TO_SCAN // 2, "score_file": TO_SCAN // 2, "committed": 1, "record": 1}
+          "staged": TO_SCAN // 2, "score_file": TO_SCAN // 2, "committed": 1, "snapshot": 1, "record": 1}
 CHILD_TIMEOUT_S = 300  # against a hang only
 
 

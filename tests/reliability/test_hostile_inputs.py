@@ -131,7 +131,7 @@ def test_every_hostile_object_is_accounted_for(hostile_scan):
 def test_output_names_come_from_the_run_id_never_from_object_keys(hostile_scan):
     run = re.escape(hostile_scan["summary"].run_id)
     layout = re.compile(rf"^(scores/scan_date=\d{{4}}-\d{{2}}-\d{{2}}/{run}-\d{{5}}\.parquet"
-                        rf"|maps/{run}\.zarr/.+|runs/{run}\.json"
+                        rf"|maps/{run}\.zarr/.+|runs/{run}\.json|latest/{run}/part-\d{{5}}\.parquet"
                         r"|_lock\.guard)$")  # the lease's flock file on a local OUT (pipeline/lock.py)
     out = hostile_scan["out"]
     names = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]

@@ -103,7 +103,7 @@ def test_a_missing_map_and_a_map_without_a_row(out, small_scan):
     lines = [p.line() for p in report.problems]
     assert _kinds(report) == {"maps"}, lines
     assert any(f"have no written map, e.g. map_index {ok_index}" in line for line in lines)
-    assert any(f"without an ok row, e.g. map_index {free}" in line for line in lines)
+    assert any(f"without a row pointing at them, e.g. map_index {free}" in line for line in lines)
 
 
 def test_orphan_outputs_extra_files_and_records_pointing_outside_out(out, small_scan):
