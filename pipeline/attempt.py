@@ -189,7 +189,8 @@ def ray_log_path(run_id: str) -> str:
 def engine_config(opts: ScanOptions, log_file: str | None = None,
                   unit_rows: int | None = None) -> EngineConfig:
     return EngineConfig(
-        batch_size=opts.batch_size, unit_rows=unit_rows, actors=opts.actors, gpus_per_actor=opts.gpus_per_actor,
+        batch_size=opts.batch_size, unit_rows=unit_rows, actors=opts.actors,
+        gpus_per_actor=opts.gpus_per_actor,
         cpus_per_actor=opts.cpus_per_actor, torch_threads=opts.torch_threads,
         decode_cpus=opts.decode_cpus,
         max_tasks_in_flight_per_actor=opts.max_tasks_in_flight_per_actor,

@@ -51,9 +51,6 @@ class MapLayout:
     def fill_value(self) -> float | int:
         return float("nan") if self.dtype == "float16" else UINT8_FILL
 
-    def map_bytes(self) -> int:
-        return self.resolution * self.resolution * np.dtype(self.dtype).itemsize
-
     def attributes(self) -> dict:
         """Array attributes that let readers decode the values (CF conventions for uint8)."""
         if self.dtype == "uint8":

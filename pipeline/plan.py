@@ -68,10 +68,6 @@ class Plan:
     maps_mode: str = "all"
     unit_rows: int = 0  # 0: the attempt's batch size
 
-    @property
-    def map_layout(self) -> MapLayout:
-        return MapLayout(self.map_size, self.map_dtype, self.maps_per_shard, self.maps_mode)
-
     def work_unit_rows(self, batch_size: int) -> int:
         return self.unit_rows or max(1, int(batch_size))
 

@@ -8,7 +8,7 @@
       -> decode pool      threads; PIL and fsspec release the GIL for the heavy parts
       -> inference        the calling thread, one model, torch on every core (or the GPU),
                           batch_size rows at a time
-      -> map-writer pool  threads; each unit's shards written whole (I/O + zstd)
+      -> map-writer pool  threads; each unit's shards written whole (I/O + lz4)
       -> consume()        one consumer thread, in work-list order
 
 Both pools are bounded (at most ``prefetch`` batches decoded ahead, ``prefetch`` batches

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..calibration import Thresholds, pick_thresholds, row_thresholds, thresholds_for
-from ..maps import write_maps
 from ..accounting import report_io
+from ..maps import write_maps
 from ..retries import take_retries
 from ..schema import HAS_MAP
 from ..storage import Location
