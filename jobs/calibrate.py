@@ -14,8 +14,8 @@ from vip2scan.jobs.query import StorageOption
 if TYPE_CHECKING:
     import numpy as np
 
-    from vip2scan.pipeline.calibration import Calibration
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.calibration import Calibration
+    from vip2scan.pipeline.output.views import Outputs
 
 UNCALIBRATED = "default (uncalibrated)"  # pipeline.calibration.SOURCE_DEFAULT, kept import-free
 
@@ -42,7 +42,7 @@ def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
                            scores: np.ndarray) -> list[str]:
     """What a run's report says about its threshold: source, per-prefix values, and what OUT's
     current calibration would flag if it differs from what the run used."""
-    from vip2scan.pipeline.calibration import (SOURCE_FLAG, SOURCE_LABELLED, CalibrationError,
+    from vip2scan.pipeline.output.calibration import (SOURCE_FLAG, SOURCE_LABELLED, CalibrationError,
                                                flagged_now, read_calibrations)
 
     source = str(record.get("threshold_source") or "")
@@ -126,10 +126,10 @@ def calibrate(
 
     Saved per model in OUT/calibration.json. Later scans of that model into OUT use it, unless --threshold is given or the checkpoint has labelled thresholds (eval --calibrate). Rows already scored keep their is_anomalous.
     """  # noqa: E501 - one line per paragraph: the help reflows it
-    from vip2scan.pipeline.calibration import (calibration_notes, compute_calibration,
+    from vip2scan.pipeline.output.calibration import (calibration_notes, compute_calibration,
                                                latest_scores, save_calibration)
-    from vip2scan.pipeline.layout import CALIBRATION
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.paths import CALIBRATION
+    from vip2scan.pipeline.output.views import Outputs
 
     outputs = Outputs(out, storage_options_from_flags(storage_option))
     outputs.require_exists()

@@ -99,9 +99,9 @@ def train_head(checkpoint: str, steps: int, max_seconds: float) -> str:
 
 def lake_auroc(out: str, run_id: str, truth: list[dict]) -> Optional[float]:
     """Image AUROC of this run against the generator's labels (None if one class is missing)."""
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
     from vip2scan.model.metrics import image_auroc
-    from vip2scan.pipeline.storage import normalise_uri
+    from vip2scan.pipeline.storage.location import normalise_uri
 
     rows = Outputs(out).connect().sql(
         "SELECT image_uri, image_score FROM scores WHERE run_id = ? AND status = 'ok'", params=[run_id]).fetchall()
@@ -133,7 +133,8 @@ def demo(
     from vip2scan.jobs.progress import ProgressBar, Terminal
     from vip2scan.jobs.scan import format_summary
     from vip2scan.model.data.synthetic import write_lake
-    from vip2scan.pipeline import ScanOptions, layout, scan
+    from vip2scan.pipeline import ScanOptions, scan
+    from vip2scan.pipeline.output import paths as layout
 
     started = time.monotonic()
     root = Path(dir).resolve()

@@ -45,7 +45,7 @@ def is_secret_name(name: str) -> bool:
 
 def register_secret(value: str | None) -> None:
     """Remember a secret that did not come from the environment (e.g. --storage-option secret=...)."""
-    from vip2scan.pipeline.redaction import register_secrets
+    from vip2scan.pipeline.storage.redaction import register_secrets
 
     if value and len(value) >= _MIN_SECRET_LEN:
         register_secrets([value])
@@ -65,7 +65,7 @@ def _ray_token() -> str | None:
 def redact(text: str) -> str:
     """Blank credentials: the pipeline's rules (URL userinfo, signed URLs, known values) plus
     any *SECRET*/*TOKEN*/*PASSWORD* environment value and the Ray token file."""
-    from vip2scan.pipeline.redaction import redact as redact_known
+    from vip2scan.pipeline.storage.redaction import redact as redact_known
 
     extra = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LEN}
     token = _ray_token()

@@ -160,7 +160,7 @@ def evaluate(
     from vip2scan.model.checkpoint import save_thresholds
     from vip2scan.model.data.readers import read_dataset
     from vip2scan.model.detector import Detector
-    from vip2scan.model.training import evaluation, layout
+    from vip2scan.model.training import checkpoints, evaluation
 
     so = storage_options_from_flags(storage_option) or None
     wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
@@ -168,7 +168,7 @@ def evaluate(
     if not samples:
         raise UsageError(f"no labelled images found in {data}" + (f" for {wanted}" if wanted else ""))
     records = evaluation.sort_by_category([dataclasses.asdict(s) for s in samples])
-    ckpt = layout.resolve_checkpoint(checkpoint, so)
+    ckpt = checkpoints.resolve_checkpoint(checkpoint, so)
     overrides = {"backbone": backbone, "weights": weights, "image_size": image_size}
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

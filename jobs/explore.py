@@ -21,7 +21,7 @@ from vip2scan.jobs.query import StorageOption, options_for
 
 if TYPE_CHECKING:
     from vip2scan.jobs.explore_data import LakeState
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
 EXAMPLE = ("Example: vip2scan explore s3://bucket/vip2scan-out --max-images 300   "
            "(then open OUT/reports/explorer/index.html, or copy that folder anywhere first)")
@@ -78,7 +78,7 @@ def render(outputs: "Outputs", state: "LakeState", picked: list[int], write: Any
     from vip2scan.jobs.imaging import (DETAIL_SIDE, display_range, fit_size, heat_image, peak_position,
                                        png_bytes, upright_thumbnail)
     from vip2scan.model.images import DecodeError
-    from vip2scan.pipeline.maps import read_map_array
+    from vip2scan.pipeline.output.map_store import read_map_array
 
     rows = state.rows
     maps: dict[int, np.ndarray] = {}
@@ -114,8 +114,8 @@ def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[st
     """Write OUT/reports/explorer/; return (URI of its index.html, objects, images rendered)."""
     from vip2scan.jobs.explore_data import FLAG_IMAGE, FLAG_RENDERED, gather
     from vip2scan.jobs.imaging import SCALING_RULE, colour_stops
-    from vip2scan.pipeline.layout import REPORTS
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.paths import REPORTS
+    from vip2scan.pipeline.output.views import Outputs
 
     outputs = Outputs(out, storage_options)
     state = gather(outputs)

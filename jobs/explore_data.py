@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
 CHUNK_ROWS = 1000
 HIST_BINS = 40
@@ -123,7 +123,7 @@ def thresholds_in_force(records: dict[str, dict], run_ids: set[str]) -> list[dic
 
 def gather(outputs: "Outputs") -> LakeState:
     """Read the lake's current state and its history into the explorer's JSON shapes."""
-    from vip2scan.pipeline.calibration import relative_key
+    from vip2scan.pipeline.output.calibration import relative_key
 
     records = {r["run_id"]: r for r in outputs.run_records()}
     roots = sorted({str(r.get("source")) for r in records.values() if r.get("source")}, key=len)

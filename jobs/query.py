@@ -105,7 +105,7 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL (DuckDB) over a scan's outputs and print or save the result."""
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
     if format is OutputFormat.parquet and to is None:
         raise UsageError("--format parquet needs --to FILE")

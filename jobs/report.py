@@ -117,9 +117,9 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
     """Write OUT/reports/<run_id>/ and return the URI of its report.html."""
     import fsspec
 
-    from vip2scan.pipeline.layout import report_dir
-    from vip2scan.pipeline.outputs import Outputs
-    from vip2scan.pipeline.schema import RUN_COUNT_FIELDS
+    from vip2scan.pipeline.output.paths import report_dir
+    from vip2scan.pipeline.output.views import Outputs
+    from vip2scan.pipeline.output.schema import RUN_COUNT_FIELDS
 
     outputs = Outputs(out, storage_options)
     record = outputs.run_record(run_id)

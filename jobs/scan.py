@@ -12,7 +12,7 @@ from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
 from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.query import StorageOption
-from vip2scan.pipeline.map_layout import MAP_DTYPES, MAP_MODES
+from vip2scan.pipeline.output.map_format import MAP_DTYPES, MAP_MODES
 
 if TYPE_CHECKING:
     from vip2scan.pipeline import RunSummary
@@ -58,7 +58,7 @@ def parse_suffixes(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
     if not values:
         return None
     from vip2scan.pipeline.errors import ScanError
-    from vip2scan.pipeline.listing import IMAGE_SUFFIXES, suffix_list
+    from vip2scan.pipeline.selection.listing import IMAGE_SUFFIXES, suffix_list
 
     try:
         return suffix_list(values)[len(IMAGE_SUFFIXES):]
@@ -104,7 +104,7 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     if summary.model_id:
         lines.append(f"  model {summary.model_id}")
     lines += engine_lines(summary)
-    from vip2scan.pipeline.accounting import IoCounts, cost_line
+    from vip2scan.pipeline.storage.accounting import IoCounts, cost_line
 
     requests = IoCounts.from_record(summary.io or {})
     if requests.total_requests():  # S3 only: local files are not counted (accounting.py)
@@ -219,7 +219,7 @@ def scan(
     if list_todo and not dry_run:
         raise BadParameter("--list only goes with --dry-run", param_hint="'--list'")
     storage_options = storage_options_from_flags(storage_option)
-    from vip2scan.model.training.layout import resolve_checkpoint
+    from vip2scan.model.training.checkpoints import resolve_checkpoint
     from vip2scan.pipeline import ScanInterrupted, ScanOptions
     from vip2scan.pipeline import scan as run_scan
 

@@ -3,7 +3,7 @@
 The epoch loop itself is :func:`vip2scan.model.training.loop.train_loop`; this module adds the
 command line, a Ray Train session (ranks, gradient all-reduce, per-epoch reports) and
 progress output. Ray Train keeps its run state under CKPT/_ray; our checkpoints are
-CKPT/epoch_NNN, CKPT/latest and CKPT/best (see model/training/layout.py).
+CKPT/epoch_NNN, CKPT/latest and CKPT/best (see model/training/checkpoints.py).
 
 Test hook: VIP2SCAN_FAULT_KILL_WORKER_AT_EPOCH=N makes rank 0 exit abruptly after its
 first batch of epoch N, once per output (a marker file under CKPT/_ray records that it
@@ -116,7 +116,7 @@ def _make_ray_session(settings):
     import torch.distributed as dist
     from ray.train.torch import get_device
 
-    from vip2scan.model.training import layout, loop
+    from vip2scan.model.training import checkpoints, loop
 
     class RaySession(loop.Session):
         def __init__(self):
@@ -134,7 +134,7 @@ def _make_ray_session(settings):
             driver refuses to start on an OUT that has one unless --resume is given, so
             any pointer found now was written by this run (or is the one to resume).
             """
-            epochs = [layout.read_latest_epoch(settings.out, settings.storage_options) or 0]
+            epochs = [checkpoints.read_latest_epoch(settings.out, settings.storage_options) or 0]
             checkpoint = ray.train.get_checkpoint()
             if checkpoint is not None:
                 with checkpoint.as_directory() as d:
@@ -174,7 +174,7 @@ def _make_ray_session(settings):
                 with open(os.path.join(d, POINTER_FILE), "w") as f:
                     json.dump({"epoch": epoch, "checkpoint": metrics.get("checkpoint")}, f)
                 ray.train.report(_plain(metrics), checkpoint=ray.train.Checkpoint.from_directory(d),
-                                 checkpoint_dir_name=layout.epoch_dir_name(epoch))
+                                 checkpoint_dir_name=checkpoints.epoch_dir_name(epoch))
 
     return RaySession()
 
@@ -182,7 +182,7 @@ def _make_ray_session(settings):
 def _claim_fault_marker(out: str, storage_options: dict | None) -> bool:
     """True the first time for this output (then the marker exists)."""
     from vip2scan.model.files import join_uri, read_text, write_bytes
-    from vip2scan.model.training.layout import RAY_DIR
+    from vip2scan.model.training.checkpoints import RAY_DIR
 
     marker = join_uri(out, RAY_DIR, FAULT_MARKER)
     if read_text(marker, storage_options) is not None:
@@ -277,11 +277,11 @@ def train(
     """Train the ViP2-CLIP head (ICA + FGP) on labelled images; the backbone stays frozen."""
     from vip2scan.model.data.loading import has_pixel_truth
     from vip2scan.model.files import join_uri
-    from vip2scan.model.training import layout, loop
+    from vip2scan.model.training import checkpoints, loop
     from vip2scan.model.config import DetectorConfig
 
     storage_options = storage_options_from_flags(storage_option)
-    latest = layout.read_latest_epoch(out, storage_options)
+    latest = checkpoints.read_latest_epoch(out, storage_options)
     if latest and not resume:
         raise UsageError(f"{out} already holds checkpoints (latest: epoch {latest}); "
                          "pass --resume to continue, or choose another --out")
@@ -308,13 +308,13 @@ def train(
         final = loop.train_loop(settings, loop.Session(device, progress.batch, progress.epoch))
     else:
         final = run_ray(settings, workers, use_gpu, cpus_per_worker, max_failures, ray_address)
-    done = layout.read_latest_epoch(out, storage_options)
+    done = checkpoints.read_latest_epoch(out, storage_options)
     if not done:
         raise RuntimeError("training finished without writing a checkpoint")
     if not final:
         typer.echo(f"nothing to do: {out} already has epoch {done} of {epochs}")
-    checkpoint = join_uri(out, layout.epoch_dir_name(done))
-    typer.echo(f"checkpoint: {checkpoint}" + (f"  best: {join_uri(out, layout.BEST_DIR)}" if val else ""))
+    checkpoint = join_uri(out, checkpoints.epoch_dir_name(done))
+    typer.echo(f"checkpoint: {checkpoint}" + (f"  best: {join_uri(out, checkpoints.BEST_DIR)}" if val else ""))
     typer.echo(f"next: vip2scan eval DATA --checkpoint {out}   |   "
                f"vip2scan scan SOURCE --out OUT --checkpoint {checkpoint}")
 

@@ -26,7 +26,7 @@ def verify(
     config: ConfigOption = None,
 ) -> None:
     """Check that every run under OUT is complete and consistent: records, rows, maps, staging."""
-    from vip2scan.pipeline.verify import verify as run_verify
+    from vip2scan.pipeline.output.verify import verify as run_verify
 
     # A VerifyError (OUT missing or unreadable, or locked for --fix) reaches the CLI's handler:
     # one "error:" line, exit 1.

@@ -8,11 +8,11 @@ Importing this package does not import Ray or torch; they load when a scan needs
 """
 
 from .errors import ScanError
-from .lock import OutputLocked
+from .run.lock import OutputLocked
 from .options import ScanOptions
-from .outputs import read_map, read_scores
-from .scan import RunSummary, ScanInterrupted, scan
-from .schema import SCHEMA_VERSION, SCORES_SCHEMA
+from .output.views import read_map, read_scores
+from .run.scan import RunSummary, ScanInterrupted, scan
+from .output.schema import SCHEMA_VERSION, SCORES_SCHEMA
 
 __all__ = [
     "scan", "ScanOptions", "RunSummary", "ScanError", "ScanInterrupted", "OutputLocked", "read_map", "read_scores",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import re
 
-from .redaction import redact
+from .storage.redaction import redact
 
 ERROR_MAX_CHARS = 300  # an object's ``error`` column
 ENGINE_LINE_MAX_CHARS = 400

@@ -8,10 +8,10 @@ from typing import Any, Callable
 
 from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS
 
-from .redaction import public_options, redact
+from .storage.redaction import public_options, redact
 from .stages.decode import (DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_OBJECT_BYTES,
                             DEFAULT_READ_TIMEOUT_S)
-from .storage import FilesystemWrapper
+from .storage.location import FilesystemWrapper
 
 ProgressCallback = Callable[[int, int], None]
 NotifyCallback = Callable[[str], None]

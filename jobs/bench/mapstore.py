@@ -1,6 +1,6 @@
 """`vip2scan bench --map-store N`: object writes and bytes of the map store per 1,000 images.
 
-The real writer (pipeline/maps.py ``write_maps``, one call per work unit, as the inference
+The real writer (pipeline/output/map_store.py ``write_maps``, one call per work unit, as the inference
 actor makes it) writes N synthetic maps into a local store whose every Zarr request is
 counted: on S3 each ``set`` is one PUT, each ``get`` (ranged or not) one GET, each
 ``delete`` one DELETE, so the counts are the requests a scan would send. Maps are smooth
@@ -97,9 +97,9 @@ def smooth_maps(n: int, size: int, seed: int) -> np.ndarray:
 
 def measure_one(n: int, size: int, mode: str, dtype: str, per_shard: int,
                 maps: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
-    from vip2scan.pipeline.map_layout import MapLayout, unit_rows
-    from vip2scan.pipeline.maps import create_map_store, write_maps
-    from vip2scan.pipeline.storage import Location
+    from vip2scan.pipeline.output.map_format import MapLayout, unit_rows
+    from vip2scan.pipeline.output.map_store import create_map_store, write_maps
+    from vip2scan.pipeline.storage.location import Location
 
     wrapper = CountingWrapper()
     with tempfile.TemporaryDirectory(prefix="vip2scan-bench-maps-") as root:
@@ -132,7 +132,7 @@ def measure_one(n: int, size: int, mode: str, dtype: str, per_shard: int,
 def run_map_store_bench(n: int, size: int = 256, shard_sizes: tuple[int, ...] = DEFAULT_SHARD_SIZES,
                         seed: int = 0) -> dict[str, Any]:
     """The section's JSON: one entry per (mode, dtype, maps per shard)."""
-    from vip2scan.pipeline.map_layout import choose_maps_per_shard
+    from vip2scan.pipeline.output.map_format import choose_maps_per_shard
 
     maps = smooth_maps(min(n, 256), size, seed)  # reused cyclically: bytes per map stay typical
     flagged = np.random.default_rng(seed + 1).random(n) < ANOMALY_RATE

@@ -71,7 +71,7 @@ def write_manifest(path: Path, versions: np.ndarray) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vip2scan.pipeline.schema import MANIFEST_SCHEMA
+    from vip2scan.pipeline.output.schema import MANIFEST_SCHEMA
 
     with pq.ParquetWriter(path, MANIFEST_SCHEMA, compression="zstd") as writer:
         for start in range(0, len(versions), FILE_ROWS):
@@ -88,11 +88,11 @@ def _commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarra
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vip2scan.pipeline.commit import ROW_GROUP_ROWS
-    from vip2scan.pipeline.layout import record_name, score_file_name, scores_partition
-    from vip2scan.pipeline.records import write_json
-    from vip2scan.pipeline.schema import SCORES_SCHEMA, STATUS_COMPLETE
-    from vip2scan.pipeline.snapshot import commit_snapshot
+    from vip2scan.pipeline.run.commit import ROW_GROUP_ROWS
+    from vip2scan.pipeline.output.paths import record_name, score_file_name, scores_partition
+    from vip2scan.pipeline.output.records import write_json
+    from vip2scan.pipeline.output.schema import SCORES_SCHEMA, STATUS_COMPLETE
+    from vip2scan.pipeline.output.snapshot import commit_snapshot
 
     started = T0 + dt.timedelta(days=night)
     run_id = f"{started:%Y%m%dT%H%M%S}000Z-{night:06x}"
@@ -164,7 +164,7 @@ def run_plan_bench(objects: int, nights: int, workdir: Path, keep: bool = False,
                    window_query: bool = True, seed: int = 0) -> dict[str, Any]:
     """Build the OUT and manifest, then measure planning and ``latest`` queries."""
     from vip2scan.model.null import null_image_size, null_model_id
-    from vip2scan.pipeline.storage import Location
+    from vip2scan.pipeline.storage.location import Location
 
     root = Path(workdir) / f"plan-{objects}-{nights}"
     shutil.rmtree(root, ignore_errors=True)

@@ -150,7 +150,7 @@ def timed_scan(source: str, out: str, checkpoint: str, options: Any, exclude_pid
 def measure_source(source_uri: str, out_uri: str, checkpoint: str, options: Any,
                    exclude_pids: set[int], engine: str) -> dict[str, Any]:
     """Full scan, then a rescan of the unchanged lake into the same OUT."""
-    from vip2scan.pipeline.accounting import per_thousand_images
+    from vip2scan.pipeline.storage.accounting import per_thousand_images
 
     summary, wall, processes, progress = timed_scan(source_uri, out_uri, checkpoint, options, exclude_pids, engine)
     images = int(summary.counts.get("scored", 0)) + int(summary.counts.get("failed", 0))

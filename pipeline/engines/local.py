@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor, write_maps_batch
 from ..stages.units import numpy_rows, unit_slices
-from ..storage import Location
+from ..storage.location import Location
 from . import EngineConfig, StageSettings
 
 # Decoded batches kept ahead of the model beyond one per decode thread: enough to hide a

@@ -37,12 +37,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..redaction import redact
-from ..retries import with_retries
+from ..storage.redaction import redact
+from ..storage.retries import with_retries
 from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor
 from ..stages.units import decode_units, pack_work_units
-from ..storage import Location
+from ..storage.location import Location
 from . import EngineConfig, StageSettings
 
 # Backpressure: decoded batches that may wait per inference actor, and a floor for small ones.

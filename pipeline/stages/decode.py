@@ -24,11 +24,11 @@ import numpy as np
 
 from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
 
-from ..accounting import report_io
+from ..storage.accounting import report_io
 from ..errors import CREDENTIALS_REJECTED, ERROR_MAX_CHARS, one_line
-from ..retries import (StoreUnavailable, credential_error_code, has_client_retries,
+from ..storage.retries import (StoreUnavailable, credential_error_code, has_client_retries,
                        is_transient, take_retries, with_retries)
-from ..storage import get_filesystem, split_protocol
+from ..storage.location import get_filesystem, split_protocol
 from .sandbox import FAULT_HANG, FAULT_KILL, FAULT_NONE, POOL, DecoderDied, DecoderTimedOut, Sandbox
 
 # Objects larger than this are error rows, never read: no image within the pixel limit needs

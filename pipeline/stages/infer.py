@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import Thresholds, pick_thresholds, row_thresholds, thresholds_for
-from ..accounting import report_io
-from ..maps import write_maps
-from ..retries import take_retries
-from ..schema import HAS_MAP
-from ..storage import Location
+from ..output.calibration import Thresholds, pick_thresholds, row_thresholds, thresholds_for
+from ..storage.accounting import report_io
+from ..output.map_store import write_maps
+from ..storage.retries import take_retries
+from ..output.schema import HAS_MAP
+from ..storage.location import Location
 from .units import concat_rows, is_packed, split_rows, unpack_decoded
 
 

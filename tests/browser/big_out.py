@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vip2scan.pipeline.schema import SCORES_SCHEMA
+from vip2scan.pipeline.output.schema import SCORES_SCHEMA
 
 SOURCE = "s3://lake/images"
 MODEL = "synthetic0000000"

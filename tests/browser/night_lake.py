@@ -52,8 +52,8 @@ def tiny_png(seed: int, defect: bool = False) -> bytes:
 def days_ago(days: int) -> Iterator[None]:
     """Make the scan's clock (its plan date, run id and row times) read ``days`` earlier."""
     # By module path: the package re-exports a function named ``scan``.
-    scan = importlib.import_module("vip2scan.pipeline.scan")
-    attempt = importlib.import_module("vip2scan.pipeline.attempt")
+    scan = importlib.import_module("vip2scan.pipeline.run.scan")
+    attempt = importlib.import_module("vip2scan.pipeline.run.attempt")
     shift = dt.timedelta(days=days)
 
     class Shifted(dt.datetime):

@@ -44,7 +44,7 @@ def explorer(lake) -> Path:
 
 @pytest.fixture(scope="module")
 def latest(lake) -> dict:
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
     con = Outputs(str(lake.out)).connect()
     counts = dict(con.execute("SELECT status, count(*) FROM latest GROUP BY status").fetchall())

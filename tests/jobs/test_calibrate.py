@@ -47,7 +47,7 @@ def record_of(out: str, run_id: str) -> dict:
 
 def flagged_by_line(out: str, run_id: str) -> dict[str, tuple[int, int]]:
     """line -> (flagged, ok rows) of one run."""
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
     rows = Outputs(out).connect().execute(
         "SELECT regexp_extract(image_uri, '/(line[0-9]+)/', 1), sum(is_anomalous::INT), count(*) "
@@ -100,7 +100,7 @@ def test_dry_run_names_the_threshold_it_would_use(scanned, out_copy):
 def test_calibrate_sets_the_quantile_and_a_rescan_flags_about_the_rate(scanned, out_copy, cli):
     import numpy as np
 
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
     ran = cli("calibrate", out_copy, "--expected-rate", str(RATE))
     assert ran.exit_code == 0, ran.stderr
@@ -253,7 +253,7 @@ def test_a_damaged_calibration_stops_the_scan_and_calibrate_rewrites_it(scanned,
 # ------------------------------------------------------------------ the rules, without I/O
 
 def test_rows_take_their_longest_matching_prefix():
-    from vip2scan.pipeline.calibration import row_thresholds
+    from vip2scan.pipeline.output.calibration import row_thresholds
 
     got = row_thresholds(["s3://l/a/x.png", "s3://l/a/b/y.png", "s3://l/c/z.png"], 0.5,
                          {"s3://l/a/": 0.6, "s3://l/a/b/": 0.7})
@@ -261,7 +261,7 @@ def test_rows_take_their_longest_matching_prefix():
 
 
 def test_groups_are_the_shortest_matching_folder_below_the_outermost_source():
-    from vip2scan.pipeline.calibration import group_of, relative_key
+    from vip2scan.pipeline.output.calibration import group_of, relative_key
 
     roots = ["s3://b/lake", "s3://b/lake/line1"]  # a parent and a sub-prefix scan
     assert relative_key("s3://b/lake/line1/d1/x.png", roots) == ("s3://b/lake/", "line1/d1/x.png")
@@ -273,6 +273,6 @@ def test_groups_are_the_shortest_matching_folder_below_the_outermost_source():
 
 def test_the_jobs_name_of_the_uncalibrated_source_is_the_pipelines():
     from vip2scan.jobs.calibrate import UNCALIBRATED
-    from vip2scan.pipeline.calibration import SOURCE_DEFAULT
+    from vip2scan.pipeline.output.calibration import SOURCE_DEFAULT
 
     assert UNCALIBRATED == SOURCE_DEFAULT

@@ -18,7 +18,7 @@ import pytest
 
 from vip2scan.model.data.synthetic import write_lake
 from vip2scan.pipeline import ScanOptions, scan
-from vip2scan.pipeline.schema import SCORES_SCHEMA
+from vip2scan.pipeline.output.schema import SCORES_SCHEMA
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 DOC_OUT = "s3://results/vip2scan"
@@ -84,7 +84,7 @@ def test_every_runnable_recipe_gives_the_same_columns_and_types(two_nights) -> N
 
 
 def test_raw_latest_recipe_matches_the_latest_view(two_nights) -> None:
-    from vip2scan.pipeline.outputs import Outputs
+    from vip2scan.pipeline.output.views import Outputs
 
     view = Outputs(str(two_nights)).connect().sql(
         "SELECT image_uri, run_id FROM latest ORDER BY image_uri").fetchall()

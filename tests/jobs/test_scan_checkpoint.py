@@ -9,7 +9,7 @@ def test_scan_of_a_training_output_uses_its_latest_epoch(cli, tmp_path, tiny_che
     from vip2scan.model.facts import read_checkpoint_facts
     from vip2scan.model.config import DetectorConfig
     from vip2scan.model.detector import Detector
-    from vip2scan.model.training.layout import write_latest
+    from vip2scan.model.training.checkpoints import write_latest
 
     run = tmp_path / "train-out"
     Detector.from_config(DetectorConfig(seed=5)).save_checkpoint(str(run / "epoch_001"))

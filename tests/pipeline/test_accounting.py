@@ -1,4 +1,4 @@
-"""Request and byte accounting (pipeline/accounting.py) against what the S3 server was sent.
+"""Request and byte accounting (pipeline/storage/accounting.py) against what the S3 server was sent.
 
 The fault proxy (tests/fault_proxy.py) sits between the real s3fs/botocore client and moto and
 lists every request it receives; the counts the pipeline kept must equal that list, class by
@@ -19,11 +19,12 @@ from fault_proxy import FaultProxy
 from pipeline_testkit import small_png
 
 from vip2scan.jobs.scan import format_summary
-from vip2scan.pipeline import ScanOptions, accounting, scan
-from vip2scan.pipeline.accounting import (REQUEST_CLASSES, IoCounts, cost_line, report_io,
+from vip2scan.pipeline import ScanOptions, scan
+from vip2scan.pipeline.storage import accounting
+from vip2scan.pipeline.storage.accounting import (REQUEST_CLASSES, IoCounts, cost_line, report_io,
                                           request_class, take_io)
-from vip2scan.pipeline.attempt import RunStats
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.run.attempt import RunStats
+from vip2scan.pipeline.storage.location import Location
 
 # Bucket- or object-level GET subresources that are neither a listing nor an object read.
 OTHER_SUBRESOURCES = {"location", "versioning", "acl", "policy", "tagging", "cors", "lifecycle"}

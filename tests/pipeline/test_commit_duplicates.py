@@ -19,8 +19,8 @@ import pytest
 
 from pipeline_testkit import put_files, small_png
 from vip2scan.pipeline import ScanError, ScanOptions, read_scores, scan
-from vip2scan.pipeline.layout import part_name, parts_dir
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.output.paths import part_name, parts_dir
+from vip2scan.pipeline.output.verify import verify
 
 N = 8
 OPTIONS = dict(engine="local", batch_size=2, stage_rows=2, map_size=16)

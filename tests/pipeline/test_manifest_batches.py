@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vip2scan.pipeline.keyfilter import glob_regex, keys_kept
-from vip2scan.pipeline.listing import ListingTally, ManifestWriter, ObjectFilter
-from vip2scan.pipeline.manifest import _manifest_batches, _resolve_uri, read_manifest
-from vip2scan.pipeline.storage import Location, split_protocol
+from vip2scan.pipeline.selection.keyfilter import glob_regex, keys_kept
+from vip2scan.pipeline.selection.listing import ListingTally, ManifestWriter, ObjectFilter
+from vip2scan.pipeline.selection.manifest import _manifest_batches, _resolve_uri, read_manifest
+from vip2scan.pipeline.storage.location import Location, split_protocol
 
 
 def reference_read_manifest(manifest: Location, source: Location, manifest_path: str,

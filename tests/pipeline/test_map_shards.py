@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vip2scan.pipeline.map_layout import (MAX_MAPS_PER_SHARD, MapLayout, choose_maps_per_shard,
+from vip2scan.pipeline.output.map_format import (MAX_MAPS_PER_SHARD, MapLayout, choose_maps_per_shard,
                                           decode_maps, encode_maps, unit_rows)
-from vip2scan.pipeline.maps import (create_map_store, open_maps, read_map_array, shard_length,
+from vip2scan.pipeline.output.map_store import (create_map_store, open_maps, read_map_array, shard_length,
                                     write_maps, written_indices)
 from vip2scan.pipeline.stages.units import unit_slices
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.storage.location import Location
 
 R = 8
 
@@ -127,9 +127,9 @@ def test_stores_written_before_sharding_stay_readable(tmp_path):
 # ------------------------------------------------------------------------------ resuming
 
 def test_a_resumed_run_redoes_each_half_staged_unit_whole(tmp_path):
-    from vip2scan.pipeline.layout import parts_dir
-    from vip2scan.pipeline.plan import Plan, remaining_work
-    from vip2scan.pipeline.schema import scores_table
+    from vip2scan.pipeline.output.paths import parts_dir
+    from vip2scan.pipeline.run.plan import Plan, remaining_work
+    from vip2scan.pipeline.output.schema import scores_table
 
     out = Location.of(str(tmp_path / "out"))
     todo = pa.table({"image_uri": [f"s3://lake/{i:02d}.png" for i in range(12)],
@@ -178,7 +178,7 @@ LOCAL = dict(engine="local", batch_size=4, map_size=R, maps_per_shard=4)
 
 def test_anomalous_maps_only_and_uint8_maps_verify_clean(tmp_path, lake, checkpoint):
     from vip2scan.pipeline import ScanOptions, scan
-    from vip2scan.pipeline.verify import verify
+    from vip2scan.pipeline.output.verify import verify
 
     full_out, sparse_out, small_out = (str(tmp_path / n) for n in ("all", "anomalous", "uint8"))
     scan(lake, full_out, checkpoint, ScanOptions(**LOCAL))

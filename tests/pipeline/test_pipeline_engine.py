@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from vip2scan.pipeline.engines.ray import work_list_dataset
 from vip2scan.pipeline.stages.units import from_ipc
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.storage.location import Location
 
 
 def unit_tables(ds) -> dict[int, pa.Table]:

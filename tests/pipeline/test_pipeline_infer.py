@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from vip2scan.pipeline.maps import cached_maps_array, create_map_store
+from vip2scan.pipeline.output.map_store import cached_maps_array, create_map_store
 from vip2scan.pipeline.stages.infer import (InferActor, InferSettings, MapWriterSettings, ModelSpec,
                                             write_maps_batch)
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.storage.location import Location
 
 N_BATCHES, BATCH, MAP = 4, 3, 32
 

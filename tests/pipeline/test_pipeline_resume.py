@@ -15,7 +15,7 @@ import pytest
 
 from pipeline_testkit import ReadLog, broken_files, put_files
 from vip2scan.pipeline import OutputLocked, ScanOptions, scan
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.output.verify import verify
 
 N_LAKE = 40
 CHILD = os.path.join(os.path.dirname(__file__), "pipeline_scan_child.py")

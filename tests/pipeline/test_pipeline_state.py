@@ -8,13 +8,13 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vip2scan.pipeline.commit import StagingWriter, commit_parts
-from vip2scan.pipeline.diff import diff_listing
-from vip2scan.pipeline.listing import ObjectFilter
-from vip2scan.pipeline.records import previous_runs, write_json
-from vip2scan.pipeline.schema import (MANIFEST_SCHEMA, SCHEMA_VERSION, SCORES_SCHEMA,
+from vip2scan.pipeline.run.commit import StagingWriter, commit_parts
+from vip2scan.pipeline.selection.diff import diff_listing
+from vip2scan.pipeline.selection.listing import ObjectFilter
+from vip2scan.pipeline.output.records import previous_runs, write_json
+from vip2scan.pipeline.output.schema import (MANIFEST_SCHEMA, SCHEMA_VERSION, SCORES_SCHEMA,
                                       STATUS_COMPLETE, scores_table)
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.storage.location import Location
 
 SRC = "file:///lake"
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)

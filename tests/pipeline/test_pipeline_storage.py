@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_testkit import put_files, small_png
-from vip2scan.pipeline.listing import ObjectFilter, list_prefix
-from vip2scan.pipeline.manifest import read_manifest
-from vip2scan.pipeline.lock import Lease, LeaseLost, OutputLocked, read_lease
-from vip2scan.pipeline.redaction import public_options, redact
-from vip2scan.pipeline.retries import is_transient, with_retries
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.selection.listing import ObjectFilter, list_prefix
+from vip2scan.pipeline.selection.manifest import read_manifest
+from vip2scan.pipeline.run.lock import Lease, LeaseLost, OutputLocked, read_lease
+from vip2scan.pipeline.storage.redaction import public_options, redact
+from vip2scan.pipeline.storage.retries import is_transient, with_retries
+from vip2scan.pipeline.storage.location import Location
 
 FILES = {
     "a/one.png": small_png(1), "a/b/two.JPG": small_png(2), "a/b/c/three.jpeg": small_png(3),
@@ -170,7 +170,7 @@ def test_a_takeover_between_heartbeat_read_and_write_is_not_overwritten_on_s3(s3
     """The heartbeat reads the lease, a second scan takes it over (the first looked dead),
     then the heartbeat writes: with If-Match on S3 the write fails and the first scan
     learns it lost the lease, instead of silently taking it back from the second."""
-    from vip2scan.pipeline import lock
+    from vip2scan.pipeline.run import lock
 
     bucket = s3_server.make_bucket(f"lease-race-{int(time.time() * 1000) % 10**8}")
     out = Location.of(f"s3://{bucket}/out", s3_server.storage_options)

@@ -18,12 +18,12 @@ from PIL import Image
 from cli_process import invoke
 from pipeline_testkit import put_files, small_png
 from vip2scan.pipeline import ScanError, ScanOptions, scan
-from vip2scan.pipeline.diff import DiffCounts, state_runs
-from vip2scan.pipeline.layout import PLAN_FILE, staging_file
-from vip2scan.pipeline.listing import IMAGE_SUFFIXES, ObjectFilter, list_prefix, suffix_list
-from vip2scan.pipeline.plan import Plan, find_resumable
-from vip2scan.pipeline.records import write_json
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.selection.diff import DiffCounts, state_runs
+from vip2scan.pipeline.output.paths import PLAN_FILE, staging_file
+from vip2scan.pipeline.selection.listing import IMAGE_SUFFIXES, ObjectFilter, list_prefix, suffix_list
+from vip2scan.pipeline.run.plan import Plan, find_resumable
+from vip2scan.pipeline.output.records import write_json
+from vip2scan.pipeline.storage.location import Location
 
 
 def _gif(seed: int) -> bytes:
@@ -124,7 +124,7 @@ def test_added_suffixes_are_scored(lake, tmp_path, checkpoint):
 
 def test_empty_selection_warns_in_log_summary_and_record(lake, tmp_path, checkpoint, caplog):
     out = str(tmp_path / "out")
-    with caplog.at_level(logging.WARNING, logger="vip2scan.pipeline.diff"):
+    with caplog.at_level(logging.WARNING, logger="vip2scan.pipeline.selection.diff"):
         summary = scan(lake, out, checkpoint, _options(include=("*.nomatch",)))
     assert summary.counts["listed"] == 0 and summary.counts["excluded"] == len(LAKE)
     assert len(summary.warnings) == 1
@@ -201,7 +201,7 @@ def test_a_scan_of_another_prefix_discards_an_interrupted_run_and_says_so(tmp_pa
     Plan(run_id=run_id, source="file:///lake", model_id="m1", started_at="2025-01-02T03:04:05",
          scan_date="2025-01-02", counts=DiffCounts().as_dict(), n_todo=0, map_store=None,
          map_size=16, image_threshold=0.5, pixel_threshold=0.5).save(out)
-    with caplog.at_level(logging.WARNING, logger="vip2scan.pipeline.plan"):
+    with caplog.at_level(logging.WARNING, logger="vip2scan.pipeline.run.plan"):
         resumable, removed = find_resumable(out, "file:///lake/line1", "m1")
     assert resumable is None and removed == [run_id]
     assert f"discarding interrupted run {run_id} of file:///lake" in caplog.text

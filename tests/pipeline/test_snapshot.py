@@ -16,15 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vip2scan.pipeline.commit import StagingWriter, commit_parts, parquet_bytes
-from vip2scan.pipeline.diff import diff_listing, state_runs
-from vip2scan.pipeline.listing import ObjectFilter
-from vip2scan.pipeline.outputs import LATEST_SQL, Outputs
-from vip2scan.pipeline.records import committed_records, write_json
-from vip2scan.pipeline.schema import MANIFEST_SCHEMA, STATUS_COMPLETE, scores_table
-from vip2scan.pipeline.snapshot import commit_snapshot
-from vip2scan.pipeline.snapshot_ref import current_snapshot
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.run.commit import StagingWriter, commit_parts, parquet_bytes
+from vip2scan.pipeline.selection.diff import diff_listing, state_runs
+from vip2scan.pipeline.selection.listing import ObjectFilter
+from vip2scan.pipeline.output.views import LATEST_SQL, Outputs
+from vip2scan.pipeline.output.records import committed_records, write_json
+from vip2scan.pipeline.output.schema import MANIFEST_SCHEMA, STATUS_COMPLETE, scores_table
+from vip2scan.pipeline.output.snapshot import commit_snapshot
+from vip2scan.pipeline.output.snapshot_ref import current_snapshot
+from vip2scan.pipeline.storage.location import Location
 
 LAKE = "file:///lake"
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
@@ -210,7 +210,7 @@ def test_a_kill_between_snapshot_and_record_leaves_readers_on_the_old_one(tmp_pa
 
 
 def test_verify_accepts_the_snapshot_and_flags_one_that_disagrees(tmp_path) -> None:
-    from vip2scan.pipeline.verify import verify
+    from vip2scan.pipeline.output.verify import verify
 
     out = Location.of(str(tmp_path / "out"))
     night = Night(out)

@@ -21,7 +21,8 @@ import sys
 import time
 
 from vip2scan.jobs.errors import report_runtime_error
-from vip2scan.pipeline import ScanOptions, lock, scan
+from vip2scan.pipeline import ScanOptions, scan
+from vip2scan.pipeline.run import lock
 
 _acquire = lock.Lease.acquire
 _read_lease_versioned = lock.read_lease_versioned

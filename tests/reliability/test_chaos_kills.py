@@ -28,7 +28,7 @@ import pytest
 from hostile_files import small_png
 from vip2scan.pipeline import ScanOptions, scan
 from vip2scan.pipeline import faults
-from vip2scan.pipeline.outputs import Outputs
+from vip2scan.pipeline.output.views import Outputs
 
 SEED = int(os.environ.get("VIP2SCAN_CHAOS_SEED", "14"))
 CHILD = Path(__file__).resolve().parents[1] / "pipeline" / "pipeline_scan_child.py"

@@ -23,7 +23,7 @@ from cli_process import VIP2SCAN, Ran, run_cli
 from hostile_files import small_png
 
 from vip2scan.pipeline import read_scores
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.output.verify import verify
 
 NOBODY = 65534
 

@@ -26,7 +26,7 @@ import pytest
 from hostile_files import BIG_BMP_SIDE, MemoryPeak, hostile_files, small_png, write_sparse_bmp
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.output.verify import verify
 
 MB = 1 << 20
 BIG_DECODE_BOUND = 700 * MB
@@ -132,7 +132,7 @@ def test_output_names_come_from_the_run_id_never_from_object_keys(hostile_scan):
     run = re.escape(hostile_scan["summary"].run_id)
     layout = re.compile(rf"^(scores/scan_date=\d{{4}}-\d{{2}}-\d{{2}}/{run}-\d{{5}}\.parquet"
                         rf"|maps/{run}\.zarr/.+|runs/{run}\.json|latest/{run}/part-\d{{5}}\.parquet"
-                        r"|_lock\.guard)$")  # the lease's flock file on a local OUT (pipeline/lock.py)
+                        r"|_lock\.guard)$")  # the lease's flock file on a local OUT (pipeline/run/lock.py)
     out = hostile_scan["out"]
     names = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
     assert names and [n for n in names if not layout.match(n)] == []

@@ -32,9 +32,9 @@ from fault_proxy import FaultProxy
 from hostile_files import small_png
 
 from vip2scan.pipeline import read_scores
-from vip2scan.pipeline.holder import holder_gone, process_started, this_process
-from vip2scan.pipeline.lock import read_lease
-from vip2scan.pipeline.storage import Location
+from vip2scan.pipeline.run.holder import holder_gone, process_started, this_process
+from vip2scan.pipeline.run.lock import read_lease
+from vip2scan.pipeline.storage.location import Location
 
 CHILD = str(Path(__file__).with_name("lease_child.py"))
 N_IMAGES = 12
@@ -304,7 +304,7 @@ def test_a_holder_frozen_inside_the_local_guard_fails_the_next_scan_in_one_line(
     hang every later scan: they fail after GUARD_WAIT_S, naming the guard."""
     import fcntl
 
-    from vip2scan.pipeline import lock
+    from vip2scan.pipeline.run import lock
 
     out = Location.of(str(tmp_path / "out"))
     (tmp_path / "out").mkdir()

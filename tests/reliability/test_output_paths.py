@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from vip2scan.jobs.cli import app
 from vip2scan.pipeline import read_map, read_scores
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.output.verify import verify
 
 
 def _files_outside(root, inside) -> set[str]:

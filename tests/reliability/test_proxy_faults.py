@@ -22,9 +22,9 @@ from hostile_files import small_png
 
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.pipeline.errors import ScanError
-from vip2scan.pipeline.listing import ObjectFilter, list_prefix
-from vip2scan.pipeline.storage import Location
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.selection.listing import ObjectFilter, list_prefix
+from vip2scan.pipeline.storage.location import Location
+from vip2scan.pipeline.output.verify import verify
 
 N_GOOD = 20
 BROKEN = {"broken/empty.png": b"", "broken/text.jpg": b"not an image at all"}

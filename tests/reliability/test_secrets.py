@@ -242,7 +242,7 @@ def test_library_debug_logs_do_not_carry_credentials(s3_server):
     never saw by value (an instance-role token) reaches any handler."""
     import s3fs
 
-    from vip2scan.pipeline.storage import Location
+    from vip2scan.pipeline.storage.location import Location
 
     registered = f"sntnl-registered-token-{secrets.token_hex(8)}"
     unknown = f"sntnl-unknown-token-{secrets.token_hex(8)}"

@@ -13,8 +13,8 @@ import pytest
 from hostile_files import small_png
 from reliability_kit import FaultPlan, s3_error
 from vip2scan.pipeline import ScanOptions, read_scores, scan
-from vip2scan.pipeline.retries import is_transient, with_retries
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.storage.retries import is_transient, with_retries
+from vip2scan.pipeline.output.verify import verify
 
 N_GOOD = 24
 VANISHING = "vanish/gone.png"
@@ -37,7 +37,7 @@ def test_s3fs_errors_are_classified(code, status, transient):
 
 def test_backoff_is_exponential_bounded_and_jittered(monkeypatch):
     delays: list[float] = []
-    monkeypatch.setattr("vip2scan.pipeline.retries.time.sleep", delays.append)
+    monkeypatch.setattr("vip2scan.pipeline.storage.retries.time.sleep", delays.append)
     random.seed(3)
     calls = []
 
@@ -150,8 +150,8 @@ class _AnswerLostOnce:
 
 
 def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_server, s3_bucket):
-    from vip2scan.pipeline.lock import Lease, OutputLocked, read_lease
-    from vip2scan.pipeline.storage import Location
+    from vip2scan.pipeline.run.lock import Lease, OutputLocked, read_lease
+    from vip2scan.pipeline.storage.location import Location
 
     lost = _AnswerLostOnce("_lock")
     out = Location.of(f"s3://{s3_bucket}/out", s3_server.storage_options, lost)

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vip2scan.jobs.cli import app
-from vip2scan.pipeline.verify import VerifyError, verify
+from vip2scan.pipeline.output.verify import VerifyError, verify
 
 N_GOOD, N_BROKEN = 10, 2  # conftest's small_scan lake
 OLD = time.time() - 3600  # an hour ago: far beyond the 300 s lock expiry
@@ -154,8 +154,8 @@ def test_fix_removes_abandoned_staging_and_nothing_else(out, small_scan):
 
 
 def test_fix_refuses_while_a_scan_holds_the_lock_and_spares_the_live_run(out, small_scan):
-    from vip2scan.pipeline.lock import Lease
-    from vip2scan.pipeline.storage import Location
+    from vip2scan.pipeline.run.lock import Lease
+    from vip2scan.pipeline.storage.location import Location
 
     live = "20200101T000000000Z-11ve00"
     _old_staging(out, live, small_scan["summary"].scan_date)

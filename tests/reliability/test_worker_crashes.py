@@ -13,7 +13,7 @@ import pytest
 from hostile_files import small_png
 from vip2scan.pipeline import ScanError, ScanOptions, read_scores, scan
 from vip2scan.pipeline import faults
-from vip2scan.pipeline.verify import verify
+from vip2scan.pipeline.output.verify import verify
 
 N_IMAGES = 24  # 3 batches: the actor dies on the 2nd, mid-run
 BATCH = 8
@@ -56,7 +56,7 @@ def test_an_actor_that_cannot_load_its_checkpoint_fails_the_run_fast(
         tmp_path, monkeypatch, ray_for_faults, tiny_checkpoint):
     """The driver loads the checkpoint fine; then it is damaged before the actors start (a
     checkpoint replaced mid-deploy, or a worker that reads a different copy)."""
-    scan_module = importlib.import_module("vip2scan.pipeline.scan")  # the module, not scan()
+    scan_module = importlib.import_module("vip2scan.pipeline.run.scan")  # the module, not scan()
     _lake(tmp_path / "lake")
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, checkpoint)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vip2scan.model.metrics import exact as M
-from vip2scan.model.training import layout
+from vip2scan.model.training import checkpoints
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max")
@@ -19,7 +19,7 @@ PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max")
 def checkpoint(reference_run, tmp_path) -> str:
     """A private copy of the reference run's last epoch (calibration writes into it)."""
     dst = str(tmp_path / "ckpt")
-    layout.copy_dir(layout.resolve_checkpoint(reference_run["out"]), dst)
+    checkpoints.copy_dir(checkpoints.resolve_checkpoint(reference_run["out"]), dst)
     return dst
 
 
@@ -31,7 +31,7 @@ def direct(reference_run, records):
     from vip2scan.model.detector import Detector
     from vip2scan.model.images import load_image, load_mask, to_batch
 
-    det = Detector.from_checkpoint(layout.resolve_checkpoint(reference_run["out"]))
+    det = Detector.from_checkpoint(checkpoints.resolve_checkpoint(reference_run["out"]))
     out: dict[str, tuple] = {}
     for cat in sorted({r["category"] for r in records}):
         rows = [r for r in records if r["category"] == cat]

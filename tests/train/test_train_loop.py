@@ -11,7 +11,7 @@ from PIL import Image
 
 from vip2scan.model import files
 from vip2scan.model import images
-from vip2scan.model.training import layout
+from vip2scan.model.training import checkpoints
 from vip2scan.model.training import loop
 
 IMAGE_SIZE = 112  # as in conftest.py
@@ -44,13 +44,13 @@ def test_latest_pointer_and_checkpoint_resolution(tmp_path):
     from vip2scan.model.detector import Detector
 
     out = str(tmp_path / "run")
-    assert layout.read_latest_epoch(out) is None
+    assert checkpoints.read_latest_epoch(out) is None
     Detector.from_config(DetectorConfig(image_size=IMAGE_SIZE)).save_checkpoint(f"{out}/epoch_007")
-    layout.write_latest(out, 7)
-    assert layout.read_latest_epoch(out) == 7
+    checkpoints.write_latest(out, 7)
+    assert checkpoints.read_latest_epoch(out) == 7
     assert json.loads(open(f"{out}/latest").read())["checkpoint"] == "epoch_007"
-    assert layout.resolve_checkpoint(out) == f"{out}/epoch_007"
-    assert layout.resolve_checkpoint(f"{out}/epoch_007") == f"{out}/epoch_007"
+    assert checkpoints.resolve_checkpoint(out) == f"{out}/epoch_007"
+    assert checkpoints.resolve_checkpoint(f"{out}/epoch_007") == f"{out}/epoch_007"
 
 
 def test_reference_run_writes_a_checkpoint_per_epoch_and_the_loss_goes_down(reference_run):
@@ -62,10 +62,10 @@ def test_reference_run_writes_a_checkpoint_per_epoch_and_the_loss_goes_down(refe
     for e in (1, 2):
         names = set(os.listdir(f"{out}/epoch_{e:03d}"))
         assert {"weights.safetensors", "config.json", "train_state.pt", "train_info.json"} <= names
-    assert layout.read_latest_epoch(out) == 2
+    assert checkpoints.read_latest_epoch(out) == 2
     info = loop.load_train_info(f"{out}/epoch_002")
     assert [h["epoch"] for h in info["history"]] == [1, 2]
-    det = Detector.from_checkpoint(layout.resolve_checkpoint(out))
+    det = Detector.from_checkpoint(checkpoints.resolve_checkpoint(out))
     assert det.image_size == IMAGE_SIZE
 
 
@@ -106,7 +106,7 @@ def test_train_and_calibrate_on_object_storage(cli, s3_server, s3_bucket):
     write_mvtec_tree(data, categories=("disc",), n_good=2, n_defect=1, size=128, seed=1, storage_options=so)
     result = cli("train", data, "--out", out, "--workers", "0", "--epochs", "1", "--image-size", IMAGE_SIZE, *flags)
     assert result.exit_code == 0, result.output
-    assert layout.read_latest_epoch(out, so) == 1
+    assert checkpoints.read_latest_epoch(out, so) == 1
     result = cli("eval", data, "--checkpoint", out, "--calibrate", "--json", f"s3://{s3_bucket}/m.json", *flags)
     assert result.exit_code == 0, result.output
     metrics = json.loads(files.read_text(f"s3://{s3_bucket}/m.json", so))

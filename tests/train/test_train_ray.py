@@ -10,7 +10,7 @@ import os
 import pytest
 
 from vip2scan.jobs.train import FAULT_ENV, FAULT_MARKER
-from vip2scan.model.training import layout
+from vip2scan.model.training import checkpoints
 from vip2scan.model.training import loop
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def test_two_workers_killed_in_epoch_2_resume_from_epoch_1_and_finish(
 
     # Two checkpoints in our format, the pointer, and Ray Train's state beside them.
     assert {"epoch_001", "epoch_002", "latest", "_ray"} <= set(os.listdir(out))
-    assert layout.read_latest_epoch(out) == 2
+    assert checkpoints.read_latest_epoch(out) == 2
     assert {"epoch_001", "epoch_002"} <= set(os.listdir(f"{out}/_ray"))
 
     # The hook killed rank 0 once, and the restarted workers loaded epoch_001.

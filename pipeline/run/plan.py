@@ -21,18 +21,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from . import faults
+from .. import faults
 from .commit import staged_part_names
-from .diff import Selection, list_and_diff
-from .layout import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
+from ..selection.diff import Selection, list_and_diff
+from ..output.paths import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
                      maps_store_name, parts_dir, record_name, scores_partition, staging_dir,
                      staging_file)
-from .map_layout import MapLayout, choose_maps_per_shard, unit_rows
-from .maps import create_map_store
-from .outputs import duckdb_connect, register_parquet, sql_str
-from .records import read_json, write_json
-from .schema import ALREADY_STAGED, SCORES_SCHEMA, STATUS_COMPLETE
-from .storage import Location
+from ..output.map_format import MapLayout, choose_maps_per_shard, unit_rows
+from ..output.map_store import create_map_store
+from ..output.views import duckdb_connect, register_parquet, sql_str
+from ..output.records import read_json, write_json
+from ..output.schema import ALREADY_STAGED, SCORES_SCHEMA, STATUS_COMPLETE
+from ..storage.location import Location
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .layout import CALIBRATION
-from .outputs import Outputs
+from .paths import CALIBRATION
+from .views import Outputs
 from .records import read_json, write_json
-from .storage import Location
+from ..storage.location import Location
 
 CALIBRATION_VERSION = 1
 DEFAULT_THRESHOLD = 0.5

@@ -16,10 +16,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import faults
-from .errors import ScanError
-from .schema import MANIFEST_SCHEMA, utc_timestamp
-from .storage import Location
+from .. import faults
+from ..errors import ScanError
+from ..output.schema import MANIFEST_SCHEMA, utc_timestamp
+from ..storage.location import Location
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import faults
+from .. import faults
 from .keyfilter import EXCLUDED, KEEP, key_verdicts
 from .listing import ListingTally, ManifestWriter, ObjectFilter
-from .schema import MANIFEST_SCHEMA, utc_timestamp
-from .storage import Location, normalise_uri, split_protocol
+from ..output.schema import MANIFEST_SCHEMA, utc_timestamp
+from ..storage.location import Location, normalise_uri, split_protocol
 
 BATCH_ROWS = 65_536
 UTC_US = MANIFEST_SCHEMA.field("mtime").type

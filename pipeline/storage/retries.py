@@ -37,7 +37,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from .accounting import instrument, instrument_filesystem
-from .errors import ScanError
+from ..errors import ScanError
 from .redaction import redact
 
 log = logging.getLogger(__name__)

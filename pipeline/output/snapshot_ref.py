@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .layout import safe_relative_path
+from .paths import safe_relative_path
 from .schema import SCORES_SCHEMA
 
 # A snapshot row: a scores row, its run's scan_date, and two flags (rows with neither are

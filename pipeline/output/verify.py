@@ -31,20 +31,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import one_line
-from .layout import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, TEMP_SUFFIXES,
+from ..errors import one_line
+from .paths import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, TEMP_SUFFIXES,
                      is_run_id, maps_store_name, partition_date, record_name,
                      run_id_of_record, run_id_of_score_file, run_id_of_store,
                      safe_relative_path, staging_dir, staging_file)
-from .lock import Lease, OutputLocked, lease_expired, read_lease
-from .map_layout import decode_maps
-from .maps import open_maps, written_indices
-from .outputs import duckdb_connect, register_parquet, sql_str
+from ..run.lock import Lease, OutputLocked, lease_expired, read_lease
+from .map_format import decode_maps
+from .map_store import open_maps, written_indices
+from .views import duckdb_connect, register_parquet, sql_str
 from .records import committed_records, read_json
-from .redaction import redact
+from ..storage.redaction import redact
 from .schema import SCORES_SCHEMA, STATUS_COMPLETE
 from .snapshot import check_snapshot
-from .storage import FilesystemWrapper, Location
+from ..storage.location import FilesystemWrapper, Location
 
 DEFAULT_EXPIRY_S = 300.0  # ScanOptions.lock_ttl_s's default: a lease older than this is dead
 MAX_LISTED = 5  # example URIs / indices quoted per problem

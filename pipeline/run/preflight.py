@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from .errors import ScanError, one_line
-from .layout import MAPS, PROBE, REPORTS, RUNS, SCORES, STAGING, probe_name
-from .listing import ObjectFilter
-from .storage import Location, fs_kwargs
+from ..errors import ScanError, one_line
+from ..output.paths import MAPS, PROBE, REPORTS, RUNS, SCORES, STAGING, probe_name
+from ..selection.listing import ObjectFilter
+from ..storage.location import Location, fs_kwargs
 
 
 def check_source(src: Location) -> None:

@@ -20,12 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .layout import MAPS_ARRAY, maps_store_name, safe_relative_path
-from .map_layout import (INDEX_CHECKSUM_BYTES, INDEX_ENTRY_BYTES, MapLayout, decode_maps,
+from .paths import MAPS_ARRAY, maps_store_name, safe_relative_path
+from .map_format import (INDEX_CHECKSUM_BYTES, INDEX_ENTRY_BYTES, MapLayout, decode_maps,
                          encode_maps, written_in_shard_index)
-from .retries import configure_client, with_retries
+from ..storage.retries import configure_client, with_retries
 from .schema import SCHEMA_VERSION
-from .storage import FilesystemWrapper, Location, env_wrapper, fs_kwargs
+from ..storage.location import FilesystemWrapper, Location, env_wrapper, fs_kwargs
 
 MAP_JOIN_RULE = (
     "scores rows whose map_store names this store hold their map at maps[map_index] "

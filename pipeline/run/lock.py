@@ -33,9 +33,9 @@ import time
 from typing import Any
 
 from .holder import describe_holder, holder_gone, this_process
-from .layout import LOCK, LOCK_GUARD, WRITE_TEMP_SUFFIX
-from .redaction import redact
-from .storage import Location
+from ..output.paths import LOCK, LOCK_GUARD, WRITE_TEMP_SUFFIX
+from ..storage.redaction import redact
+from ..storage.location import Location
 
 log = logging.getLogger(__name__)
 

@@ -17,26 +17,26 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import faults
+from .. import faults
 from .attempt import ENGINES, RunStats, ScanInterrupted, ray_log_path, run_attempt
-from .calibration import CalibrationError
+from ..output.calibration import CalibrationError
 from .commit import commit_parts, publish_record, publish_vanished, run_record
-from .diff import Selection, iter_todo, list_and_diff
-from .errors import ScanError, one_line, write_failure
-from .engines import EngineChoice, choose_engine
-from .layout import new_run_id, record_name, scores_partition
-from .listing import ObjectFilter, suffix_list
+from ..selection.diff import Selection, iter_todo, list_and_diff
+from ..errors import ScanError, one_line, write_failure
+from ..engines import EngineChoice, choose_engine
+from ..output.paths import new_run_id, record_name, scores_partition
+from ..selection.listing import ObjectFilter, suffix_list
 from .holder import signals_unwind
 from .lock import Lease, OutputLocked
-from .options import ScanOptions, TodoCallback
+from ..options import ScanOptions, TodoCallback
 from .plan import (MapsRequest, ModelPlan, Plan, Remaining, create_plan, find_resumable,
                    remaining_work, resumes, staged_runs)
 from .preflight import check_apart, check_manifest, check_out, check_source
-from .redaction import redact
-from .schema import STATUS_COMPLETE
-from .snapshot import commit_snapshot
-from .stages.infer import ModelSpec, model_facts, resolve_thresholds
-from .storage import Location
+from ..storage.redaction import redact
+from ..output.schema import STATUS_COMPLETE
+from ..output.snapshot import commit_snapshot
+from ..stages.infer import ModelSpec, model_facts, resolve_thresholds
+from ..storage.location import Location
 
 log = logging.getLogger(__name__)
 

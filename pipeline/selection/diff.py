@@ -25,16 +25,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ScanError, one_line
+from ..errors import ScanError, one_line
 from .keyfilter import keys_kept
 from .listing import ListingTally, ObjectFilter, list_prefix
 from .manifest import read_manifest
-from .outputs import duckdb_connect, register_parquet, sql_str
-from .records import committed_records
-from .retries import with_retries
-from .schema import SCORES_SCHEMA, VANISHED_SCHEMA
-from .snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot
-from .storage import Location
+from ..output.views import duckdb_connect, register_parquet, sql_str
+from ..output.records import committed_records
+from ..storage.retries import with_retries
+from ..output.schema import SCORES_SCHEMA, VANISHED_SCHEMA
+from ..output.snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot
+from ..storage.location import Location
 
 log = logging.getLogger(__name__)
 

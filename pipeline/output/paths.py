@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 
-from .redaction import redact
+from ..storage.redaction import redact
 
 SCORES = "scores"
 MAPS = "maps"

@@ -24,15 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import faults
-from .layout import (VANISHED_FILE, in_progress_name, is_run_score_file,
+from .. import faults
+from ..output.paths import (VANISHED_FILE, in_progress_name, is_run_score_file,
                      part_name, parts_dir, record_name, score_file_name, scores_partition,
                      staging_dir, staging_file, vanished_name)
-from .records import write_json
-from .redaction import redact
-from .retries import with_retries
-from .schema import RECORD_VERSION, SCORES_SCHEMA, STATUS_COMPLETE
-from .storage import Location
+from ..output.records import write_json
+from ..storage.redaction import redact
+from ..storage.retries import with_retries
+from ..output.schema import RECORD_VERSION, SCORES_SCHEMA, STATUS_COMPLETE
+from ..storage.location import Location
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -294,7 +294,7 @@ def run_record(plan: "Plan", out: Location, result: CommitResult, *, checkpoint:
         "files": result.files,
         "map_store": plan.map_store,
         "map_size": plan.map_size,
-        # which rows have a map, its dtype and the shard size (pipeline/map_layout.py)
+        # which rows have a map, its dtype and the shard size (pipeline/output/map_format.py)
         "maps": {"mode": plan.maps_mode if plan.map_store else "none", "dtype": plan.map_dtype,
                  "maps_per_shard": plan.maps_per_shard},
         "image_size": image_size,

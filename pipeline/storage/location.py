@@ -29,8 +29,8 @@ import fsspec
 import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
 
-from .errors import DISK_ERRNOS, OutputWriteError, disk_error_line
-from .layout import WRITE_TEMP_SUFFIX
+from ..errors import DISK_ERRNOS, OutputWriteError, disk_error_line
+from ..output.paths import WRITE_TEMP_SUFFIX
 from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
                         secret_option_values)
 from .retries import (configure_client, has_client_retries, is_transient, precondition_failed,

@@ -22,22 +22,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import faults
-from .accounting import IoCounts, take_io
+from .. import faults
+from ..storage.accounting import IoCounts, take_io
 from .commit import StagingWriter
-from .engines import EngineChoice, EngineConfig, StageSettings
-from .engines import local as local_engine
-from .engines import ray as ray_engine
-from .errors import CREDENTIALS_REJECTED, ScanError, engine_failure_line, one_line
-from .layout import WORK_FILE, staging_file
+from ..engines import EngineChoice, EngineConfig, StageSettings
+from ..engines import local as local_engine
+from ..engines import ray as ray_engine
+from ..errors import CREDENTIALS_REJECTED, ScanError, engine_failure_line, one_line
+from ..output.paths import WORK_FILE, staging_file
 from .lock import Lease, LeaseLost
-from .options import ScanOptions
+from ..options import ScanOptions
 from .plan import Plan, Remaining, upload_file
-from .retries import check_retry_budget, take_retries
-from .schema import ALREADY_STAGED, scores_table
-from .stages.decode import DecodeSettings
-from .stages.infer import InferSettings, MapWriterSettings, ModelSpec
-from .storage import Location
+from ..storage.retries import check_retry_budget, take_retries
+from ..output.schema import ALREADY_STAGED, scores_table
+from ..stages.decode import DecodeSettings
+from ..stages.infer import InferSettings, MapWriterSettings, ModelSpec
+from ..storage.location import Location
 
 Engine = Callable[[Location, str, EngineConfig, StageSettings, Callable[[pa.Table], None]], None]
 ENGINES: dict[str, Engine] = {"ray": ray_engine.run, "local": local_engine.run}
