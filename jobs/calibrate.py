@@ -124,7 +124,7 @@ def calibrate(
 ) -> None:
     """Set the image threshold from the lake's own latest scores (no labels needed).
 
-    Saved per model in OUT/calibration.json. Later scans of that model into OUT use it, unless --threshold is given or the checkpoint has labelled thresholds (eval --calibrate). Rows already scored keep their is_anomalous.
+    Saved per model in OUT/calibration.json. Later scans of that model into OUT use it, unless --image-threshold is given or the checkpoint has labelled thresholds (eval --calibrate). Rows already scored keep their is_anomalous.
     """  # noqa: E501 - one line per paragraph: the help reflows it
     from vip2scan.pipeline.output.calibration import (calibration_notes, compute_calibration,
                                                latest_scores, save_calibration)

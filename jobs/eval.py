@@ -77,14 +77,13 @@ def write_parquet(uri: str, rows: list[dict], meta: dict, storage_options: dict 
 class _Scorer:
     """Ray Data actor: one detector per actor, scores decoded batches."""
 
-    def __init__(self, checkpoint: str, overrides: dict, storage_options: dict | None, use_gpu: bool):
+    def __init__(self, model_spec: Any, storage_options: dict | None, use_gpu: bool):
         import torch
 
-        from vip2scan.model.detector import Detector
+        from vip2scan.model.factory import load_detector
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.detector = Detector.from_checkpoint(checkpoint, device=device, storage_options=storage_options,
-                                                 overrides=overrides)
+        self.detector = load_detector(model_spec, device, storage_options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -103,7 +102,7 @@ def _load_batch(batch: dict[str, np.ndarray], size: int, storage_options: dict |
     return load_eval_batch(records, size, storage_options, threads)
 
 
-def ray_scored_batches(records: list[dict], checkpoint: str, overrides: dict, image_size: int,
+def ray_scored_batches(records: list[dict], model_spec: Any, image_size: int,
                        batch_size: int, actors: int, gpus_per_actor: float, threads: int,
                        storage_options: dict | None, ray_address: str | None) -> Iterator[dict]:
     import ray
@@ -119,7 +118,7 @@ def ray_scored_batches(records: list[dict], checkpoint: str, overrides: dict, im
     ds = ds.map_batches(_Scorer, batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_actor or None,
                         compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors),
                                                   max_tasks_in_flight_per_actor=2),
-                        fn_constructor_kwargs={"checkpoint": checkpoint, "overrides": overrides,
+                        fn_constructor_kwargs={"model_spec": model_spec,
                                                "storage_options": storage_options,
                                                "use_gpu": gpus_per_actor > 0})
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -159,7 +158,7 @@ def evaluate(
 
     from vip2scan.model.checkpoint import save_thresholds
     from vip2scan.model.data.readers import read_dataset
-    from vip2scan.model.detector import Detector
+    from vip2scan.model.factory import ModelSpec, load_detector
     from vip2scan.model.training import checkpoints, evaluation
 
     so = storage_options_from_flags(storage_option) or None
@@ -169,16 +168,15 @@ def evaluate(
         raise UsageError(f"no labelled images found in {data}" + (f" for {wanted}" if wanted else ""))
     records = evaluation.sort_by_category([dataclasses.asdict(s) for s in samples])
     ckpt = checkpoints.resolve_checkpoint(checkpoint, so)
-    overrides = {"backbone": backbone, "weights": weights, "image_size": image_size}
+    model_spec = ModelSpec(ckpt, backbone=backbone, weights=weights, image_size=image_size)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    detector = Detector.from_checkpoint(ckpt, device="cpu" if ray else device, storage_options=so,
-                                        overrides=overrides)
+    detector = load_detector(model_spec, "cpu" if ray else device, so)
     mode = evaluation.choose_mode(records, detector.image_size, streaming)
     typer.echo(f"evaluating {ckpt} (model {detector.model_id}) on {len(records)} images from {data}; "
                f"{mode} metrics", err=True)
     if ray:
-        batches = ray_scored_batches(records, ckpt, overrides, detector.image_size, batch_size, actors,
+        batches = ray_scored_batches(records, model_spec, detector.image_size, batch_size, actors,
                                      gpus_per_actor, threads, so, ray_address)
     else:
         batches = evaluation.score_records(detector, records, batch_size, so, threads)

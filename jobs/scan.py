@@ -12,7 +12,9 @@ from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
 from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.query import StorageOption
-from vip2scan.pipeline.output.map_format import MAP_DTYPES, MAP_MODES
+from vip2scan.errors import InvalidSetting
+from vip2scan.pipeline.options import ScanOptions
+from vip2scan.pipeline.specs import EngineSpec, LimitSpec, MapSpec, default_of
 
 if TYPE_CHECKING:
     from vip2scan.pipeline import RunSummary
@@ -28,42 +30,21 @@ MISSING_CHECKPOINT = (
     "(vip2scan convert model.pth CKPT), or running the demo (vip2scan demo; it writes demo-out/checkpoint)"
 )
 
-# The pipeline's defaults, repeated so that --help shows them without importing the pipeline
-# (tests/jobs/test_scan_ux.py checks that they match ScanOptions).
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
-ENGINE_CHOICES = ("auto", "ray", "local")
+
 
 # Storage option names safe to echo back in the suggested follow-up commands.
 _PUBLIC_STORAGE_OPTIONS = ("endpoint_url", "region_name", "anon", "use_ssl", "requester_pays")
 
 
 def parse_actors(value: Optional[str]) -> Optional[tuple[int, int]]:
-    """'4' -> (4, 4); '1..4' -> (1, 4); None -> pipeline default."""
+    """'4' -> (4, 4); '1..4' -> (1, 4); None -> pipeline default (EngineSpec checks the range)."""
     if value is None:
         return None
     low, sep, high = value.partition("..")
     try:
-        pair = (int(low), int(high)) if sep else (int(low), int(low))
+        return (int(low), int(high)) if sep else (int(low), int(low))
     except ValueError:
         raise BadParameter(f"expected N or MIN..MAX, got {value!r}", param_hint="'--actors'") from None
-    if pair[0] < 1 or pair[1] < pair[0]:
-        raise BadParameter(f"need 1 <= MIN <= MAX, got {value!r}", param_hint="'--actors'")
-    return pair
-
-
-def parse_suffixes(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
-    """'--suffixes .jfif,.gif' (or repeated) -> ('.jfif', '.gif'); a usage error for a suffix
-    Pillow cannot open."""
-    if not values:
-        return None
-    from vip2scan.pipeline.errors import ScanError
-    from vip2scan.pipeline.selection.listing import IMAGE_SUFFIXES, suffix_list
-
-    try:
-        return suffix_list(values)[len(IMAGE_SUFFIXES):]
-    except ScanError as exc:
-        raise BadParameter(str(exc), param_hint="'--suffixes'") from None
 
 
 def print_todo(reason: str, image_uri: str) -> None:
@@ -149,8 +130,8 @@ def scan(
     weights: Annotated[Optional[str], typer.Option(
         metavar="FILE|TAG", help="Backbone weights: safetensors file or OpenCLIP tag.")] = None,
     image_size: Annotated[Optional[int], typer.Option(metavar="PX", help="Model input size.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Images per inference batch.")] = \
-        DEFAULT_BATCH_SIZE,
+    batch_size: Annotated[int, typer.Option(
+        metavar="N", help="Images per inference batch.")] = default_of(EngineSpec, "batch_size"),
     actors: Annotated[Optional[str], typer.Option(
         metavar="N|MIN..MAX", help="Inference actors (default: one per GPU, else one).")] = None,
     gpus_per_actor: Annotated[Optional[float], typer.Option(
@@ -159,22 +140,26 @@ def scan(
         "--compile", help="torch.compile the model (GPU; costs a warm-up).")] = False,
     channels_last: Annotated[bool, typer.Option(
         "--channels-last", help="Feed the model channels_last input.")] = False,
-    map_size: Annotated[int, typer.Option(min=1, metavar="PX", help="Stored anomaly-map size (square).")] = 256,
+    map_size: Annotated[int, typer.Option(
+        metavar="PX", help="Stored anomaly-map size (square).")] = default_of(MapSpec, "map_size"),
     maps: Annotated[str, typer.Option(
         metavar="all|anomalous|none", help="Which rows get an anomaly map in Zarr: all, only "
-                                            "those at or above the threshold, or none.")] = "all",
+                                            "those at or above the threshold, or none.")] = \
+        default_of(MapSpec, "maps"),
     no_maps: Annotated[bool, typer.Option("--no-maps", hidden=True, help="Same as --maps none.")] = False,
     map_dtype: Annotated[str, typer.Option(
-        metavar="float16|uint8", help="Stored map values (uint8: quantised, error <= 1/508).")] = "float16",
+        metavar="float16|uint8", help="Stored map values (uint8: quantised, error <= 1/508).")] = \
+        default_of(MapSpec, "map_dtype"),
     maps_per_shard: Annotated[Optional[int], typer.Option(
-        min=1, metavar="K", help="Maps per Zarr shard object (default: about 4 MB of maps).")] = None,
-    threshold: Annotated[Optional[float], typer.Option(
+        metavar="K", help="Maps per Zarr shard object (default: about 4 MB of maps).")] = None,
+    image_threshold: Annotated[Optional[float], typer.Option(
+        "--image-threshold", "--threshold",
         metavar="T", help="Image threshold (default: the checkpoint's labelled one, else "
                           "OUT's `vip2scan calibrate`, else 0.5).")] = None,
     pixel_threshold: Annotated[Optional[float], typer.Option(
         metavar="T", help="Pixel threshold (default: calibrated, else 0.5).")] = None,
     full: Annotated[bool, typer.Option("--full", help="Rescan everything, not only new or changed.")] = False,
-    limit: Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Scan at most N objects.")] = None,
+    limit: Annotated[Optional[int], typer.Option(metavar="N", help="Scan at most N objects.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List and diff only; print the counts.")] = False,
     list_todo: Annotated[bool, typer.Option(
         "--list", help="With --dry-run: print each object to score and why.")] = False,
@@ -192,14 +177,15 @@ def scan(
     storage_option: StorageOption = None,
     engine: Annotated[str, typer.Option(
         metavar="auto|ray|local", help="ray, local (threads in this process) or auto: local "
-                                        "below 300 images to score and no Ray cluster given.")] = "auto",
+                                        "below 300 images to score and no Ray cluster given.")] = \
+        default_of(EngineSpec, "engine"),
     ray_address: Annotated[Optional[str], typer.Option(
         metavar="ADDR", help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray).")] = None,
     wait: Annotated[bool, typer.Option(
         "--wait", help="If another scan holds OUT's lock, wait for it.")] = False,
     max_image_pixels: Annotated[int, typer.Option(
-        min=1, metavar="N", help="Larger images become error rows (decompression-bomb guard).")] = \
-        DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N", help="Larger images become error rows (decompression-bomb guard).")] = \
+        default_of(LimitSpec, "max_image_pixels"),
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when some images became error rows.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     config: ConfigOption = None,
@@ -207,20 +193,29 @@ def scan(
     """Score every new or changed image under SOURCE into Parquet rows and Zarr anomaly maps."""
     if not checkpoint:
         raise UsageError(MISSING_CHECKPOINT)
-    actor_range = parse_actors(actors)  # usage errors first, before the heavy imports
-    if engine not in ENGINE_CHOICES:
-        raise BadParameter(f"expected one of {', '.join(ENGINE_CHOICES)}, got {engine!r}",
-                           param_hint="'--engine'")
-    extra_suffixes = parse_suffixes(suffixes)
-    maps = "none" if no_maps else parse_maps_mode(maps)
-    if map_dtype not in MAP_DTYPES:
-        raise BadParameter(f"expected one of {', '.join(MAP_DTYPES)}, got {map_dtype!r}",
-                           param_hint="'--map-dtype'")
     if list_todo and not dry_run:
         raise BadParameter("--list only goes with --dry-run", param_hint="'--list'")
+    # The flags' defaults are the specs' own; every value is validated by its spec, the same
+    # way for a flag, a config file key and a Python caller.
+    chosen = dict(
+        backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size,
+        actors=parse_actors(actors), gpus_per_actor=gpus_per_actor, compile=compile_model or None,
+        channels_last=channels_last or None, map_size=map_size,
+        maps="none" if no_maps else parse_maps_mode(maps), map_dtype=map_dtype,
+        maps_per_shard=maps_per_shard, image_threshold=image_threshold,
+        pixel_threshold=pixel_threshold, full=full or None, limit=limit, dry_run=dry_run or None,
+        retry_errors=retry_errors or None, manifest=manifest, include=tuple(include or ()) or None,
+        exclude=tuple(exclude or ()) or None, suffixes=tuple(suffixes or ()) or None,
+        ray_address=ray_address, wait=wait or None, max_image_pixels=max_image_pixels,
+        engine=engine)
     storage_options = storage_options_from_flags(storage_option)
+    try:  # usage errors first, before the storage and the model are touched
+        options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None},
+                              storage_options=storage_options)
+    except InvalidSetting as exc:
+        raise BadParameter(exc.problem, param_hint=f"'--{exc.setting.replace('_', '-')}'") from None
     from vip2scan.model.training.checkpoints import resolve_checkpoint
-    from vip2scan.pipeline import ScanInterrupted, ScanOptions
+    from vip2scan.pipeline import ScanInterrupted
     from vip2scan.pipeline import scan as run_scan
 
     # A training run's output root means its latest epoch: resolved once, here, so every
@@ -228,20 +223,8 @@ def scan(
     checkpoint = resolve_checkpoint(checkpoint, storage_options or None)
     terminal = Terminal()
     bar = ProgressBar(progress and not dry_run, terminal)
-    chosen = dict(
-        backbone=backbone, weights=weights, image_size=image_size, batch_size=batch_size, actors=actor_range,
-        gpus_per_actor=gpus_per_actor, compile=compile_model or None,
-        channels_last=channels_last or None, map_size=map_size, maps=maps, map_dtype=map_dtype,
-        maps_per_shard=maps_per_shard, threshold=threshold,
-        pixel_threshold=pixel_threshold, full=full, limit=limit, dry_run=dry_run, retry_errors=retry_errors,
-        manifest=manifest, include=tuple(include or ()), exclude=tuple(exclude or ()), suffixes=extra_suffixes,
-        list_todo=print_todo if list_todo else None,
-        storage_options=storage_options, ray_address=ray_address, wait=wait, max_image_pixels=max_image_pixels,
-        engine=engine,
-    )
-    # Unset flags keep the pipeline's own defaults.
-    options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None}, progress=bar,
-                          notify=terminal.say)
+    options = options.replace(progress=bar, notify=terminal.say,
+                              list_todo=print_todo if list_todo else None)
     try:
         summary = run_scan(source, out, checkpoint, options)
     except ScanInterrupted as exc:
@@ -256,13 +239,12 @@ def scan(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def parse_maps_mode(value: str) -> str:
+def parse_maps_mode(value: str | None) -> str | None:
     """``--maps``; a config file's ``maps = true/false`` (the old switch) means all/none."""
-    mode = {"true": "all", "false": "none"}.get(str(value).strip().lower(), str(value).strip().lower())
-    if mode not in MAP_MODES:
-        raise BadParameter(f"expected one of {', '.join(MAP_MODES)}, got {value!r}",
-                           param_hint="'--maps'")
-    return mode
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    return {"true": "all", "false": "none"}.get(text, text)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,11 +10,13 @@ Importing this package does not import Ray or torch; they load when a scan needs
 from .errors import ScanError
 from .run.lock import OutputLocked
 from .options import ScanOptions
+from .specs import EngineSpec, LimitSpec, MapSpec, RunSpec, SelectionSpec, ThresholdSpec
 from .output.views import read_map, read_scores
 from .run.scan import RunSummary, ScanInterrupted, scan
 from .output.schema import SCHEMA_VERSION, SCORES_SCHEMA
 
 __all__ = [
-    "scan", "ScanOptions", "RunSummary", "ScanError", "ScanInterrupted", "OutputLocked", "read_map", "read_scores",
+    "scan", "ScanOptions", "MapSpec", "SelectionSpec", "EngineSpec", "LimitSpec", "ThresholdSpec",
+    "RunSpec", "RunSummary", "ScanError", "ScanInterrupted", "OutputLocked", "read_map", "read_scores",
     "SCORES_SCHEMA", "SCHEMA_VERSION",
 ]

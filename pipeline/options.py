@@ -1,102 +1,96 @@
-"""ScanOptions: everything a scan can be told (they mirror the CLI flags)."""
+"""ScanOptions: everything a scan can be told, as the specs of specs.py plus storage and callbacks.
+
+    ScanOptions(batch_size=16, maps="anomalous")             # flat settings, by their flag names
+    ScanOptions(map_spec=MapSpec(map_size=128), full=True)   # or whole specs, with settings on top
+
+Each setting lives in one spec (``opts.engine_spec.batch_size``, ``opts.map_spec.maps``) and is
+validated there. Storage options and callbacks are not settings: they are never recorded.
+"""
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS
+from vip2scan.model.factory import ModelSpec
 
-from .storage.redaction import public_options, redact
-from .stages.decode import (DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_OBJECT_BYTES,
-                            DEFAULT_READ_TIMEOUT_S)
+from .specs import (EngineSpec, LimitSpec, MapSpec, RunSpec, SelectionSpec, ThresholdSpec,
+                    build_specs, spec_settings)
 from .storage.location import FilesystemWrapper
+from .storage.redaction import public_options, redact
 
 ProgressCallback = Callable[[int, int], None]
 NotifyCallback = Callable[[str], None]
 TodoCallback = Callable[[str, str], None]  # (reason, image_uri)
 
 
-@dataclass
+@dataclass(init=False)
 class ScanOptions:
-    """Options of a scan (they mirror the CLI flags). ``storage_options`` is never recorded."""
+    """The settings of a scan (one spec per concept) and how it reaches storage and reports.
 
-    # model
-    backbone: str | None = None  # override the checkpoint's backbone
-    weights: str | None = None  # override its backbone weights (tag, path or URI)
-    image_size: int | None = None  # override its input size
-    threshold: float | None = None  # image threshold; default: checkpoint's, else 0.5
-    pixel_threshold: float | None = None  # pixel threshold; default: checkpoint's, else 0.5
-    # compute
-    batch_size: int = 32  # CPU (2 cores, vip2-tiny): 36 img/s end to end vs 33 at 16
-    actors: tuple[int, int] | None = None  # (min, max) inference actors
-    gpus_per_actor: float | None = None  # None: 1 per actor when the cluster has GPUs
-    cpus_per_actor: float = 1.0
-    torch_threads: int | None = None  # CPU actors; None: cluster CPUs // max actors
-    decode_cpus: float = 0.5
-    device: str | None = None  # None: cuda when the actor sees a GPU, else cpu
-    amp: str | None = "auto"  # autocast on CUDA: "auto" (bf16), "fp16", "off"
-    channels_last: bool = False  # model input layout (only the patch embedding cares)
-    compile: bool = False  # torch.compile the detector in each actor (worth it on GPUs)
-    max_tasks_in_flight_per_actor: int = 3
-    # outputs
-    map_size: int = 256
-    write_maps: bool = True  # False: the same as maps="none"
-    maps: str = "all"  # all | anomalous (only rows at or above the threshold) | none
-    map_dtype: str = "float16"  # or uint8 (quantised, error <= 1/508)
-    maps_per_shard: int | None = None  # None: a few MB of maps per shard object
-    # selection
-    full: bool = False
-    limit: int | None = None
-    dry_run: bool = False
-    retry_errors: bool = False
-    manifest: str | None = None
-    include: tuple[str, ...] = ()  # globs, case-insensitive; `*` also matches `/`
-    exclude: tuple[str, ...] = ()
-    suffixes: tuple[str, ...] | None = None  # added to listing.IMAGE_SUFFIXES (Pillow must open them)
-    # a dry run calls it with (reason, image_uri) of each object it would score, in URI order
-    list_todo: TodoCallback | None = field(default=None, repr=False, compare=False)
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES  # larger objects become error rows, unread
-    # per-object limits: a hung read or decode becomes an error row (0 or None: no limit)
-    decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S
-    read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S
-    # storage (options apply to source, OUT and checkpoint unless the specific ones are given)
+    ``storage_options`` apply to source, OUT and checkpoint unless the specific ones are given;
+    ``progress(done_rows, total_rows)`` is called as rows are staged; ``notify(line)`` gets what
+    the person running the scan should read as it happens (the CLI prints it); a dry run calls
+    ``list_todo(reason, image_uri)`` for each object it would score, in URI order.
+    """
+
+    model_spec: ModelSpec
+    map_spec: MapSpec
+    selection_spec: SelectionSpec
+    engine_spec: EngineSpec
+    limit_spec: LimitSpec
+    threshold_spec: ThresholdSpec
+    run_spec: RunSpec
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     source_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     out_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     checkpoint_storage_options: dict[str, Any] | None = field(default=None, repr=False)
     fs_wrapper: FilesystemWrapper | None = field(default=None, repr=False)
-    # engine: "ray" (Ray Data, the product), "local" (the same stages on threads in this
-    # process; see engines/local.py) or "auto" (local for small runs without a cluster:
-    # engines.choose_engine). The CLI defaults to "auto"; the API stays on "ray".
-    engine: str = "ray"
-    # Ray
-    ray_address: str | None = None
-    ray_init_kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
-    # lease on OUT
-    wait: bool | float = False  # False: refuse when locked; True: wait; seconds: wait that long
-    lock_ttl_s: float = 300.0
-    heartbeat_s: float | None = None
-    # staging / commit
-    stage_rows: int = 2048  # rows per durable staging part (resume granularity)
-    stage_seconds: float = 30.0
-    max_rows_per_file: int = 1_000_000
-    # progress(done_rows, total_rows), called from the driver as rows are staged
     progress: ProgressCallback | None = field(default=None, repr=False, compare=False)
-    # notify(line): what the person running the scan should read as it happens (resuming a
-    # run, starting the engine); the CLI prints it, the API default drops it
     notify: NotifyCallback | None = field(default=None, repr=False, compare=False)
+    list_todo: TodoCallback | None = field(default=None, repr=False, compare=False)
+
+    def __init__(self, *, model_spec: ModelSpec | None = None, map_spec: MapSpec | None = None,
+                 selection_spec: SelectionSpec | None = None, engine_spec: EngineSpec | None = None,
+                 limit_spec: LimitSpec | None = None, threshold_spec: ThresholdSpec | None = None,
+                 run_spec: RunSpec | None = None, storage_options: dict[str, Any] | None = None,
+                 source_storage_options: dict[str, Any] | None = None,
+                 out_storage_options: dict[str, Any] | None = None,
+                 checkpoint_storage_options: dict[str, Any] | None = None,
+                 fs_wrapper: FilesystemWrapper | None = None,
+                 progress: ProgressCallback | None = None, notify: NotifyCallback | None = None,
+                 list_todo: TodoCallback | None = None, **settings: Any):
+        given = {"model_spec": model_spec, "map_spec": map_spec, "selection_spec": selection_spec,
+                 "engine_spec": engine_spec, "limit_spec": limit_spec,
+                 "threshold_spec": threshold_spec, "run_spec": run_spec}
+        values = {**build_specs(given, settings),
+                  "storage_options": dict(storage_options or {}),
+                  "source_storage_options": source_storage_options,
+                  "out_storage_options": out_storage_options,
+                  "checkpoint_storage_options": checkpoint_storage_options,
+                  "fs_wrapper": fs_wrapper, "progress": progress, "notify": notify,
+                  "list_todo": list_todo}
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def replace(self, **changes: Any) -> "ScanOptions":
+        """A copy with ``changes``: specs, storage, callbacks or flat settings."""
+        current = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        specs = {k: v for k, v in changes.items() if k in current}
+        return ScanOptions(**{**current, **specs},
+                           **{k: v for k, v in changes.items() if k not in current})
+
+    def specs(self) -> tuple[Any, ...]:
+        return (self.model_spec, self.map_spec, self.selection_spec, self.engine_spec,
+                self.limit_spec, self.threshold_spec, self.run_spec)
 
     def public(self) -> dict[str, Any]:
-        """The options as recorded in the run record: no credentials, no callables."""
-        hidden = {"storage_options", "source_storage_options", "out_storage_options",
-                  "checkpoint_storage_options", "fs_wrapper", "progress", "notify", "ray_init_kwargs",
-                  "list_todo"}
-        # Not asdict(self): it deep-copies the callbacks too, and the CLI's hold a terminal.
-        clean = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
-                 if f.name not in hidden}
+        """The settings as the run record's ``config`` holds them: flat, by name, no credentials
+        and no callables (the checkpoint is recorded on its own)."""
+        clean: dict[str, Any] = {}
+        for spec in self.specs():
+            clean.update(spec_settings(spec))
+        clean.pop("checkpoint", None)
         for key in ("weights", "manifest", "ray_address"):
             if isinstance(clean.get(key), str):
                 clean[key] = redact(clean[key])
@@ -108,3 +102,4 @@ class ScanOptions:
         else the shared ``storage_options``."""
         specific = getattr(self, f"{which}_storage_options")
         return dict(self.storage_options if specific is None else specific)
+

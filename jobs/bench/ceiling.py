@@ -53,11 +53,11 @@ def role_group(process_role: str) -> str:
 def measure_null_model(image_size: int, batch_size: int, device: str, seconds: float) -> dict[str, Any]:
     """The null detector alone, as the bench measures a bare model: what "the model" costs in
     the ceiling (the pipeline's figures include it; it should be ~0)."""
-    from vip2scan.pipeline.stages.infer import ModelSpec, load_detector
+    from vip2scan.model.factory import ModelSpec, load_detector
 
     from .probes import measure_bare_model
 
-    detector = load_detector(ModelSpec(null_checkpoint(image_size)), device=device)
+    detector = load_detector(ModelSpec(null_checkpoint(image_size)), device)
     # One thread: the model's own cost. With a pool of threads, a busy machine adds the pool's
     # spin-waits (0.01 to 1.6 ms/image measured on 2 shared cores), which say nothing about it.
     return measure_bare_model(detector, batch_size, device=device, min_seconds=seconds, threads=1).to_dict()

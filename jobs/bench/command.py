@@ -25,6 +25,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from vip2scan.errors import InvalidSetting
+from vip2scan.pipeline.specs import EngineSpec, MapSpec, default_of
+
 from .lakes import default_workdir
 from .report import format_table
 from .runner import DEFAULT_SCALE_IMAGES, BenchParams, run_bench
@@ -51,7 +54,7 @@ def bench(
         help="local, s3 (moto on 127.0.0.1 unless --s3-endpoint) or both.")] = "both",
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     batch_size: Annotated[int, typer.Option(
-        min=1, help="Images per inference batch (bare model and pipeline; the scan's default).")] = 32,
+        help="Images per inference batch (bare model and pipeline).")] = default_of(EngineSpec, "batch_size"),
     scale: Annotated[bool, typer.Option(
         "--scale", help="Also measure peak RSS at 2,000 and 20,000 images.")] = False,
     scale_images: Annotated[Optional[str], typer.Option(
@@ -90,7 +93,7 @@ def bench(
         min=0, metavar="N", help="Also count the map store's PUTs/GETs/bytes per 1,000 images "
                                  "for each --maps mode and shard size (N synthetic maps).")] = 0,
     map_store_size: Annotated[int, typer.Option(
-        min=1, metavar="PX", help="Map size for --map-store (the scan's default).")] = 256,
+        metavar="PX", help="Map size for --map-store.")] = default_of(MapSpec, "map_size"),
 ) -> None:
     """Measure the scan pipeline against the bare model (throughput, stages, memory, rescan)."""
     if plan_objects is not None:  # a bench of its own: planning and `latest` (plan.py)
@@ -101,27 +104,35 @@ def bench(
         return
     if source not in ("local", "s3", "both"):
         raise typer.BadParameter("choose local, s3 or both", param_hint="'--source'")
-    if engine not in ("ray", "local"):
+    if engine not in ("ray", "local"):  # the bench measures one engine, never "auto"
         raise typer.BadParameter("choose ray or local", param_hint="'--engine'")
     if model not in ("detector", "null"):
         raise typer.BadParameter("choose detector or null", param_hint="'--model'")
-    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):
-        raise typer.BadParameter("choose cpu or cuda", param_hint="'--device'")
+    knobs = {"engine": engine, "batch_size": batch_size, "device": device,
+             "channels_last": channels_last, "compile": compile_model,
+             "actors": None if actors is None else (actors, actors),
+             "cpus_per_actor": cpus_per_actor, "decode_cpus": decode_cpus,
+             "torch_threads": torch_threads, "max_tasks_in_flight_per_actor": max_tasks_in_flight}
+    try:  # validated as the scan's flags are: the same spec, the same message
+        engine_spec = EngineSpec(**{k: v for k, v in knobs.items() if v is not None})
+    except InvalidSetting as exc:
+        raise typer.BadParameter(exc.problem, param_hint=f"'--{exc.setting.replace('_', '-')}'") from None
     params = BenchParams(
         backbone=backbone, image_size=image_size, images=images,
-        sources=("local", "s3") if source == "both" else (source,), device=device, batch_size=batch_size,
-        engine=engine, scale_images=(_parse_sizes(scale_images) if scale_images else DEFAULT_SCALE_IMAGES)
+        sources=("local", "s3") if source == "both" else (source,), engine_spec=engine_spec,
+        scale_images=(_parse_sizes(scale_images) if scale_images else DEFAULT_SCALE_IMAGES)
         if scale else None, workdir=workdir or default_workdir(), s3_endpoint=s3_endpoint,
-        channels_last=channels_last, compile_model=compile_model, keep_outputs=keep_outputs,
-        bare_seconds=bare_seconds,
-        actors=None if actors is None else (actors, actors), cpus_per_actor=cpus_per_actor,
-        decode_cpus=decode_cpus, torch_threads=torch_threads, max_tasks_in_flight=max_tasks_in_flight,
-        large_photos=large_photos, model=model)
+        keep_outputs=keep_outputs, bare_seconds=bare_seconds, large_photos=large_photos,
+        model=model)
     result = run_bench(params)
     if map_store:
         from .mapstore import run_map_store_bench
 
-        result["map_store"] = run_map_store_bench(map_store, map_store_size)
+        try:
+            map_spec = MapSpec(map_size=map_store_size)
+        except InvalidSetting as exc:
+            raise typer.BadParameter(exc.problem, param_hint="'--map-store-size'") from None
+        result["map_store"] = run_map_store_bench(map_store, map_spec.map_size)
     text = json.dumps(result, indent=2, default=str)
     if json_out == "-":
         typer.echo(text)

@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from vip2scan.pipeline.specs import EngineSpec, MapSpec, default_of
+
 DEFAULT_SHARD_SIZES = (1, 8, 32, 128)
 ANOMALY_RATE = 0.01  # the issue's sparse case: 1 % of images at or above the threshold
-BATCH_SIZE = 32
+BATCH_SIZE = default_of(EngineSpec, "batch_size")  # the scan's
 
 
 @dataclass
@@ -95,57 +97,56 @@ def smooth_maps(n: int, size: int, seed: int) -> np.ndarray:
     return maps
 
 
-def measure_one(n: int, size: int, mode: str, dtype: str, per_shard: int,
-                maps: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
-    from vip2scan.pipeline.output.map_format import MapLayout, unit_rows
+def measure_one(n: int, map_spec: MapSpec, maps: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
+    from vip2scan.pipeline.output.map_format import unit_rows
     from vip2scan.pipeline.output.map_store import create_map_store, write_maps
     from vip2scan.pipeline.storage.location import Location
 
     wrapper = CountingWrapper()
     with tempfile.TemporaryDirectory(prefix="vip2scan-bench-maps-") as root:
         out = Location.of(root, wrapper=wrapper)
-        store = create_map_store(out, "bench", n, MapLayout(size, dtype, per_shard, mode), {},
+        store = create_map_store(out, "bench", n, map_spec, {},
                                  image_uris=[f"s3://lake/{i:08d}.png" for i in range(n)])
         metadata_puts = wrapper.counts.metadata_put
         wrapper.counts.reset()
+        per_shard = int(map_spec.maps_per_shard or 1)
         unit = unit_rows(per_shard, BATCH_SIZE)
         t0 = time.perf_counter()
         for lo in range(0, n, unit):
             rows = np.arange(lo, min(lo + unit, n))
-            keep = rows[flagged[rows]] if mode == "anomalous" else rows
+            keep = rows[flagged[rows]] if map_spec.maps == "anomalous" else rows
             write_maps(out, store, keep, maps[keep % len(maps)])
         seconds = time.perf_counter() - t0
         objects = sum(len(files) for d, _, files in os.walk(os.path.join(root, store, "maps", "c")))
     per_k = 1000.0 / n
     counts = wrapper.counts
     return {
-        "maps": mode, "dtype": dtype, "maps_per_shard": per_shard,
+        "maps": map_spec.maps, "dtype": map_spec.map_dtype, "maps_per_shard": per_shard,
         "put_per_1000": round(counts.put * per_k, 2), "get_per_1000": round(counts.get * per_k, 2),
         "delete_per_1000": round(counts.delete * per_k, 2),
         "mb_written_per_1000": round(counts.bytes_written * per_k / 1e6, 3),
         "objects": objects, "store_setup_puts": metadata_puts,
-        "target_put_per_1000": round(1000.0 / per_shard + 5, 2) if mode == "all" else 15.0,
+        "target_put_per_1000": round(1000.0 / per_shard + 5, 2) if map_spec.maps == "all" else 15.0,
         "write_ms_per_image": round(1000 * seconds / n, 3),
     }
 
 
-def run_map_store_bench(n: int, size: int = 256, shard_sizes: tuple[int, ...] = DEFAULT_SHARD_SIZES,
+def run_map_store_bench(n: int, map_size: int, shard_sizes: tuple[int, ...] = DEFAULT_SHARD_SIZES,
                         seed: int = 0) -> dict[str, Any]:
     """The section's JSON: one entry per (mode, dtype, maps per shard)."""
     from vip2scan.pipeline.output.map_format import choose_maps_per_shard
 
-    maps = smooth_maps(min(n, 256), size, seed)  # reused cyclically: bytes per map stay typical
+    maps = smooth_maps(min(n, 256), map_size, seed)  # reused cyclically: bytes per map stay typical
     flagged = np.random.default_rng(seed + 1).random(n) < ANOMALY_RATE
-    default_k = choose_maps_per_shard(size, "float16", n)
-    results = []
-    for per_shard in sorted(set(shard_sizes) | {default_k}):
-        results.append(measure_one(n, size, "all", "float16", per_shard, maps, flagged))
-    results.append(measure_one(n, size, "all", "uint8", choose_maps_per_shard(size, "uint8", n),
-                               maps, flagged))
-    results.append(measure_one(n, size, "anomalous", "float16", default_k, maps, flagged))
+    default_k = choose_maps_per_shard(map_size, "float16", n)
+    uint8_k = choose_maps_per_shard(map_size, "uint8", n)
+    specs = [MapSpec(map_size=map_size, maps_per_shard=k) for k in sorted(set(shard_sizes) | {default_k})]
+    specs += [MapSpec(map_size=map_size, map_dtype="uint8", maps_per_shard=uint8_k),
+              MapSpec(maps="anomalous", map_size=map_size, maps_per_shard=default_k)]
+    results = [measure_one(n, spec, maps, flagged) for spec in specs]
     for entry in results:
         entry["meets_target"] = entry["put_per_1000"] <= entry["target_put_per_1000"]
-    return {"images": n, "map_size": size, "anomaly_rate": ANOMALY_RATE,
+    return {"images": n, "map_size": map_size, "anomaly_rate": ANOMALY_RATE,
             "anomalous_images": int(flagged.sum()), "default_maps_per_shard": default_k,
             "maps": "synthetic smooth fields (bytes depend on them; request counts do not)",
             "configurations": results}

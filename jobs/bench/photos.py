@@ -66,7 +66,7 @@ def measure_large_photos(n: int, checkpoint: str, image_size: int, device: str) 
     """Decode cost and score change on ``n`` generated 5 MP JPEGs (see the module docstring)."""
     import torch
 
-    from vip2scan.model.detector import Detector
+    from vip2scan.model.factory import ModelSpec, load_detector
     from vip2scan.model.images import to_batch
 
     photos = make_photos(n)
@@ -74,7 +74,7 @@ def measure_large_photos(n: int, checkpoint: str, image_size: int, device: str) 
     decode_ms = {str(size): {"exact": round(cpu_ms_per_image(exact_decode, photos, size), 2),
                              "fast": round(cpu_ms_per_image(fast_decode, photos, size), 2)}
                  for size in sizes}
-    detector = Detector.from_checkpoint(checkpoint, device=device).eval()
+    detector = load_detector(ModelSpec(checkpoint), device)
     with torch.no_grad():
         exact_score, exact_map = detector(
             to_batch(np.stack([exact_decode(p, image_size) for p in photos])).to(device))

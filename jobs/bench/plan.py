@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -82,28 +81,18 @@ def write_manifest(path: Path, versions: np.ndarray) -> None:
                 "etag": _etags(idx, versions[idx]), "mtime": mtime}, schema=MANIFEST_SCHEMA))
 
 
-def _commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarray,
-                  model_id: str) -> dict[str, Any]:
-    """One night's run as a scan commits it: score files, the snapshot, the record last."""
+def _night_tables(night: int, indices: np.ndarray, versions: np.ndarray, model_id: str,
+                  run_id: str, started: dt.datetime) -> Iterator[Any]:
+    """The night's score rows, fabricated in the scores schema, FILE_ROWS at a time."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from vip2scan.pipeline.run.commit import ROW_GROUP_ROWS
-    from vip2scan.pipeline.output.paths import record_name, score_file_name, scores_partition
-    from vip2scan.pipeline.output.records import write_json
-    from vip2scan.pipeline.output.schema import SCORES_SCHEMA, STATUS_COMPLETE
-    from vip2scan.pipeline.output.snapshot import commit_snapshot
+    from vip2scan.pipeline.output.schema import SCORES_SCHEMA
 
-    started = T0 + dt.timedelta(days=night)
-    run_id = f"{started:%Y%m%dT%H%M%S}000Z-{night:06x}"
-    partition = scores_partition(f"{started:%Y-%m-%d}")
-    os.makedirs(out.fs_path(partition), exist_ok=True)
-    files = []
-    for k, start in enumerate(range(0, len(indices), FILE_ROWS)):
+    for start in range(0, len(indices), FILE_ROWS):
         idx = indices[start:start + FILE_ROWS]
         n = len(idx)
         score = ((idx * 2654435761 + night * 40503) % 1_000_003 / 1_000_003).astype(np.float32)
-        columns = {
+        yield pa.table({
             "image_uri": _uris(idx), "etag": _etags(idx, versions[idx]),
             "mtime": pa.array([T0] * n, SCORES_SCHEMA.field("mtime").type),
             "size_bytes": _sizes(idx, versions[idx]),
@@ -114,18 +103,28 @@ def _commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarra
             "model_id": pa.array([model_id] * n), "run_id": pa.array([run_id] * n),
             "scanned_at": pa.array([started + dt.timedelta(minutes=5)] * n,
                                    SCORES_SCHEMA.field("scanned_at").type),
-            "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string())}
-        name = f"{partition}/{score_file_name(run_id, k)}"
-        pq.write_table(pa.table(columns, schema=SCORES_SCHEMA), out.fs_path(name),
-                       compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        files.append(name)
+            "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string())}, schema=SCORES_SCHEMA)
+
+
+def _commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarray,
+                  model_id: str) -> dict[str, Any]:
+    """One night's run, committed by the pipeline's own steps: score files, the snapshot, the
+    record last (pipeline/run/publish.py)."""
+    from vip2scan.pipeline.output.schema import STATUS_COMPLETE
+    from vip2scan.pipeline.output.snapshot import commit_snapshot
+    from vip2scan.pipeline.run.publish import publish_record, write_score_files
+
+    started = T0 + dt.timedelta(days=night)
+    run_id = f"{started:%Y%m%dT%H%M%S}000Z-{night:06x}"
+    scan_date = f"{started:%Y-%m-%d}"
+    result = write_score_files(out, run_id, scan_date, _night_tables(
+        night, indices, versions, model_id, run_id, started), max_rows_per_file=FILE_ROWS)
     run = {"run_id": run_id, "model_id": model_id, "started_at": started.isoformat(),
-           "files": files, "vanished_file": None}
+           "files": result.files, "vanished_file": None}
     latest = commit_snapshot(out, run)
-    write_json(out, {**run, "status": STATUS_COMPLETE, "source": SOURCE, "rows": len(indices),
-                     "scan_date": f"{started:%Y-%m-%d}", "latest": latest,
-                     "counts": {"scored": len(indices), "failed": 0, "vanished": 0}},
-               record_name(run_id))
+    publish_record(out, {**run, "status": STATUS_COMPLETE, "source": SOURCE, "rows": result.rows,
+                         "scan_date": scan_date, "latest": latest,
+                         "counts": {"scored": result.rows, "failed": 0, "vanished": 0}})
     return latest
 
 

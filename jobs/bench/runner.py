@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from vip2scan.pipeline.specs import EngineSpec
+
 from .ceiling import NULL_IMAGE_SIZE, ceiling_section, ceiling_targets, measure_null_model, null_checkpoint
 from .report import SOURCES, empty_result, evaluate_targets, set_bare_model, stage_breakdown
 from .lakes import Sources, ensure_checkpoint, ensure_local_lake, log
@@ -33,26 +35,26 @@ class BenchParams:
     image_size: int | None
     images: int
     sources: tuple[str, ...]
-    device: str | None
-    batch_size: int
-    engine: str
+    # The scans' engine settings, built and validated like the scan's (EngineSpec); the bare
+    # model runs with the same batch size, threads, layout and compile switch.
+    engine_spec: EngineSpec
     scale_images: tuple[int, ...] | None
     workdir: Path
     s3_endpoint: str | None
-    channels_last: bool = False
-    compile_model: bool = False
     keep_outputs: bool = False
     bare_seconds: float = 3.0  # per bare-model window (two windows: before and after the scans)
-    # Pipeline sizing knobs, passed to ScanOptions as given (None: the pipeline's default).
-    actors: tuple[int, int] | None = None
-    cpus_per_actor: float | None = None
-    decode_cpus: float | None = None
-    torch_threads: int | None = None
-    max_tasks_in_flight: int | None = None
     large_photos: int = 0  # 5 MP JPEGs for the decode section (0: skip it)
     # "detector": a random-weight checkpoint of the backbone; "null": the null detector, the
     # data plane's ceiling (see ceiling.py; its bare model is the null detector's own cost).
     model: str = "detector"
+
+    @property
+    def batch_size(self) -> int:
+        return self.engine_spec.batch_size
+
+    @property
+    def engine(self) -> str:
+        return self.engine_spec.engine
 
 
 # --------------------------------------------------------------------------- Ray
@@ -80,13 +82,14 @@ def ray_running(engine: str) -> Iterator[float | None]:
 def measure_bare(params: BenchParams, checkpoint: str, device: str) -> dict[str, Any]:
     """One bare-model window on the detector the scan's actors build from the same checkpoint
     (no overrides: the checkpoint was made at the bench's backbone and size)."""
-    from vip2scan.model.detector import Detector
+    from vip2scan.model.factory import ModelSpec, load_detector
 
-    detector = Detector.from_checkpoint(checkpoint, device=device).eval()
+    detector = load_detector(ModelSpec(checkpoint), device)
     try:
-        result = measure_bare_model(detector, params.batch_size, device=device,
-                                    threads=params.torch_threads, channels_last=params.channels_last,
-                                    compile_model=params.compile_model, min_seconds=params.bare_seconds)
+        spec = params.engine_spec
+        result = measure_bare_model(detector, spec.batch_size, device=device,
+                                    threads=spec.torch_threads, channels_last=spec.channels_last,
+                                    compile_model=spec.compile, min_seconds=params.bare_seconds)
     finally:
         del detector
         gc.collect()
@@ -96,14 +99,9 @@ def measure_bare(params: BenchParams, checkpoint: str, device: str) -> dict[str,
 def scan_options(params: BenchParams, device: str, storage_options: dict) -> Any:
     from vip2scan.pipeline import ScanOptions
 
-    knobs = {"actors": params.actors, "cpus_per_actor": params.cpus_per_actor,
-             "decode_cpus": params.decode_cpus, "torch_threads": params.torch_threads,
-             "max_tasks_in_flight_per_actor": params.max_tasks_in_flight}
     # The pipeline's actor runs the model as the bare measurement does.
-    return ScanOptions(batch_size=params.batch_size, device=device, storage_options=dict(storage_options),
-                       engine=params.engine, channels_last=params.channels_last,
-                       compile=params.compile_model,
-                       **{k: v for k, v in knobs.items() if v is not None})
+    return ScanOptions(engine_spec=dataclasses.replace(params.engine_spec, device=device),
+                       storage_options=dict(storage_options))
 
 
 class ProgressClock:
@@ -216,7 +214,8 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
     from vip2scan.model.config import backbone_config
     from vip2scan.model.null import null_model_id
 
-    device = params.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    spec = params.engine_spec
+    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
     null = params.model == "null"
     if params.image_size is None:
         params.image_size = NULL_IMAGE_SIZE if null else \
@@ -227,10 +226,10 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
     settings = {"images": params.images, "sources": list(params.sources), "engine": params.engine,
                 "model": params.model,
                 "scale_images": list(params.scale_images or []) or None,
-                "channels_last": params.channels_last, "compile": params.compile_model,
-                "knobs": {"actors": params.actors, "cpus_per_actor": params.cpus_per_actor,
-                          "decode_cpus": params.decode_cpus, "torch_threads": params.torch_threads,
-                          "max_tasks_in_flight_per_actor": params.max_tasks_in_flight}}
+                "channels_last": spec.channels_last, "compile": spec.compile,
+                "knobs": {"actors": spec.actors, "cpus_per_actor": spec.cpus_per_actor,
+                          "decode_cpus": spec.decode_cpus, "torch_threads": spec.torch_threads,
+                          "max_tasks_in_flight_per_actor": spec.max_tasks_in_flight_per_actor}}
     result = empty_result(env, settings)
 
     log(f"lake of {params.images} images at {params.image_size} px in {params.workdir}")
@@ -272,7 +271,7 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
                                                       params.image_size, device)
     if null:
         # No efficiency: the pipeline against a model that costs nothing is the point itself.
-        map_size = scan_options(params, device, {}).map_size
+        map_size = scan_options(params, device, {}).map_spec.map_size
         result["ceiling"] = {kind: ceiling_section(result["pipeline"][kind], result["stage_breakdown"][kind],
                                                    null_model, null_model_id(params.image_size), map_size)
                              for kind in SOURCES if result["pipeline"][kind] is not None}

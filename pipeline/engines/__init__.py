@@ -16,10 +16,12 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
+from ..specs import EngineSpec
 from ..stages.decode import DecodeSettings
-from ..stages.infer import InferSettings, MapWriterSettings
+from ..stages.infer import InferSettings
+from ..stages.write_maps import MapWriterSettings
 
 
 @dataclass(frozen=True)
@@ -31,39 +33,16 @@ class StageSettings:
     maps: MapWriterSettings
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
-    """Sizing of the stages (mirrors the CLI's flags; defaults suit one node)."""
+    """One attempt's engine: the scan's EngineSpec plus what the run derives from its plan."""
 
-    batch_size: int = 32
-    # Rows per work unit: whole shards of the map store (stages/units.py); None: batch_size.
-    unit_rows: int | None = None
-    actors: tuple[int, int] | None = None  # (min, max); None: #GPUs, else 1 CPU actor
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU actors
-    cpus_per_actor: float = 1.0
-    torch_threads: int | None = None  # CPU actors: None = cluster CPUs // max actors
-    decode_cpus: float = 0.5  # per decode task; decode is I/O + PIL, mostly GIL-free
-    # Batches queued at an actor (their blocks are fetched while the model runs) and, of
-    # those, how many run at once: one on the model, one writing its maps.
-    max_tasks_in_flight_per_actor: int = 3
-    concurrent_calls_per_actor: int = 2
-    object_store_budget_mb: float | None = None  # None: see engines.ray.object_store_budget
-    device: str | None = None
-    amp: str | None = "auto"
-    ray_address: str | None = None
-    ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
-    # Fault tolerance, set deliberately rather than left to Ray Data's defaults (which retry
-    # crashed tasks and restart crashed actors forever, so a poison input loops the run):
-    task_max_retries: int = 3  # a work-list read or decode task whose worker process died
-    actor_max_restarts: int = 3  # an inference actor whose process died (OOM, segfault, kill)
-    actor_max_task_retries: int = 3  # the batches it held, resubmitted to the restarted actor
+    engine_spec: EngineSpec
+    unit_rows: int  # rows per work unit: whole shards of the map store (stages/units.py)
     # What the person running the scan should see while the engine starts (one line each),
     # and the local file the Ray engine sends Ray's own notices to (the driver's stderr).
     notify: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     log_file: str | None = None
-
-    def work_unit_rows(self) -> int:
-        return int(self.unit_rows or self.batch_size)
 
 
 # Below this many images to score, `--engine auto` runs the local engine: Ray's start-up

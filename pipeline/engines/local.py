@@ -32,7 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..stages.decode import read_and_decode
-from ..stages.infer import InferActor, write_maps_batch
+from ..specs import EngineSpec
+from ..stages.infer import InferActor
+from ..stages.write_maps import write_maps_batch
 from ..stages.units import numpy_rows, unit_slices
 from ..storage.location import Location
 from . import EngineConfig, StageSettings
@@ -43,10 +45,10 @@ EXTRA_PREFETCH_BATCHES = 2
 MAX_WRITE_THREADS = 4
 
 
-def decode_threads(config: EngineConfig, cpus: int) -> int:
+def decode_threads(spec: EngineSpec, cpus: int) -> int:
     """Threads that read and decode. Reads wait on the network, so even a 2-core machine
     wants more than one; on a GPU node decode is the CPU's whole job."""
-    if config.device is not None and str(config.device).startswith("cuda"):
+    if spec.device is not None and str(spec.device).startswith("cuda"):
         return max(2, cpus)
     return max(2, min(cpus, 8))
 
@@ -131,9 +133,9 @@ def run(work: Location, work_path: str, config: EngineConfig, stages: StageSetti
     threads_before = torch.get_num_threads()
     # The model gets every core unless told otherwise, as the bare-model yardstick does;
     # decode threads mostly wait on I/O or run GIL-free C code in between.
-    settings = replace(stages.infer, torch_threads=config.torch_threads or cpus,
-                       device=config.device or stages.infer.device, amp=config.amp)
-    n_decode = decode_threads(config, cpus)
+    spec = config.engine_spec
+    settings = replace(stages.infer, engine_spec=replace(spec, torch_threads=spec.torch_threads or cpus))
+    n_decode = decode_threads(spec, cpus)
     prefetch = n_decode + EXTRA_PREFETCH_BATCHES
     if config.notify is not None:
         config.notify(f"starting the local engine ({n_decode} decode threads, the model in this process)...")
@@ -143,7 +145,7 @@ def run(work: Location, work_path: str, config: EngineConfig, stages: StageSetti
                 ThreadPoolExecutor(write_threads(cpus), thread_name_prefix="write-maps") as write_pool:
             consumer = OrderedConsumer(consume, capacity=prefetch)
             decoding: deque[Future] = deque()
-            work_batches = iter_work_units(work, work_path, config.work_unit_rows())
+            work_batches = iter_work_units(work, work_path, config.unit_rows)
 
             def top_up() -> None:
                 while len(decoding) < prefetch:

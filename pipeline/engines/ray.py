@@ -43,6 +43,7 @@ from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor
 from ..stages.units import decode_units, pack_work_units
 from ..storage.location import Location
+from ..specs import EngineSpec
 from . import EngineConfig, StageSettings
 
 # Backpressure: decoded batches that may wait per inference actor, and a floor for small ones.
@@ -85,7 +86,7 @@ class RaySession:
             ray.shutdown()
 
 
-def actor_pool(config: EngineConfig, resources: dict[str, float] | None = None,
+def actor_pool(spec: EngineSpec, resources: dict[str, float] | None = None,
                ) -> tuple[int, int, float, float, int | None]:
     """(min actors, max actors, GPUs per actor, CPUs per actor, torch threads) for this cluster
     (or for ``resources``, e.g. the ones a local Ray is about to find)."""
@@ -95,18 +96,18 @@ def actor_pool(config: EngineConfig, resources: dict[str, float] | None = None,
         resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", os.cpu_count() or 1)))
-    per_gpu = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    per_gpu = spec.gpus_per_actor if spec.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     if per_gpu > 0 and gpus:
         default = (1, max(1, int(gpus / per_gpu)))
     else:
         per_gpu = 0.0
         default = (1, 1)
-    low, high = config.actors or default
+    low, high = spec.actors or default
     low, high = max(1, int(low)), max(1, int(high), int(low))
-    threads = config.torch_threads
+    threads = spec.torch_threads
     if threads is None and per_gpu == 0:
         threads = max(1, cpus // high)
-    return low, high, per_gpu, config.cpus_per_actor, threads
+    return low, high, per_gpu, spec.cpus_per_actor, threads
 
 
 def object_store_budget(config: EngineConfig, image_size: int) -> int:
@@ -118,10 +119,11 @@ def object_store_budget(config: EngineConfig, image_size: int) -> int:
     per inference actor keeps the model fed (a batch decodes far faster than it infers) and
     keeps memory flat however large the lake.
     """
-    if config.object_store_budget_mb:
-        return int(config.object_store_budget_mb * 2**20)
-    _, high, _, _, _ = actor_pool(config)
-    batch_bytes = max(config.batch_size, config.work_unit_rows()) * image_size * image_size * 3
+    spec = config.engine_spec
+    if spec.object_store_budget_mb:
+        return int(spec.object_store_budget_mb * 2**20)
+    _, high, _, _, _ = actor_pool(spec)
+    batch_bytes = max(spec.batch_size, config.unit_rows) * image_size * image_size * 3
     return max(MIN_OBJECT_STORE_BUDGET, DECODED_BATCHES_PER_ACTOR * high * batch_bytes)
 
 
@@ -188,34 +190,34 @@ def build_dataset(work: Location, work_path: str, config: EngineConfig, stages: 
     """The lazy Ray Data pipeline over the remaining work list."""
     from ray.data import ActorPoolStrategy
 
-    low, high, gpus, cpus, threads = actor_pool(config)
-    infer = replace(stages.infer, torch_threads=threads,
-                    device=config.device or stages.infer.device)
+    spec = config.engine_spec
+    low, high, gpus, cpus, threads = actor_pool(spec)
+    infer = replace(stages.infer, engine_spec=replace(spec, torch_threads=threads))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=RETRY_ARGS_WARNING)
-        units = config.work_unit_rows()
-        ds = work_list_dataset(work, work_path, units, config.task_max_retries)
+        units = config.unit_rows
+        ds = work_list_dataset(work, work_path, units, spec.task_max_retries)
         # A read task yields the units of a whole row group; one unit per block lets the
         # decode tasks spread over the cluster (streaming, no shuffle).
         ds = ds.repartition(target_num_rows_per_block=1)
         ds = ds.map_batches(decode_unit_batch,
                             fn_kwargs={"settings": stages.decode, "unit_rows": units},
                             batch_size=1, batch_format="numpy",
-                            num_cpus=config.decode_cpus, udf_modifying_row_count=False,
-                            max_retries=config.task_max_retries)
+                            num_cpus=spec.decode_cpus, udf_modifying_row_count=False,
+                            max_retries=spec.task_max_retries)
         # An actor task's output block is released only when the task ends, so actor tasks of
         # one unit each let rows reach the driver (and be staged) as they are scored.
-        calls = max(1, int(config.concurrent_calls_per_actor))
+        calls = max(1, int(spec.concurrent_calls_per_actor))
         return ds.map_batches(
             InferActor, fn_constructor_kwargs={"settings": infer, "maps": stages.maps},
             batch_size=1, batch_format="numpy",
             compute=ActorPoolStrategy(
                 min_size=low, max_size=high,
-                max_tasks_in_flight_per_actor=max(calls, config.max_tasks_in_flight_per_actor),
+                max_tasks_in_flight_per_actor=max(calls, spec.max_tasks_in_flight_per_actor),
                 # True threads: InferActor serialises the model itself and writes outside the lock.
                 max_concurrent_calls_per_actor=calls, enable_true_multi_threading=calls > 1),
             num_gpus=gpus if gpus > 0 else None, num_cpus=cpus, udf_modifying_row_count=True,
-            max_restarts=config.actor_max_restarts, max_task_retries=config.actor_max_task_retries,
+            max_restarts=spec.actor_max_restarts, max_task_retries=spec.actor_max_task_retries,
         )
 
 
@@ -271,16 +273,16 @@ def actors_text(count: int) -> str:
     return f"{count} inference actor{'s' if count != 1 else ''}"
 
 
-def starting_line(config: EngineConfig, connected: bool) -> str:
+def starting_line(spec: EngineSpec, connected: bool) -> str:
     """What the person waiting sees while the cluster and actors start."""
     if connected:
-        _, high, _, _, _ = actor_pool(config)
-        address = config.ray_address or os.environ.get("RAY_ADDRESS")
+        _, high, _, _, _ = actor_pool(spec)
+        address = spec.ray_address or os.environ.get("RAY_ADDRESS")
         where = redact(address) if address else "already running in this process"
         return f"starting {actors_text(high)} on Ray ({where})..."
-    resources = {"GPU": float(config.ray_init_kwargs.get("num_gpus", local_gpus())),
-                 "CPU": float(config.ray_init_kwargs.get("num_cpus", os.cpu_count() or 1))}
-    _, high, _, _, _ = actor_pool(config, resources)
+    resources = {"GPU": float(spec.ray_init_kwargs.get("num_gpus", local_gpus())),
+                 "CPU": float(spec.ray_init_kwargs.get("num_cpus", os.cpu_count() or 1))}
+    _, high, _, _, _ = actor_pool(spec, resources)
     return f"starting Ray (local) and {actors_text(high)}..."
 
 
@@ -295,15 +297,16 @@ def run_logged(work: Location, work_path: str, config: EngineConfig, stages: Sta
                consume: Callable[[pa.Table], None]) -> None:
     import ray
 
+    spec = config.engine_spec
     notify = config.notify or (lambda line: None)
     # A local Ray takes most of the start-up: say so before it starts; a cluster given by
     # address is joined first, so the line can count its actors exactly.
-    joining = ray.is_initialized() or bool(config.ray_address or os.environ.get("RAY_ADDRESS"))
+    joining = ray.is_initialized() or bool(spec.ray_address or os.environ.get("RAY_ADDRESS"))
     if not joining:
-        notify(starting_line(config, connected=False))
-    with RaySession(config.ray_address, config.ray_init_kwargs):
+        notify(starting_line(spec, connected=False))
+    with RaySession(spec.ray_address, spec.ray_init_kwargs):
         if joining:
-            notify(starting_line(config, connected=True))
+            notify(starting_line(spec, connected=True))
         context = ray.data.DataContext.get_current()
         # The caller draws progress from the rows it stages; Ray's bars would interleave.
         # An actor whose __init__ fails (weights the driver's header check passed but the
@@ -326,7 +329,7 @@ def run_logged(work: Location, work_path: str, config: EngineConfig, stages: Sta
             object_store_memory=object_store_budget(config, stages.decode.image_size))
         try:
             ds = build_dataset(work, work_path, config, stages)
-            for table in iter_results(ds, config.batch_size):
+            for table in iter_results(ds, spec.batch_size):
                 consume(table)
         finally:
             options.resource_limits = saved_limits

@@ -17,12 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vip2scan.model.factory import ModelFacts
+
 from .paths import CALIBRATION
+from ..specs import ThresholdSpec
 from .views import Outputs
 from .records import read_json, write_json
 from ..storage.location import Location
@@ -49,13 +52,19 @@ def is_calibrated(source: str) -> bool:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The thresholds a run scores with, and where the image threshold came from."""
+    """The thresholds a run scores with, where the image threshold came from, and the
+    per-prefix ones of a label-free calibration; frozen in the plan, so a resumed run scores
+    like its first attempt, and written to the run record under the same names."""
 
-    image: float
-    pixel: float
-    source: str
-    by_prefix: dict[str, float] = field(default_factory=dict)  # absolute URI prefix -> threshold
+    image_threshold: float
+    pixel_threshold: float
+    threshold_source: str  # 'flag', 'labelled', 'label-free rate R [per GLOB]', SOURCE_DEFAULT
+    image_thresholds: dict[str, float] = field(default_factory=dict)  # URI prefix -> threshold
     note: str = ""  # why an available calibration was not used
+
+    def for_rows(self, uris: Sequence[str]) -> np.ndarray:
+        """Each row's image threshold (see :func:`row_thresholds`)."""
+        return row_thresholds(uris, self.image_threshold, self.image_thresholds)
 
 
 @dataclass(frozen=True)
@@ -131,15 +140,14 @@ def save_calibration(out: Location, calibration: Calibration) -> None:
     write_json(out, {"version": CALIBRATION_VERSION, "models": models}, CALIBRATION)
 
 
-def pick_thresholds(flag_image: float | None, flag_pixel: float | None,
-                    labelled_image: float | None, labelled_pixel: float | None,
-                    calibration: Calibration | None) -> Thresholds:
+def pick_thresholds(requested: ThresholdSpec, labelled_image: float | None,
+                    labelled_pixel: float | None, calibration: Calibration | None) -> Thresholds:
     """Explicit values win, then the checkpoint's labelled ones, then OUT's label-free
     calibration (image threshold only), then 0.5, reported as uncalibrated."""
-    pixel = flag_pixel if flag_pixel is not None else labelled_pixel
+    pixel = requested.pixel_threshold if requested.pixel_threshold is not None else labelled_pixel
     pixel = float(DEFAULT_THRESHOLD if pixel is None else pixel)
-    if flag_image is not None:
-        return Thresholds(float(flag_image), pixel, SOURCE_FLAG)
+    if requested.image_threshold is not None:
+        return Thresholds(float(requested.image_threshold), pixel, SOURCE_FLAG)
     if labelled_image is not None:
         return Thresholds(float(labelled_image), pixel, SOURCE_LABELLED)
     if calibration is not None:
@@ -148,17 +156,19 @@ def pick_thresholds(flag_image: float | None, flag_pixel: float | None,
     return Thresholds(DEFAULT_THRESHOLD, pixel, SOURCE_DEFAULT)
 
 
-def thresholds_for(out: Location, model_id: str, flag_image: float | None,
-                   flag_pixel: float | None, labelled_image: float | None,
-                   labelled_pixel: float | None) -> Thresholds:
-    """The thresholds a scan of ``model_id`` into ``out`` uses (see :func:`pick_thresholds`)."""
+def resolve_thresholds(requested: ThresholdSpec, facts: ModelFacts,
+                       out: Location | None = None) -> Thresholds:
+    """The thresholds a scan of ``facts``' model into ``out`` uses (see :func:`pick_thresholds`):
+    the checkpoint's labelled values come from ``facts``, OUT's calibration from OUT."""
+    if out is None:
+        return pick_thresholds(requested, facts.image_threshold, facts.pixel_threshold, None)
     calibrations = read_calibrations(out)
-    picked = pick_thresholds(flag_image, flag_pixel, labelled_image, labelled_pixel,
-                             calibrations.get(model_id))
-    if picked.source == SOURCE_DEFAULT and calibrations:
+    picked = pick_thresholds(requested, facts.image_threshold, facts.pixel_threshold,
+                             calibrations.get(facts.model_id))
+    if picked.threshold_source == SOURCE_DEFAULT and calibrations:
         others = ", ".join(sorted(calibrations))
-        return Thresholds(picked.image, picked.pixel, picked.source,
-                          note=f"{CALIBRATION} calibrates model(s) {others}, not {model_id}")
+        return replace(picked, note=f"{CALIBRATION} calibrates model(s) {others}, "
+                                    f"not {facts.model_id}")
     return picked
 
 

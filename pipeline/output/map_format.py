@@ -5,6 +5,9 @@ shard object (Zarr v3 sharding codec), so a first scan of 10 M images writes 10 
 instead of 10 M, and reading one map is still a ranged read of its shard (the shard's index,
 then the map's bytes). Stores written before sharding (one object per map) stay readable.
 
+The settings (mode, size, dtype, K) are a :class:`vip2scan.pipeline.specs.MapSpec`, which the
+plan freezes with K resolved, so a resumed run writes alike.
+
 - ``maps_per_shard`` K: from the map's size, so a full shard is about ``SHARD_TARGET_BYTES``;
   a small run gets smaller shards, so that its work still spreads over several units.
 - ``dtype``: float16 (fill NaN) or uint8, quantised as round(v * 254), 255 = no map, so the
@@ -19,16 +22,13 @@ once, by the one writer of its unit, and a resumed or retried unit rewrites whol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..specs import MAX_MAPS_PER_SHARD, MapSpec
+
 SHARD_TARGET_BYTES = 4 * 2**20
-MAX_MAPS_PER_SHARD = 256
 # A small run still gets at least this many units, so decode and inference overlap.
 MIN_UNITS_PER_RUN = 8
-MAP_MODES = ("all", "anomalous", "none")
-MAP_DTYPES = ("float16", "uint8")
 UINT8_LEVELS = 254  # codes 0..254 carry values; 255 is the fill (no map)
 UINT8_FILL = 255
 # A shard's index (Zarr v3 sharding, index at the end): (offset, nbytes) little-endian
@@ -38,34 +38,26 @@ INDEX_CHECKSUM_BYTES = 4
 EMPTY_CHUNK = np.uint64(2**64 - 1)
 
 
-@dataclass(frozen=True)
-class MapLayout:
-    """What a run's map store looks like; frozen in the plan so a resumed run writes alike."""
-
-    resolution: int
-    dtype: str = "float16"
-    maps_per_shard: int = 1  # 1: one object per map (stores written before sharding)
-    mode: str = "all"  # 'all' or 'anomalous' ('none' has no store at all)
-
-    @property
-    def fill_value(self) -> float | int:
-        return float("nan") if self.dtype == "float16" else UINT8_FILL
-
-    def attributes(self) -> dict:
-        """Array attributes that let readers decode the values (CF conventions for uint8)."""
-        if self.dtype == "uint8":
-            return {"dtype": "uint8", "scale_factor": 1.0 / UINT8_LEVELS, "_FillValue": UINT8_FILL,
-                    "quantisation": "value = code / 254; code 255 = no map; error <= 1/508",
-                    "maps_mode": self.mode, "maps_per_shard": self.maps_per_shard}
-        return {"dtype": "float16", "maps_mode": self.mode, "maps_per_shard": self.maps_per_shard}
+def fill_value(map_dtype: str) -> float | int:
+    """What an unwritten slot of a store of ``map_dtype`` holds."""
+    return float("nan") if map_dtype == "float16" else UINT8_FILL
 
 
-def choose_maps_per_shard(resolution: int, dtype: str, n_maps: int,
+def store_attributes(map_spec: MapSpec) -> dict:
+    """Array attributes that let readers decode the values (CF conventions for uint8)."""
+    saved = {"maps_mode": map_spec.maps, "maps_per_shard": map_spec.maps_per_shard or 1}
+    if map_spec.map_dtype == "uint8":
+        return {"dtype": "uint8", "scale_factor": 1.0 / UINT8_LEVELS, "_FillValue": UINT8_FILL,
+                "quantisation": "value = code / 254; code 255 = no map; error <= 1/508", **saved}
+    return {"dtype": "float16", **saved}
+
+
+def choose_maps_per_shard(map_size: int, map_dtype: str, n_maps: int,
                           requested: int | None = None) -> int:
     """K for a new store: ``requested``, else a few MB of maps, fewer for a small run."""
     if requested:
         return max(1, int(requested))
-    per_map = resolution * resolution * np.dtype(dtype).itemsize
+    per_map = map_size * map_size * np.dtype(map_dtype).itemsize
     by_bytes = max(1, min(MAX_MAPS_PER_SHARD, SHARD_TARGET_BYTES // per_map))
     by_run = max(1, n_maps // MIN_UNITS_PER_RUN)
     k = min(by_bytes, by_run)
@@ -78,9 +70,9 @@ def unit_rows(maps_per_shard: int, batch_size: int) -> int:
     return k * max(1, -(-int(batch_size) // k))
 
 
-def encode_maps(maps: np.ndarray, dtype: str) -> np.ndarray:
+def encode_maps(maps: np.ndarray, map_dtype: str) -> np.ndarray:
     """Float maps in [0, 1] -> the store's dtype."""
-    if dtype == "uint8":
+    if map_dtype == "uint8":
         values = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0)
         return np.rint(np.clip(values, 0.0, 1.0) * UINT8_LEVELS).astype(np.uint8)
     return np.asarray(maps, dtype=np.float16)

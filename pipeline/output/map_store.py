@@ -1,7 +1,7 @@
 """The Zarr map store of a run: create it, write maps into it, read one map back.
 
 ``maps/<run_id>.zarr`` is a Zarr v3 group whose array ``maps`` is [N, R, R] (float16, or
-uint8 quantised) with one inner chunk per map, K maps per shard object (map_layout.py has the
+uint8 quantised) with one inner chunk per map, K maps per shard object (map_format.py has the
 rules); unwritten slots have no inner chunk and read as the fill value (NaN, or 255 for uint8).
 Stores written before sharding have one object per map and are read the same way. A scores row
 points at its map with ``map_store`` (the store's path below OUT) and ``map_index``; both are
@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .paths import MAPS_ARRAY, maps_store_name, safe_relative_path
-from .map_format import (INDEX_CHECKSUM_BYTES, INDEX_ENTRY_BYTES, MapLayout, decode_maps,
-                         encode_maps, written_in_shard_index)
+from ..specs import MapSpec
+from .map_format import (INDEX_CHECKSUM_BYTES, INDEX_ENTRY_BYTES, decode_maps, encode_maps, fill_value, store_attributes, written_in_shard_index)
 from ..storage.retries import configure_client, with_retries
 from .schema import SCHEMA_VERSION
 from ..storage.location import FilesystemWrapper, Location, env_wrapper, fs_kwargs
@@ -64,43 +64,45 @@ def zarr_store(out: Location, store_name: str, read_only: bool = False):
     return wrap_zarr_store(store, out.wrapper)
 
 
-def create_map_store(out: Location, run_id: str, n_maps: int, layout: MapLayout | int,
+def create_map_store(out: Location, run_id: str, n_maps: int, map_spec: MapSpec | int,
                      attributes: dict[str, Any], image_uris: Sequence[str] | None = None) -> str:
     """:func:`write_new_map_store`; a local OUT that is full or read-only is one line."""
     with out.refusals_named(out.fs_path(maps_store_name(run_id))):
-        return write_new_map_store(out, run_id, n_maps, layout, attributes, image_uris)
+        return write_new_map_store(out, run_id, n_maps, map_spec, attributes, image_uris)
 
 
-def write_new_map_store(out: Location, run_id: str, n_maps: int, layout: MapLayout | int,
+def write_new_map_store(out: Location, run_id: str, n_maps: int, map_spec: MapSpec | int,
                         attributes: dict[str, Any],
                         image_uris: Sequence[str] | None = None) -> str:
     """Create the run's store with array ``maps`` [n, R, R] (fill = not written), sharded by
-    ``layout.maps_per_shard``, and, given the planned objects in map_index order, array
-    ``image_uri`` [n]. An int ``layout`` is a resolution: float16, one object per map."""
+    ``map_spec.maps_per_shard``, and, given the planned objects in map_index order, array
+    ``image_uri`` [n]. An int ``map_spec`` is a map size: float16, one object per map."""
     import warnings
 
     import zarr
     from zarr.codecs import BloscCodec
 
-    if not isinstance(layout, MapLayout):
-        layout = MapLayout(resolution=int(layout))
-    resolution = layout.resolution
+    if not isinstance(map_spec, MapSpec):
+        map_spec = MapSpec(map_size=int(map_spec), maps_per_shard=1)
+    size = map_spec.map_size
+    per_shard = map_spec.maps_per_shard or 1
     name = maps_store_name(run_id)
     shards = None
-    if layout.maps_per_shard > 1:
-        shards = (min(layout.maps_per_shard, max(n_maps, 1)), resolution, resolution)
+    if per_shard > 1:
+        shards = (min(per_shard, max(n_maps, 1)), size, size)
     group = zarr.open_group(zarr_store(out, name), mode="w",
                             attributes={"vip2scan.schema_version": SCHEMA_VERSION,
                                         "run_id": run_id})
     group.create_array(
-        MAPS_ARRAY, shape=(max(n_maps, 0), resolution, resolution), chunks=(1, resolution, resolution),
-        shards=shards, dtype=layout.dtype, fill_value=layout.fill_value,
+        MAPS_ARRAY, shape=(max(n_maps, 0), size, size), chunks=(1, size, size),
+        shards=shards, dtype=map_spec.map_dtype, fill_value=fill_value(map_spec.map_dtype),
         # lz4 with byte shuffle: a 256 px float16 map encodes ~40 % faster than with Zarr's
         # default zstd and a little smaller (maps are smooth); readers need only numcodecs.
         compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
-        attributes={"run_id": run_id, "resolution": resolution, "join": MAP_JOIN_RULE,
+        # "resolution" is the stored name of the map size (readers of older stores use it).
+        attributes={"run_id": run_id, "resolution": size, "join": MAP_JOIN_RULE,
                     "vip2scan.schema_version": SCHEMA_VERSION, **attributes,
-                    **layout.attributes(),
+                    **store_attributes(map_spec),
                     # xarray (CF convention): image_uri is a coordinate of maps
                     **({"coordinates": URI_ARRAY} if image_uris is not None else {})},
         dimension_names=("map_index", "y", "x"),

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from .. import faults
 from ..storage.accounting import IoCounts, take_io
-from .commit import StagingWriter
+from .staging import StagingWriter
 from ..engines import EngineChoice, EngineConfig, StageSettings
 from ..engines import local as local_engine
 from ..engines import ray as ray_engine
@@ -36,7 +36,10 @@ from .plan import Plan, Remaining, upload_file
 from ..storage.retries import check_retry_budget, take_retries
 from ..output.schema import ALREADY_STAGED, scores_table
 from ..stages.decode import DecodeSettings
-from ..stages.infer import InferSettings, MapWriterSettings, ModelSpec
+from vip2scan.model.factory import ModelSpec
+
+from ..stages.infer import InferSettings
+from ..stages.write_maps import MapWriterSettings
 from ..storage.location import Location
 
 Engine = Callable[[Location, str, EngineConfig, StageSettings, Callable[[pa.Table], None]], None]
@@ -128,8 +131,8 @@ class StagedResults:
         self.done = done  # rows staged so far, by earlier attempts too
         self.kill_after = faults.driver_kill_after()
         self.engine_started = time.perf_counter()
-        self.writer = StagingWriter(out, plan.run_id, flush_rows=opts.stage_rows,
-                                    flush_s=opts.stage_seconds, on_flush=self._flushed,
+        self.writer = StagingWriter(out, plan.run_id, flush_rows=opts.run_spec.stage_rows,
+                                    flush_s=opts.run_spec.stage_seconds, on_flush=self._flushed,
                                     fence=lambda: lease.fence(f"staging rows of run {plan.run_id}"))
 
     def _flushed(self, rows: int, batches: int) -> None:
@@ -186,49 +189,35 @@ def ray_log_path(run_id: str) -> str:
     return os.path.join(folder, f"{run_id}-ray.log")
 
 
-def engine_config(opts: ScanOptions, log_file: str | None = None,
-                  unit_rows: int | None = None) -> EngineConfig:
-    return EngineConfig(
-        batch_size=opts.batch_size, unit_rows=unit_rows, actors=opts.actors,
-        gpus_per_actor=opts.gpus_per_actor,
-        cpus_per_actor=opts.cpus_per_actor, torch_threads=opts.torch_threads,
-        decode_cpus=opts.decode_cpus,
-        max_tasks_in_flight_per_actor=opts.max_tasks_in_flight_per_actor,
-        device=opts.device, amp=opts.amp, ray_address=opts.ray_address,
-        ray_init_kwargs=opts.ray_init_kwargs, notify=opts.notify, log_file=log_file)
-
-
-def stage_settings(out: Location, plan: Plan, spec: ModelSpec, image_size: int,
+def stage_settings(out: Location, plan: Plan, model_spec: ModelSpec, image_size: int,
                    opts: ScanOptions) -> StageSettings:
+    """Each stage's settings, derived from the scan's specs and the plan's frozen ones."""
     fault_hooks = faults.from_env()
-    decode = DecodeSettings(image_size=image_size, max_image_pixels=opts.max_image_pixels,
+    decode = DecodeSettings(image_size=image_size, limit_spec=opts.limit_spec,
                             storage_options=opts.storage_for("source") or None,
-                            wrapper=opts.fs_wrapper, max_object_bytes=opts.max_object_bytes,
-                            decode_timeout_s=opts.decode_timeout_s,
-                            read_timeout_s=opts.read_timeout_s, faults=fault_hooks)
-    infer = InferSettings(model=spec, map_size=plan.map_size, image_threshold=plan.image_threshold,
-                          image_thresholds=tuple(plan.image_thresholds.items()),
-                          pixel_threshold=plan.pixel_threshold, device=opts.device, amp=opts.amp,
-                          channels_last=opts.channels_last, compile=opts.compile,
-                          batch_size=opts.batch_size, expected_model_id=plan.model_id,
-                          faults=fault_hooks)
-    maps = MapWriterSettings(out_uri=out.uri, store_name=plan.map_store,
+                            wrapper=opts.fs_wrapper, faults=fault_hooks)
+    infer = InferSettings(model_spec=model_spec, map_spec=plan.map_spec,
+                          thresholds=plan.thresholds, engine_spec=opts.engine_spec,
+                          checkpoint_storage_options=opts.storage_for("checkpoint") or None,
+                          expected_model_id=plan.model_id, faults=fault_hooks)
+    maps = MapWriterSettings(out_uri=out.uri, store_name=plan.map_store, map_spec=plan.map_spec,
                              storage_options=dict(out.storage_options) or None,
-                             wrapper=opts.fs_wrapper, mode=plan.maps_mode)
+                             wrapper=opts.fs_wrapper)
     return StageSettings(decode=decode, infer=infer, maps=maps)
 
 
-def run_attempt(out: Location, plan: Plan, remaining: Remaining, spec: ModelSpec,
+def run_attempt(out: Location, plan: Plan, remaining: Remaining, model_spec: ModelSpec,
                 image_size: int, opts: ScanOptions, lease: Lease, stats: RunStats,
                 engine: EngineChoice, log_file: str | None = None) -> None:
     """Stream the remaining work through ``engine`` and stage every result row durably."""
     work_path = staging_file(plan.run_id, WORK_FILE)
     lease.fence(f"staging the work list of run {plan.run_id}")
     upload_file(out, remaining.path, work_path)
-    stages = stage_settings(out, plan, spec, image_size, opts)
+    stages = stage_settings(out, plan, model_spec, image_size, opts)
     results = StagedResults(out, plan, opts, lease, stats, done=remaining.staged)
     try:
-        config = engine_config(opts, log_file, plan.work_unit_rows(opts.batch_size))
+        config = EngineConfig(opts.engine_spec, plan.work_unit_rows(opts.engine_spec.batch_size),
+                              notify=opts.notify, log_file=log_file)
         ENGINES[engine.name](out, work_path, config, stages, results)
         results.writer.flush()
     except KeyboardInterrupt:

@@ -18,16 +18,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from .. import faults
-from .commit import staged_part_names
-from ..selection.diff import Selection, list_and_diff
+from ..output.calibration import Thresholds
+from ..selection.diff import list_and_diff
+from ..specs import MapSpec, SelectionSpec
+from .staging import staged_part_names
 from ..output.paths import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
                      maps_store_name, parts_dir, record_name, scores_partition, staging_dir,
                      staging_file)
-from ..output.map_format import MapLayout, choose_maps_per_shard, unit_rows
+from ..output.map_format import choose_maps_per_shard, unit_rows
 from ..output.map_store import create_map_store
 from ..output.views import duckdb_connect, register_parquet, sql_str
 from ..output.records import read_json, write_json
@@ -39,7 +41,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Plan:
-    """The frozen work of one run, persisted so an interrupted run resumes identically."""
+    """The frozen work of one run, persisted so an interrupted run resumes identically.
+
+    It embeds the specs it freezes: ``map_spec`` with ``maps_per_shard`` resolved (plans written
+    before sharding have one object per map, so any unit lines up with them) and ``maps``
+    'none' when the run has no store, and the resolved ``thresholds``.
+    """
 
     run_id: str
     source: str
@@ -49,24 +56,13 @@ class Plan:
     counts: dict[str, int]
     n_todo: int
     map_store: str | None
-    map_size: int
-    image_threshold: float
-    pixel_threshold: float
+    map_spec: MapSpec
+    thresholds: Thresholds
     attempts: int = 1
     config: dict[str, Any] = field(default_factory=dict)
     skipped_by_suffix: dict[str, int] = field(default_factory=dict)  # not scanned: no image suffix
     warnings: list[str] = field(default_factory=list)  # about the selection, e.g. it is empty
-    # Where image_threshold came from ('flag', 'labelled', 'label-free rate R', 'default
-    # (uncalibrated)') and the per-prefix thresholds of a label-free calibration (URI prefix
-    # -> threshold), frozen with the plan so a resumed run scores like its first attempt.
-    threshold_source: str = ""
-    image_thresholds: dict[str, float] = field(default_factory=dict)
-    # The map store's layout and the work units aligned to its shards (map_layout.py); plans
-    # written before sharding have one object per map, so any unit lines up with them.
-    map_dtype: str = "float16"
-    maps_per_shard: int = 1
-    maps_mode: str = "all"
-    unit_rows: int = 0  # 0: the attempt's batch size
+    unit_rows: int = 0  # rows per work unit, whole shards (0: the attempt's batch size)
 
     def work_unit_rows(self, batch_size: int) -> int:
         return self.unit_rows or max(1, int(batch_size))
@@ -83,64 +79,69 @@ class Plan:
         content = read_json(out, staging_file(run_id, PLAN_FILE))
         if not content:
             return None
+        content = nested_plan(content)
         known = {f for f in cls.__dataclass_fields__}
         try:
-            return cls(**{k: v for k, v in content.items() if k in known})
-        except TypeError:  # an incomplete or foreign plan: not resumable
+            values = {k: v for k, v in content.items() if k in known}
+            values["map_spec"] = MapSpec(**values["map_spec"])
+            values["thresholds"] = Thresholds(**values["thresholds"])
+            return cls(**values)
+        except (TypeError, KeyError, ValueError):  # an incomplete or foreign plan: not resumable
             return None
+
+
+# How plans saved before the specs named the map and threshold fields (flat), so a run
+# interrupted across an upgrade still resumes.
+_FLAT_MAP_FIELDS = {"maps_mode": "maps", "map_size": "map_size", "map_dtype": "map_dtype",
+                    "maps_per_shard": "maps_per_shard"}
+_FLAT_THRESHOLD_FIELDS = ("image_threshold", "pixel_threshold", "threshold_source",
+                          "image_thresholds")
+
+
+def nested_plan(content: dict[str, Any]) -> dict[str, Any]:
+    """A saved plan with its map and threshold fields nested as the specs hold them."""
+    if "map_spec" in content or "map_size" not in content:
+        return content
+    content = dict(content)
+    content["map_spec"] = {new: content.pop(old) for old, new in _FLAT_MAP_FIELDS.items()
+                           if old in content}
+    content["thresholds"] = {name: content.pop(name) for name in _FLAT_THRESHOLD_FIELDS
+                             if name in content}
+    return content
 
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """What a run scores with: the model's id and input size, the resolved thresholds."""
+    """What a run scores with: the model's id and input size, and the resolved thresholds."""
 
     model_id: str
     image_size: int
-    image_threshold: float
-    pixel_threshold: float
-    threshold_source: str = ""
-    image_thresholds: dict[str, float] = field(default_factory=dict)
-    threshold_note: str = ""  # why OUT's calibration did not apply (not part of the plan)
+    thresholds: Thresholds
 
 
-@dataclass(frozen=True)
-class MapsRequest:
-    """What the scan asked for: ``--maps``, ``--map-size``, ``--map-dtype``, ``--maps-per-shard``."""
-
-    mode: str = "all"  # all | anomalous | none
-    size: int = 256
-    dtype: str = "float16"
-    per_shard: int | None = None  # None: from the map size (map_layout.choose_maps_per_shard)
-    batch_size: int = 32
-
-
-def create_plan(out: Location, src: Location, selection: Selection, model: ModelPlan, *,
-                run_id: str, now: dt.datetime, maps: MapsRequest,
-                config: dict[str, Any], workdir: str) -> Plan:
+def create_plan(out: Location, src: Location, selection_spec: SelectionSpec,
+                manifest: Location | None, model: ModelPlan, *, run_id: str, now: dt.datetime,
+                map_spec: MapSpec, batch_size: int, config: dict[str, Any], workdir: str) -> Plan:
     """List, diff and save the plan of a new run (plan.json last: its presence means the
     todo list, the vanished list and the map store are all in place)."""
-    diff = list_and_diff(src, out, selection, model.model_id, run_id, workdir)
+    diff = list_and_diff(src, out, selection_spec, manifest, model.model_id, run_id, workdir)
     upload_file(out, diff.todo_path, staging_file(run_id, TODO_FILE))
     upload_file(out, diff.vanished_path, staging_file(run_id, VANISHED_FILE))
     n_todo = diff.counts.to_scan
-    map_size = maps.size
-    per_shard = choose_maps_per_shard(maps.size, maps.dtype, n_todo, maps.per_shard) \
-        if maps.mode != "none" else 1
-    layout = MapLayout(maps.size, maps.dtype, per_shard, maps.mode)
+    per_shard = choose_maps_per_shard(map_spec.map_size, map_spec.map_dtype, n_todo,
+                                      map_spec.maps_per_shard) if map_spec.enabled else 1
+    frozen = replace(map_spec, maps_per_shard=per_shard)
     store = None
-    if maps.mode != "none" and n_todo > 0:
-        store = create_map_store(out, run_id, n_todo, layout, {
+    if map_spec.enabled and n_todo > 0:
+        store = create_map_store(out, run_id, n_todo, frozen, {
             "model_id": model.model_id, "image_size": model.image_size,
             "source": src.display()}, image_uris=planned_uris(diff.todo_path))
     plan = Plan(run_id=run_id, source=src.uri, model_id=model.model_id,
                 started_at=now.isoformat(), scan_date=now.strftime("%Y-%m-%d"),
-                counts=diff.counts.as_dict(), n_todo=n_todo, map_store=store, map_size=map_size,
-                image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold,
-                config=config, skipped_by_suffix=diff.skipped_by_suffix, warnings=diff.warnings,
-                threshold_source=model.threshold_source,
-                image_thresholds=dict(model.image_thresholds), map_dtype=maps.dtype,
-                maps_per_shard=per_shard, maps_mode=maps.mode,
-                unit_rows=unit_rows(per_shard, maps.batch_size))
+                counts=diff.counts.as_dict(), n_todo=n_todo, map_store=store, map_spec=frozen,
+                thresholds=model.thresholds, config=config,
+                skipped_by_suffix=diff.skipped_by_suffix, warnings=diff.warnings,
+                unit_rows=unit_rows(per_shard, batch_size))
     faults.driver_point("plan")
     plan.save(out)
     return plan

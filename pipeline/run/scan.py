@@ -17,25 +17,27 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vip2scan.errors import InvalidSetting
+from vip2scan.model.factory import ModelSpec, model_facts
+
 from .. import faults
-from .attempt import ENGINES, RunStats, ScanInterrupted, ray_log_path, run_attempt
-from ..output.calibration import CalibrationError
-from .commit import commit_parts, publish_record, publish_vanished, run_record
-from ..selection.diff import Selection, iter_todo, list_and_diff
+from .attempt import RunStats, ScanInterrupted, ray_log_path, run_attempt
+from ..output.calibration import CalibrationError, resolve_thresholds
+from .publish import commit_parts, publish_record, publish_vanished, run_record
+from ..selection.diff import iter_todo, list_and_diff
 from ..errors import ScanError, one_line, write_failure
 from ..engines import EngineChoice, choose_engine
 from ..output.paths import new_run_id, record_name, scores_partition
-from ..selection.listing import ObjectFilter, suffix_list
 from .holder import signals_unwind
 from .lock import Lease, OutputLocked
 from ..options import ScanOptions, TodoCallback
-from .plan import (MapsRequest, ModelPlan, Plan, Remaining, create_plan, find_resumable,
-                   remaining_work, resumes, staged_runs)
+from .plan import (ModelPlan, Plan, Remaining, create_plan, find_resumable, remaining_work,
+                   resumes, staged_runs)
 from .preflight import check_apart, check_manifest, check_out, check_source
 from ..storage.redaction import redact
 from ..output.schema import STATUS_COMPLETE
 from ..output.snapshot import commit_snapshot
-from ..stages.infer import ModelSpec, model_facts, resolve_thresholds
+from ..specs import SelectionSpec
 from ..storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -104,39 +106,36 @@ class Target:
 
     src: Location
     out: Location
-    spec: ModelSpec
-    selection: Selection
+    model_spec: ModelSpec
+    manifest: Location | None  # the opened selection_spec.manifest, if any
 
 
 def resolve_target(source: str, out: str, checkpoint: str, opts: ScanOptions) -> Target:
-    manifest = None
-    if opts.manifest:
-        manifest = Location.of(opts.manifest, opts.storage_for("source"), opts.fs_wrapper)
-    selection = Selection(
-        ObjectFilter(suffix_list(opts.suffixes), tuple(opts.include), tuple(opts.exclude)),
-        manifest=manifest, full=opts.full, retry_errors=opts.retry_errors, limit=opts.limit)
+    manifest = opts.selection_spec.manifest
     return Target(src=Location.of(source, opts.storage_for("source"), opts.fs_wrapper),
                   out=Location.of(out, opts.storage_for("out"), opts.fs_wrapper),
-                  spec=ModelSpec(checkpoint, opts.storage_for("checkpoint"), opts.backbone,
-                                 opts.weights, opts.image_size),
-                  selection=selection)
+                  model_spec=opts.model_spec.with_checkpoint(checkpoint),
+                  manifest=Location.of(manifest, opts.storage_for("source"), opts.fs_wrapper)
+                  if manifest else None)
 
 
-def learn_model(spec: ModelSpec, opts: ScanOptions, out: Location | None = None) -> ModelPlan:
+def learn_model(model_spec: ModelSpec, opts: ScanOptions, out: Location | None = None) -> ModelPlan:
     """The model's id, input size and thresholds (with OUT's label-free calibration, if any);
     fails fast on a broken checkpoint or calibration file (before anything is locked or
     written)."""
     try:
-        facts = model_facts(spec)
+        facts = model_facts(model_spec, opts.storage_for("checkpoint") or None)
+    except InvalidSetting:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise ScanError(one_line(f"cannot load checkpoint {redact(spec.checkpoint)}", exc)) from None
+        raise ScanError(one_line(f"cannot load checkpoint {redact(model_spec.checkpoint or '')}",
+                                 exc)) from None
     gc.collect()
     try:
-        picked = resolve_thresholds(facts, opts.threshold, opts.pixel_threshold, out)
+        thresholds = resolve_thresholds(opts.threshold_spec, facts, out)
     except CalibrationError as exc:
         raise ScanError(str(exc)) from None
-    return ModelPlan(facts.model_id, facts.image_size, picked.image, picked.pixel,
-                     picked.source, picked.by_prefix, picked.note)
+    return ModelPlan(facts.model_id, facts.image_size, thresholds)
 
 
 def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = None) -> RunSummary:
@@ -148,26 +147,25 @@ def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = N
     holds OUT.
     """
     opts = options or ScanOptions()
-    if opts.engine not in (*ENGINES, "auto"):
-        raise ScanError(f"unknown engine {opts.engine!r}: expected 'auto', 'ray' or 'local'")
     stats = RunStats()
     target = resolve_target(source, out, checkpoint, opts)
+    selection = opts.selection_spec
     # Fail fast: nothing is listed, locked or written before source, OUT and model are fine.
-    check_apart(target.src, target.out, target.selection.object_filter, target.selection.manifest)
-    if target.selection.manifest is not None:
-        check_manifest(target.selection.manifest)
+    check_apart(target.src, target.out, selection.object_filter(), target.manifest)
+    if target.manifest is not None:
+        check_manifest(target.manifest)
     else:
         check_source(target.src)
-    check_out(target.out, writable=not opts.dry_run)
-    model = learn_model(target.spec, opts, target.out)
-    if opts.dry_run:
-        return dry_run(target, model, stats, opts.list_todo)
-    lease = Lease(target.out, ttl_s=opts.lock_ttl_s, heartbeat_s=opts.heartbeat_s)
+    check_out(target.out, writable=not opts.run_spec.dry_run)
+    model = learn_model(target.model_spec, opts, target.out)
+    if opts.run_spec.dry_run:
+        return dry_run(target, selection, model, stats, opts.list_todo)
+    lease = Lease(target.out, ttl_s=opts.run_spec.lock_ttl_s, heartbeat_s=opts.run_spec.heartbeat_s)
     # SIGTERM unwinds like Ctrl-C, so the lease is released on every way out but SIGKILL
     # (and a SIGKILLed holder on this host is taken over at once: lock.py).
     with signals_unwind():
         try:
-            lease.acquire(opts.wait)
+            lease.acquire(opts.run_spec.wait)
             faults.driver_point("lease")
             return scan_locked(target, opts, model, lease, stats)
         except OSError as exc:
@@ -180,13 +178,13 @@ def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = N
             lease.release()
 
 
-def dry_run(target: Target, model: ModelPlan, stats: RunStats,
+def dry_run(target: Target, selection: SelectionSpec, model: ModelPlan, stats: RunStats,
             list_todo: TodoCallback | None = None) -> RunSummary:
     """List and diff only: the counts a scan would start from (and, to ``list_todo``, the
     objects it would score)."""
     with tempfile.TemporaryDirectory(prefix="vip2scan-") as workdir, stats.timed("list_diff"):
-        diff = list_and_diff(target.src, target.out, target.selection, model.model_id,
-                             "dry-run", workdir)
+        diff = list_and_diff(target.src, target.out, selection, target.manifest,
+                             model.model_id, "dry-run", workdir)
         if list_todo is not None:
             for reason, image_uri in iter_todo(diff.todo_path):
                 list_todo(reason, image_uri)
@@ -196,10 +194,11 @@ def dry_run(target: Target, model: ModelPlan, stats: RunStats,
                       wall_s=stats.wall_s(), images_per_s=0.0, out=target.out.display(),
                       scores_uri=None, maps_uri=None, record_uri=None, model_id=model.model_id,
                       stage_s=stats.stage_s, skipped_by_suffix=diff.skipped_by_suffix,
-                      warnings=diff.warnings, image_threshold=model.image_threshold,
-                      threshold_source=model.threshold_source,
-                      image_thresholds=dict(model.image_thresholds),
-                      threshold_note=model.threshold_note)
+                      warnings=diff.warnings,
+                      image_threshold=model.thresholds.image_threshold,
+                      threshold_source=model.thresholds.threshold_source,
+                      image_thresholds=dict(model.thresholds.image_thresholds),
+                      threshold_note=model.thresholds.note)
 
 
 def pending_run(out: Location, source_uri: str, model_id: str, workdir: str) -> PendingRun | None:
@@ -233,12 +232,13 @@ def scan_locked(target: Target, opts: ScanOptions, model: ModelPlan, lease: Leas
             faults.driver_point("planned")
             engine, engine_log = None, None
             if remaining.left > 0:
-                engine = choose_engine(opts.engine, remaining.left, opts.ray_address)
+                engine = choose_engine(opts.engine_spec.engine, remaining.left,
+                                       opts.engine_spec.ray_address)
                 engine_log = ray_log_path(plan.run_id) if engine.name == "ray" else None
                 plan.config = {**plan.config, **engine_fields(opts, engine, engine_log)}
                 stats.inference_started = True
-                run_attempt(out, plan, remaining, target.spec, model.image_size, opts, lease,
-                            stats, engine, engine_log)
+                run_attempt(out, plan, remaining, target.model_spec, model.image_size, opts,
+                            lease, stats, engine, engine_log)
             staged = all_staged(out, plan, workdir)
             summary = commit_run(target, plan, model, staged, opts, lease, stats)
         except KeyboardInterrupt as exc:
@@ -255,8 +255,8 @@ def scan_locked(target: Target, opts: ScanOptions, model: ModelPlan, lease: Leas
 
 def engine_fields(opts: ScanOptions, engine: EngineChoice, log: str | None) -> dict[str, Any]:
     """What the run record's config says about the engine (``engine`` is the one that ran)."""
-    return {"engine_requested": opts.engine, "engine": engine.name, "engine_reason": engine.reason,
-            "engine_log": log}
+    return {"engine_requested": opts.engine_spec.engine, "engine": engine.name,
+            "engine_reason": engine.reason, "engine_log": log}
 
 
 def staged_so_far(out: Location, plan: Plan, remaining: Remaining | None, stats: RunStats,
@@ -275,11 +275,10 @@ def start_plan(target: Target, opts: ScanOptions, model: ModelPlan, lease: Lease
     now = dt.datetime.now(dt.timezone.utc)
     run_id = new_run_id(now)
     lease.set_run_id(run_id)
-    maps = MapsRequest(mode=opts.maps if opts.write_maps else "none", size=opts.map_size,
-                       dtype=opts.map_dtype, per_shard=opts.maps_per_shard,
-                       batch_size=opts.batch_size)
-    return create_plan(target.out, target.src, target.selection, model, run_id=run_id, now=now,
-                       maps=maps, config=opts.public(), workdir=workdir)
+    return create_plan(target.out, target.src, opts.selection_spec, target.manifest, model,
+                       run_id=run_id, now=now, map_spec=opts.map_spec,
+                       batch_size=opts.engine_spec.batch_size, config=opts.public(),
+                       workdir=workdir)
 
 
 def resume_plan(out: Location, plan: Plan, lease: Lease) -> Plan:
@@ -310,7 +309,7 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
     out = target.out
     with stats.timed("commit"):
         fence = lambda: lease.fence(f"committing run {plan.run_id}")  # noqa: E731
-        result = commit_parts(out, plan.run_id, plan.scan_date, opts.max_rows_per_file,
+        result = commit_parts(out, plan.run_id, plan.scan_date, opts.run_spec.max_rows_per_file,
                               dedupe=staged.staged_rows != staged.staged, fence=fence)
         faults.driver_point("committed")
         counts = {**plan.counts, "scored": result.ok, "failed": result.failed}
@@ -323,7 +322,8 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         finished = dt.datetime.now(dt.timezone.utc)
     lease.fence(f"publishing the record of run {plan.run_id}")  # the lease is re-read last
     publish_record(out, {**run_record(
-        plan, out, result, checkpoint=target.spec.checkpoint, finished_at=finished.isoformat(),
+        plan, out, result, checkpoint=target.model_spec.checkpoint or "",
+        finished_at=finished.isoformat(),
         counts=counts, image_size=model.image_size, vanished_file=vanished_file, wall_s=wall_s,
         images_per_s=images_per_s, stage_s=stats.stage_s, io_counts=stats.io(),
         inference_started=stats.inference_started),
@@ -338,7 +338,8 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         scan_date=plan.scan_date, inference_started=stats.inference_started,
         stage_s=dict(stats.stage_s), io=stats.io(), files=result.files,
         skipped_by_suffix=plan.skipped_by_suffix, warnings=plan.warnings,
-        image_threshold=plan.image_threshold, threshold_source=plan.threshold_source,
-        image_thresholds=dict(plan.image_thresholds),
-        threshold_note=model.threshold_note if plan.threshold_source == model.threshold_source
-        else "")
+        image_threshold=plan.thresholds.image_threshold,
+        threshold_source=plan.thresholds.threshold_source,
+        image_thresholds=dict(plan.thresholds.image_thresholds),
+        threshold_note=model.thresholds.note
+        if plan.thresholds.threshold_source == model.thresholds.threshold_source else "")

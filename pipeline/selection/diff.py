@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ScanError, one_line
+from ..specs import SelectionSpec
 from .keyfilter import keys_kept
 from .listing import ListingTally, ObjectFilter, list_prefix
 from .manifest import read_manifest
@@ -65,46 +66,36 @@ class DiffResult:
     warnings: list[str] = field(default_factory=list)  # e.g. the selection is empty
 
 
-@dataclass(frozen=True)
-class Selection:
-    """Which objects a run considers (the listing) and which of them it scans (the diff)."""
-
-    object_filter: ObjectFilter
-    manifest: Location | None = None  # an explicit listing instead of listing the source
-    full: bool = False  # rescan unchanged objects too
-    retry_errors: bool = False  # rescan unchanged objects whose last row was an error
-    limit: int | None = None  # scan at most this many; the rest is deferred
-
-
-def list_and_diff(src: Location, out: Location, selection: Selection, model_id: str,
-                  run_id: str, workdir: str) -> DiffResult:
-    """List the source (or read the manifest) into ``workdir`` and diff it against the previous
-    complete runs of this model that can hold objects of this source."""
+def list_and_diff(src: Location, out: Location, selection: SelectionSpec,
+                  manifest: Location | None, model_id: str, run_id: str, workdir: str) -> DiffResult:
+    """List the source (or read ``manifest``, the opened ``selection.manifest``) into
+    ``workdir`` and diff it against the previous complete runs of this model that can hold
+    objects of this source."""
     manifest_path = os.path.join(workdir, "listing.parquet")
+    object_filter = selection.object_filter()
     try:
-        if selection.manifest is not None:
-            tally = read_manifest(selection.manifest, src, manifest_path, selection.object_filter)
+        if manifest is not None:
+            tally = read_manifest(manifest, src, manifest_path, object_filter)
         else:
             # A listing that fails midway on a transient error starts over (it rewrites the
             # manifest from scratch, so a repeat is harmless); on S3 the client retries each
             # page request instead, and a listing is not repeated on top (retries.py).
-            tally = with_retries(list_prefix, src, manifest_path, selection.object_filter,
-                                 fs=src.fs)
+            tally = with_retries(list_prefix, src, manifest_path, object_filter, fs=src.fs)
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ScanError(one_line(f"cannot list {src.display()}", exc)) from None
     snapshot = current_snapshot(committed_records(out))
     previous = [] if snapshot is not None else \
-        state_runs(out, src.uri, model_id, selection.manifest is not None)
-    result = diff_listing(manifest_path, out, previous, workdir, selection.object_filter,
+        state_runs(out, src.uri, model_id, manifest is not None)
+    result = diff_listing(manifest_path, out, previous, workdir, object_filter,
                           src.uri, run_id, full=selection.full,
                           retry_errors=selection.retry_errors, limit=selection.limit,
                           snapshot=snapshot, model_id=model_id,
-                          listed_under_source=selection.manifest is None)
+                          listed_under_source=manifest is None)
     result.counts.skipped, result.counts.excluded = tally.skipped_total, tally.excluded
     result.skipped_by_suffix = dict(sorted(tally.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
-    result.warnings = selection_warnings(tally, src, selection.manifest)
+    result.warnings = selection_warnings(tally, src, manifest)
     for warning in result.warnings:
         log.warning("warning: %s", warning)
     return result

@@ -16,8 +16,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vip2scan.errors import InvalidSetting
+
 from .. import faults
-from ..errors import ScanError
 from ..output.schema import MANIFEST_SCHEMA, utc_timestamp
 from ..storage.location import Location
 
@@ -238,9 +239,9 @@ def list_prefix(source: Location, manifest_path: str, object_filter: ObjectFilte
     return tally
 
 
-def suffix_list(extra: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """The default image suffixes plus ``extra`` (``.jfif,.gif``, ``gif`` or a list of them),
-    each of which Pillow must be able to open; raises ScanError naming one it cannot."""
+def extra_suffixes(extra: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """Suffixes beyond the defaults, normalised (``.jfif,.gif``, ``gif`` or a list of them);
+    each must be one Pillow can open (raises InvalidSetting naming one it cannot)."""
     values = [extra] if isinstance(extra, str) else list(extra or ())
     added: list[str] = []
     for value in values:
@@ -252,7 +253,7 @@ def suffix_list(extra: str | Sequence[str] | None = None) -> tuple[str, ...]:
             check_pillow_opens(suffix)
             if suffix not in IMAGE_SUFFIXES and suffix not in added:
                 added.append(suffix)
-    return IMAGE_SUFFIXES + tuple(added)
+    return tuple(added)
 
 
 # Formats Pillow registers but that are no use to a scan: stubs (they identify a file but
@@ -262,7 +263,7 @@ REFUSED_FORMATS = ("EPS", "PS")
 
 
 def check_pillow_opens(suffix: str) -> None:
-    """Raise ScanError unless Pillow has a decoder for files named ``*<suffix>``."""
+    """Raise InvalidSetting unless Pillow has a decoder for files named ``*<suffix>``."""
     from PIL import Image, ImageFile
 
     Image.init()
@@ -270,7 +271,8 @@ def check_pillow_opens(suffix: str) -> None:
     opener = Image.OPEN.get(fmt)[0] if fmt in Image.OPEN else None
     stub = isinstance(opener, type) and issubclass(opener, ImageFile.StubImageFile)
     if fmt in REFUSED_FORMATS:
-        raise ScanError(f"cannot scan {suffix!r} files: Pillow renders them with Ghostscript, "
-                        "which is not run on a lake's files")
+        raise InvalidSetting("suffixes", f"cannot scan {suffix!r} files: Pillow renders them "
+                                         "with Ghostscript, which is not run on a lake's files")
     if opener is None or stub:
-        raise ScanError(f"cannot scan {suffix!r} files: this Pillow has no decoder for them")
+        raise InvalidSetting("suffixes", f"cannot scan {suffix!r} files: this Pillow has no "
+                                         "decoder for them")

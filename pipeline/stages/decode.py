@@ -22,26 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError
+from vip2scan.model.images import DecodeError
 
+from ..specs import LimitSpec
 from ..storage.accounting import report_io
 from ..errors import CREDENTIALS_REJECTED, ERROR_MAX_CHARS, one_line
 from ..storage.retries import (StoreUnavailable, credential_error_code, has_client_retries,
                        is_transient, take_retries, with_retries)
 from ..storage.location import get_filesystem, split_protocol
 from .sandbox import FAULT_HANG, FAULT_KILL, FAULT_NONE, POOL, DecoderDied, DecoderTimedOut, Sandbox
-
-# Objects larger than this are error rows, never read: no image within the pixel limit needs
-# more (178 Mpx x 4 bytes uncompressed is 716 MB), and reading one is a whole RAM's worth.
-DEFAULT_MAX_OBJECT_BYTES = 1 << 30
-# Bytes a decode task holds at once: a batch's objects are fetched in groups up to this size
-# (always at least one object), so a batch of large images does not sit in memory together.
-DEFAULT_MAX_BATCH_READ_BYTES = 256 << 20
-# Per-object time limits. A decode of the largest allowed image takes a few seconds; a read
-# group is at most DEFAULT_MAX_BATCH_READ_BYTES, two minutes even at 2 MB/s.
-DEFAULT_DECODE_TIMEOUT_S = 60.0
-DEFAULT_READ_TIMEOUT_S = 120.0
-
 
 def error_text(what: BaseException | str) -> str:
     """An object's ``error`` column: one redacted line of bounded length."""
@@ -53,13 +42,9 @@ class DecodeSettings:
     """What a read+decode task needs (picklable; filesystems are built inside the worker)."""
 
     image_size: int
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    limit_spec: LimitSpec = LimitSpec()
     storage_options: dict | None = field(default=None, repr=False)
     wrapper: Any = field(default=None, repr=False)
-    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
-    max_batch_read_bytes: int = DEFAULT_MAX_BATCH_READ_BYTES
-    decode_timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S  # None or 0: no limit
-    read_timeout_s: float | None = DEFAULT_READ_TIMEOUT_S  # None or 0: no limit
     faults: Any = field(default=None, repr=False)  # faults.FaultHooks (tests only)
 
 
@@ -112,7 +97,7 @@ def _within(seconds: float, fn, *args) -> tuple[bool, Any]:
 def fetch_within_limit(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseException]:
     """:func:`_fetch_many` with the read time limit: when a group does not finish in time, its
     objects are read again one by one, each within the limit, so only the hung ones fail."""
-    limit = settings.read_timeout_s
+    limit = settings.limit_spec.read_timeout_s
     if not limit or limit <= 0:
         return _fetch_many(uris, settings)
     done, results = _within(limit, _fetch_many, uris, settings)
@@ -188,7 +173,7 @@ class ReadDecode:
         if self.settings.faults is not None:
             self.settings.faults.on_decode_batch()
             self.settings.faults.on_decode_uris(uris)
-        limit = self.settings.max_object_bytes
+        limit = self.settings.limit_spec.max_object_bytes
         sizes = _listed_sizes(batch, n)
         read_s = decode_s = 0.0
         wanted = []
@@ -199,7 +184,7 @@ class ReadDecode:
                                     f"{limit} bytes (not read)")
             else:
                 wanted.append(i)
-        budget = max(1, self.settings.max_batch_read_bytes)
+        budget = max(1, self.settings.limit_spec.max_batch_read_bytes)
         sandbox = POOL.acquire()
         try:
             for group in read_groups([sizes[i] for i in wanted], budget):
@@ -243,7 +228,7 @@ class ReadDecode:
                 "object not found" if isinstance(blob, FileNotFoundError) else \
                 "access denied" if isinstance(blob, PermissionError) else "read failed"
             return error_text(f"{reason}: {error_text(blob)}")
-        limit = self.settings.max_object_bytes
+        limit = self.settings.limit_spec.max_object_bytes
         if limit and len(blob) > limit:  # the listing did not know the size (or was wrong)
             return error_text(f"object too large: {len(blob)} bytes exceeds the limit of "
                               f"{limit} bytes")
@@ -251,8 +236,8 @@ class ReadDecode:
         action = FAULT_KILL if fault == "kill" else FAULT_HANG if fault == "hang" else FAULT_NONE
         for attempt in range(2):
             try:
-                return sandbox.decode(blob, out, self.settings.max_image_pixels,
-                                      self.settings.decode_timeout_s, action)
+                return sandbox.decode(blob, out, self.settings.limit_spec.max_image_pixels,
+                                      self.settings.limit_spec.decode_timeout_s, action)
             except DecodeError as exc:
                 return error_text(str(exc))
             except DecoderDied as exc:

@@ -72,7 +72,7 @@ def test_precedence_flag_then_environment_then_file_then_default(tmp_path, monke
     assert params["batch_size"] == 4  # flag beats file
     assert params["checkpoint"] == "from-env-ckpt"  # environment beats file
     assert params["map_size"] == 128  # file beats default
-    assert params["threshold"] is None  # default
+    assert params["image_threshold"] is None  # default
     flag = parse_scan(["s3://lake/", "--config", str(path), "--checkpoint", "from-flag"],
                       env={"VIP2SCAN_CHECKPOINT": "from-env-ckpt"}, monkeypatch=monkeypatch)
     assert flag["checkpoint"] == "from-flag"  # flag beats environment

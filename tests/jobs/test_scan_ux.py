@@ -195,7 +195,6 @@ def test_malformed_storage_options_are_usage_errors(cli, value, says) -> None:
 
 # ------------------------------------------------------------------ --help at 80 columns
 def test_scan_help_reads_at_80_columns(cli) -> None:
-    from vip2scan.jobs.scan import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
     from vip2scan.pipeline import ScanOptions
 
     ran = cli("scan", "--help", env={"COLUMNS": "80"})
@@ -208,7 +207,8 @@ def test_scan_help_reads_at_80_columns(cli) -> None:
     for flag in ("--pixel-threshold", "--max-image-pixels", "--retry-errors", "--engine auto|ray|local"):
         assert flag in text, flag
     joined = " ".join(text.split())
-    assert f"Images per inference batch. [default: {DEFAULT_BATCH_SIZE};" in joined
-    assert f"[default: {DEFAULT_MAX_IMAGE_PIXELS};" in joined
+    # --help shows the specs' own defaults, so the flag and the API cannot disagree
     defaults = ScanOptions()
-    assert (defaults.batch_size, defaults.max_image_pixels) == (DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS)
+    assert f"Images per inference batch. [default: {defaults.engine_spec.batch_size}]" in joined
+    assert f"[default: {defaults.limit_spec.max_image_pixels}]" in joined
+    assert f"[default: {defaults.map_spec.map_size}]" in joined

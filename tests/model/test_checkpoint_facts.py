@@ -36,7 +36,7 @@ def test_saved_thresholds_are_read(checkpoint_copy):
 
 def test_reading_facts_does_not_import_torch(tiny_checkpoint):
     code = ("import sys\n"
-            "from vip2scan.pipeline.stages.infer import ModelSpec, model_facts\n"
+            "from vip2scan.model.factory import ModelSpec, model_facts\n"
             f"facts = model_facts(ModelSpec({tiny_checkpoint!r}))\n"
             "print(facts.model_id, 'torch' in sys.modules, 'open_clip' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,10 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vip2scan.pipeline.output.map_format import (MAX_MAPS_PER_SHARD, MapLayout, choose_maps_per_shard,
-                                          decode_maps, encode_maps, unit_rows)
+from vip2scan.pipeline.output.calibration import Thresholds
+from vip2scan.pipeline.output.map_format import (choose_maps_per_shard, decode_maps, encode_maps,
+                                                 unit_rows)
 from vip2scan.pipeline.output.map_store import (create_map_store, open_maps, read_map_array, shard_length,
                                     write_maps, written_indices)
+from vip2scan.pipeline.specs import MAX_MAPS_PER_SHARD, MapSpec
 from vip2scan.pipeline.stages.units import unit_slices
 from vip2scan.pipeline.storage.location import Location
 
@@ -66,7 +68,7 @@ def test_unit_slices_never_split_a_unit():
 def test_a_sharded_store_round_trips_one_object_per_shard(tmp_path, dtype):
     out = Location.of(str(tmp_path))
     n, k = 70, 32  # the last shard is short
-    store = create_map_store(out, "run", n, MapLayout(R, dtype, k), {},
+    store = create_map_store(out, "run", n, MapSpec(map_size=R, map_dtype=dtype, maps_per_shard=k), {},
                              image_uris=[f"u{i}" for i in range(n)])
     maps = random_maps(n)
     for lo in range(0, n, k):  # one write per unit of whole shards
@@ -83,7 +85,7 @@ def test_a_sharded_store_round_trips_one_object_per_shard(tmp_path, dtype):
 
 def test_a_retried_unit_rewrites_its_shard_whole(tmp_path):
     out = Location.of(str(tmp_path))
-    store = create_map_store(out, "run", 16, MapLayout(R, "float16", 8), {})
+    store = create_map_store(out, "run", 16, MapSpec(map_size=R, maps_per_shard=8), {})
     first, second = random_maps(16, 1), random_maps(16, 2)
     write_maps(out, store, np.arange(8), first[:8])
     write_maps(out, store, np.arange(8, 16), first[8:])
@@ -101,7 +103,7 @@ def test_a_retried_unit_rewrites_its_shard_whole(tmp_path):
 
 def test_a_shard_with_no_map_is_not_stored(tmp_path):
     out = Location.of(str(tmp_path))
-    store = create_map_store(out, "run", 24, MapLayout(R, "float16", 8, "anomalous"), {})
+    store = create_map_store(out, "run", 24, MapSpec("anomalous", R, maps_per_shard=8), {})
     maps = random_maps(24)
     write_maps(out, store, np.array([2]), maps[[2]])  # unit 0: one anomalous row
     write_maps(out, store, np.array([], dtype=np.int64), maps[:0])  # unit 1: none
@@ -135,8 +137,9 @@ def test_a_resumed_run_redoes_each_half_staged_unit_whole(tmp_path):
     todo = pa.table({"image_uri": [f"s3://lake/{i:02d}.png" for i in range(12)],
                      "map_index": pa.array(range(12), pa.int64())})
     plan = Plan(run_id="r1", source="s3://lake/", model_id="m", started_at="", scan_date="2026-12-02",
-                counts={}, n_todo=12, map_store="maps/r1.zarr", map_size=R, image_threshold=0.5,
-                pixel_threshold=0.5, maps_per_shard=4, unit_rows=4)
+                counts={}, n_todo=12, map_store="maps/r1.zarr",
+                map_spec=MapSpec(map_size=R, maps_per_shard=4),
+                thresholds=Thresholds(0.5, 0.5, "flag"), unit_rows=4)
     os.makedirs(out.fs_path(parts_dir("r1")))
     pq.write_table(todo, out.fs_path(plan.todo_file))
     # Staged before the crash: all of unit 0, half of unit 1 (the driver got it in two batches).
@@ -185,7 +188,7 @@ def test_anomalous_maps_only_and_uint8_maps_verify_clean(tmp_path, lake, checkpo
     full = scan_rows(full_out)
     scores = sorted(r["image_score"] for r in full.values() if r["status"] == "ok")
     threshold = float(scores[len(scores) * 3 // 4])  # about a quarter flagged
-    scan(lake, sparse_out, checkpoint, ScanOptions(**LOCAL, maps="anomalous", threshold=threshold))
+    scan(lake, sparse_out, checkpoint, ScanOptions(**LOCAL, maps="anomalous", image_threshold=threshold))
     scan(lake, small_out, checkpoint, ScanOptions(**LOCAL, map_dtype="uint8"))
 
     sparse = scan_rows(sparse_out)

@@ -14,7 +14,7 @@ import torch
 
 from vip2scan.model.null import build_null_detector, null_image_size
 from vip2scan.pipeline import ScanOptions, read_map, scan
-from vip2scan.pipeline.stages.infer import ModelSpec, load_detector, model_facts
+from vip2scan.model.factory import ModelSpec, load_detector, model_facts
 
 
 def test_contract_of_the_real_detector():
@@ -57,7 +57,7 @@ def test_names_route_only_null():
 
 def test_driver_facts_do_not_import_torch():
     """A scan's driver plans without torch (seconds of start-up): so does the null name."""
-    code = ("import sys; from vip2scan.pipeline.stages.infer import ModelSpec, model_facts; "
+    code = ("import sys; from vip2scan.model.factory import ModelSpec, model_facts; "
             "assert model_facts(ModelSpec('null:64')).model_id == 'null-64'; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -10,9 +10,11 @@ from PIL import Image
 
 from pipeline_testkit import AWKWARD, BROKEN, MAX_IMAGE_PIXELS, awkward_files, broken_files
 from vip2scan.model.images import DecodeError, decode_image
+from vip2scan.pipeline.specs import LimitSpec
 from vip2scan.pipeline.stages.decode import DecodeSettings, read_and_decode
 
 SIZE = 24
+DECODE = DecodeSettings(image_size=SIZE, limit_spec=LimitSpec(max_image_pixels=MAX_IMAGE_PIXELS))
 
 
 @pytest.mark.parametrize("name", sorted(AWKWARD))
@@ -92,7 +94,7 @@ def test_batch_task_turns_unreadable_objects_into_error_rows(tmp_path):
     bad.write_bytes(b"not an image")
     uris = [f"file://{good}", f"file://{bad}", f"file://{tmp_path}/missing.png"]
     batch = {"image_uri": np.array(uris, dtype=object), "map_index": np.arange(3)}
-    out = read_and_decode(batch, DecodeSettings(image_size=SIZE, max_image_pixels=MAX_IMAGE_PIXELS))
+    out = read_and_decode(batch, DECODE)
     assert out["pixels"].shape == (3, SIZE, SIZE, 3)
     assert out["status"].tolist() == ["ok", "error", "error"]
     assert "not a recognised image" in out["error"][1]
@@ -112,7 +114,7 @@ def test_scan_stage_and_dataset_reader_give_identical_pixels(tmp_path):
         (tmp_path / name).write_bytes(make())
         uris.append(f"file://{tmp_path / name}")
     batch = {"image_uri": np.array(uris, dtype=object), "map_index": np.arange(len(uris))}
-    out = read_and_decode(batch, DecodeSettings(image_size=SIZE, max_image_pixels=MAX_IMAGE_PIXELS))
+    out = read_and_decode(batch, DECODE)
     assert out["status"].tolist() == ["ok"] * len(uris)
     for i, uri in enumerate(uris):
         image, _, _ = load_sample({"image_uri": uri, "label": 0}, SIZE)

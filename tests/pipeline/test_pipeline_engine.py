@@ -51,10 +51,15 @@ def test_object_store_budget_holds_a_fixed_number_of_decoded_batches_per_actor(r
     from vip2scan.pipeline.engines import EngineConfig
     from vip2scan.pipeline.engines.ray import (DECODED_BATCHES_PER_ACTOR, MIN_OBJECT_STORE_BUDGET,
                                                object_store_budget)
+    from vip2scan.pipeline.specs import EngineSpec
+
+    def config(**settings) -> EngineConfig:
+        spec = EngineSpec(**settings)
+        return EngineConfig(spec, unit_rows=spec.batch_size)
 
     # Small CPU batches: the floor.
-    assert object_store_budget(EngineConfig(batch_size=32), 224) == MIN_OBJECT_STORE_BUDGET
+    assert object_store_budget(config(batch_size=32), 224) == MIN_OBJECT_STORE_BUDGET
     # ViT-L at 518 px, batch 64, up to 4 actors: 16 decoded batches each, whatever the lake.
-    big = EngineConfig(batch_size=64, actors=(1, 4))
+    big = config(batch_size=64, actors=(1, 4))
     assert object_store_budget(big, 518) == DECODED_BATCHES_PER_ACTOR * 4 * 64 * 518 * 518 * 3
-    assert object_store_budget(EngineConfig(object_store_budget_mb=300), 518) == 300 * 2**20
+    assert object_store_budget(config(object_store_budget_mb=300), 518) == 300 * 2**20

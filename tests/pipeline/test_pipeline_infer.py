@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from vip2scan.pipeline.output.map_store import cached_maps_array, create_map_store
-from vip2scan.pipeline.stages.infer import (InferActor, InferSettings, MapWriterSettings, ModelSpec,
-                                            write_maps_batch)
+from vip2scan.model.factory import ModelSpec
+from vip2scan.pipeline.output.calibration import Thresholds
+from vip2scan.pipeline.specs import EngineSpec, MapSpec
+from vip2scan.pipeline.stages.infer import InferActor, InferSettings
+from vip2scan.pipeline.stages.write_maps import MapWriterSettings, write_maps_batch
 from vip2scan.pipeline.storage.location import Location
 
 N_BATCHES, BATCH, MAP = 4, 3, 32
@@ -31,8 +34,9 @@ def _batches() -> list[dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def settings(tiny_checkpoint) -> InferSettings:
-    return InferSettings(model=ModelSpec(tiny_checkpoint), map_size=MAP, image_threshold=0.5,
-                         pixel_threshold=0.5, torch_threads=2)
+    return InferSettings(model_spec=ModelSpec(tiny_checkpoint), map_spec=MapSpec(map_size=MAP),
+                         thresholds=Thresholds(0.5, 0.5, "flag"),
+                         engine_spec=EngineSpec(torch_threads=2))
 
 
 def _store(root) -> tuple[Location, MapWriterSettings]:
@@ -100,7 +104,7 @@ def test_channels_last_input_gives_the_same_scores(settings):
 
     batch = _batches()[0]
     plain = InferActor(settings)(dict(batch))
-    channels_last = InferActor(replace(settings, channels_last=True))(dict(batch))
+    channels_last = InferActor(replace(settings, engine_spec=replace(settings.engine_spec, channels_last=True)))(dict(batch))
     np.testing.assert_allclose(plain["image_score"], channels_last["image_score"], rtol=1e-4,
                                equal_nan=True)
     np.testing.assert_allclose(plain["map"], channels_last["map"], atol=2e-3)
@@ -110,8 +114,8 @@ def test_short_batches_are_padded_for_a_compiled_model(settings):
     """A compiled model sees one static batch size; the padding rows never reach the output."""
     from dataclasses import replace
 
-    actor = InferActor(replace(settings, batch_size=BATCH + 2))
-    actor.settings = replace(actor.settings, compile=True)  # padding on, without compiling
+    actor = InferActor(replace(settings, engine_spec=replace(settings.engine_spec, batch_size=BATCH + 2)))
+    actor.compile = True  # padding on, without compiling
     seen = []
     model = actor.run
     actor.run = lambda images: (seen.append(images.shape[0]), model(images))[1]

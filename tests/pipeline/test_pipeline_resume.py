@@ -21,7 +21,7 @@ N_LAKE = 40
 CHILD = os.path.join(os.path.dirname(__file__), "pipeline_scan_child.py")
 # Units of 8 rows (one shard of 8 maps) reach the driver in batches of 4 and are staged 4
 # rows at a time, so the kill can leave a unit half staged: the rerun redoes it whole.
-OPTIONS = dict(batch_size=4, map_size=16, stage_rows=4, maps_per_shard=8)
+OPTIONS = dict(engine="ray", batch_size=4, map_size=16, stage_rows=4, maps_per_shard=8)
 UNIT_ROWS = 8
 
 

@@ -19,6 +19,7 @@ MAP_SIZE = 32
 
 
 def _options(readlog: ReadLog | None = None, **kw) -> ScanOptions:
+    kw.setdefault("engine", "ray")
     return ScanOptions(batch_size=16, map_size=MAP_SIZE, max_image_pixels=MAX_IMAGE_PIXELS,
                        stage_rows=64, fs_wrapper=readlog, **kw)
 

@@ -28,7 +28,7 @@ def test_scan_s3_lake_into_s3_output(s3_server, s3_bucket, checkpoint, ray_ready
         "broken/empty.png": b"", "broken/truncated.png": broken_files()["broken/truncated.png"],
         "x/y/z/deep.PNG": small_png(7)})
     listed = N_LAKE + 3
-    summary = scan(lake, out, checkpoint, ScanOptions(batch_size=8, map_size=16,
+    summary = scan(lake, out, checkpoint, ScanOptions(engine="ray", batch_size=8, map_size=16,
                                                       storage_options=options))
     assert summary.counts["listed"] == listed and summary.counts["failed"] == 2
     assert summary.scores_uri.startswith(f"s3://{s3_bucket}/results/scores/scan_date=")
@@ -52,7 +52,7 @@ def test_scan_s3_lake_into_s3_output(s3_server, s3_bucket, checkpoint, ray_ready
     assert not fs.exists(f"{s3_bucket}/results/_staging/{summary.run_id}")
 
     # the unchanged lake: nothing to do, no inference
-    again = scan(lake, out, checkpoint, ScanOptions(batch_size=8, map_size=16,
+    again = scan(lake, out, checkpoint, ScanOptions(engine="ray", batch_size=8, map_size=16,
                                                     storage_options=options))
     assert not again.inference_started and again.counts["unchanged"] == listed
 

@@ -8,7 +8,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vip2scan.pipeline.run.commit import StagingWriter, commit_parts
+from vip2scan.pipeline.run.publish import commit_parts
+from vip2scan.pipeline.run.staging import StagingWriter
 from vip2scan.pipeline.selection.diff import diff_listing
 from vip2scan.pipeline.selection.listing import ObjectFilter
 from vip2scan.pipeline.output.records import previous_runs, write_json

@@ -17,10 +17,13 @@ from PIL import Image
 
 from cli_process import invoke
 from pipeline_testkit import put_files, small_png
-from vip2scan.pipeline import ScanError, ScanOptions, scan
+from vip2scan.pipeline import ScanOptions, scan
 from vip2scan.pipeline.selection.diff import DiffCounts, state_runs
 from vip2scan.pipeline.output.paths import PLAN_FILE, staging_file
-from vip2scan.pipeline.selection.listing import IMAGE_SUFFIXES, ObjectFilter, list_prefix, suffix_list
+from vip2scan.errors import InvalidSetting
+from vip2scan.pipeline.selection.listing import IMAGE_SUFFIXES, ObjectFilter, extra_suffixes, list_prefix
+from vip2scan.pipeline.output.calibration import Thresholds
+from vip2scan.pipeline.specs import MapSpec, SelectionSpec
 from vip2scan.pipeline.run.plan import Plan, find_resumable
 from vip2scan.pipeline.output.records import write_json
 from vip2scan.pipeline.storage.location import Location
@@ -95,12 +98,13 @@ def test_objects_left_out_by_globs_are_not_counted_by_suffix(lake, tmp_path):
 
 
 def test_suffixes_add_formats_pillow_opens():
-    assert suffix_list(".jfif,GIF") == IMAGE_SUFFIXES + (".jfif", ".gif")
-    assert suffix_list(["gif", ".png"]) == IMAGE_SUFFIXES + (".gif",)
-    with pytest.raises(ScanError, match="'.heic'"):
-        suffix_list([".heic"])
-    with pytest.raises(ScanError, match="Ghostscript"):
-        suffix_list(".eps")
+    assert extra_suffixes(".jfif,GIF") == (".jfif", ".gif")
+    assert extra_suffixes(["gif", ".png"]) == (".gif",)
+    assert SelectionSpec(suffixes=".jfif").object_filter().suffixes == IMAGE_SUFFIXES + (".jfif",)
+    with pytest.raises(InvalidSetting, match="suffixes: .*'.heic'"):
+        extra_suffixes([".heic"])
+    with pytest.raises(InvalidSetting, match="Ghostscript"):
+        SelectionSpec(suffixes=(".eps",))
 
 
 # ------------------------------------------------------------------------------ scans
@@ -200,7 +204,7 @@ def test_a_scan_of_another_prefix_discards_an_interrupted_run_and_says_so(tmp_pa
     run_id = "20250102T030405123Z-1a2b3c"
     Plan(run_id=run_id, source="file:///lake", model_id="m1", started_at="2025-01-02T03:04:05",
          scan_date="2025-01-02", counts=DiffCounts().as_dict(), n_todo=0, map_store=None,
-         map_size=16, image_threshold=0.5, pixel_threshold=0.5).save(out)
+         map_spec=MapSpec(map_size=16), thresholds=Thresholds(0.5, 0.5, "flag")).save(out)
     with caplog.at_level(logging.WARNING, logger="vip2scan.pipeline.run.plan"):
         resumable, removed = find_resumable(out, "file:///lake/line1", "m1")
     assert resumable is None and removed == [run_id]

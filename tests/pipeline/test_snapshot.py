@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vip2scan.pipeline.run.commit import StagingWriter, commit_parts, parquet_bytes
+from vip2scan.pipeline.run.publish import commit_parts
+from vip2scan.pipeline.run.staging import StagingWriter, parquet_bytes
 from vip2scan.pipeline.selection.diff import diff_listing, state_runs
 from vip2scan.pipeline.selection.listing import ObjectFilter
 from vip2scan.pipeline.output.views import LATEST_SQL, Outputs

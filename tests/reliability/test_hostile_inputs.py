@@ -71,9 +71,10 @@ def test_decoding_a_201_mb_image_stays_within_its_memory_bound(tmp_path):
 
 
 def test_objects_over_the_size_limit_are_error_rows_without_being_read():
+    from vip2scan.pipeline.specs import LimitSpec
     from vip2scan.pipeline.stages.decode import DecodeSettings, ReadDecode
 
-    settings = DecodeSettings(image_size=32, max_object_bytes=1000)
+    settings = DecodeSettings(image_size=32, limit_spec=LimitSpec(max_object_bytes=1000))
     batch = {"image_uri": np.array(["file:///nonexistent/huge.png"]),
              "size_bytes": np.array([10**12])}
     out = ReadDecode(settings)(batch)
@@ -102,7 +103,7 @@ def hostile_scan(tmp_path_factory, ray_for_faults, tiny_checkpoint) -> dict:
     with MemoryPeak() as memory:
         started = time.monotonic()
         summary = scan(str(lake), str(out), tiny_checkpoint,
-                       ScanOptions(batch_size=8, map_size=16, actors=(1, 1)))
+                       ScanOptions(engine="ray", batch_size=8, map_size=16, actors=(1, 1)))
         elapsed = time.monotonic() - started
     print(f"hostile scan: {elapsed:.1f} s; summed RSS {memory.baseline_bytes / MB:.0f} MiB before, "
           f"peak {memory.peak_total_bytes / MB:.0f} MiB (growth {memory.growth_bytes / MB:.0f} "

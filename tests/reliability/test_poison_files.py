@@ -65,6 +65,7 @@ def _assert_verify_clean(out: str) -> None:
 
 
 def _options(**kwargs) -> ScanOptions:
+    kwargs.setdefault("engine", "ray")
     return ScanOptions(batch_size=4, map_size=16, stage_rows=4, decode_timeout_s=LIMIT_S,
                        read_timeout_s=LIMIT_S, **kwargs)
 
@@ -127,7 +128,7 @@ def test_a_poison_that_kills_the_decode_task_itself_is_retried_a_bounded_number_
     Ray retries the task task_max_retries times, then the run fails with one line; never a
     loop (Ray Data's own default is to retry a dead task forever)."""
     from vip2scan.pipeline import ScanError
-    from vip2scan.pipeline.engines import EngineConfig
+    from vip2scan.pipeline.specs import EngineSpec
 
     lake, markers = tmp_path / "lake", tmp_path / "markers"
     markers.mkdir()
@@ -138,7 +139,7 @@ def test_a_poison_that_kills_the_decode_task_itself_is_retried_a_bounded_number_
         scan(str(lake), str(tmp_path / "out"), tiny_checkpoint, _options(engine="ray", actors=(1, 1)))
     assert "\n" not in str(raised.value) and "rerun" in str(raised.value)
     kills = (markers / "decode-worker.kills").read_text().split()
-    assert len(kills) == EngineConfig().task_max_retries + 1
+    assert len(kills) == EngineSpec().task_max_retries + 1
 
 
 def test_the_sandbox_decodes_the_very_pixels_the_decoder_gives(tmp_path):

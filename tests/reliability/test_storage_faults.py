@@ -72,7 +72,7 @@ def faulty_scan(s3_server, ray_for_faults, tiny_checkpoint, tmp_path_factory) ->
                      fail_write_once=WRITE_FAULTS)
     lake, out = f"s3://{bucket}/lake", f"s3://{bucket}/out"
     summary = scan(lake, out, tiny_checkpoint,
-                   ScanOptions(batch_size=8, map_size=16, stage_rows=16,
+                   ScanOptions(engine="ray", batch_size=8, map_size=16, stage_rows=16,
                                storage_options=s3_server.storage_options, fs_wrapper=plan))
     rows = read_scores(out, s3_server.storage_options).to_pylist()
     return {"bucket": bucket, "lake": lake, "out": out, "summary": summary, "rows": rows,

@@ -40,7 +40,7 @@ def test_killed_actor_and_decode_worker_are_replaced_and_nothing_is_lost(
     monkeypatch.setenv(faults.KILL_DECODE_ENV, "1")  # the first decode batch kills its worker
     out = str(tmp_path / "out")
     summary = scan(str(tmp_path / "lake"), out, tiny_checkpoint,
-                   ScanOptions(batch_size=BATCH, map_size=16, actors=(1, 1), stage_rows=BATCH))
+                   ScanOptions(engine="ray", batch_size=BATCH, map_size=16, actors=(1, 1), stage_rows=BATCH))
     # Both processes really died (each marker is written just before os._exit).
     assert (markers / "actor.fired").exists() and (markers / "decode.fired").exists()
     assert summary.status == "complete" and summary.counts["scored"] == N_IMAGES
@@ -71,7 +71,7 @@ def test_an_actor_that_cannot_load_its_checkpoint_fails_the_run_fast(
     started = time.monotonic()
     with pytest.raises(ScanError) as raised:
         scan(str(tmp_path / "lake"), str(tmp_path / "out"), str(checkpoint),
-             ScanOptions(batch_size=BATCH, map_size=16, actors=(1, 1)))
+             ScanOptions(engine="ray", batch_size=BATCH, map_size=16, actors=(1, 1)))
     elapsed = time.monotonic() - started
     message = str(raised.value)
     print(f"failed after {elapsed:.1f} s: {message}")

@@ -162,7 +162,7 @@ def test_ray_data_pass_and_calibration_feed_a_scan(cli, tree, checkpoint, tmp_pa
 
     lake = str(tmp_path / "lake")
     write_lake(lake, n_images=4, size=96, seed=4, nested=False)
-    summary = scan(lake, str(tmp_path / "out"), checkpoint, ScanOptions(batch_size=4, actors=(1, 1)))
+    summary = scan(lake, str(tmp_path / "out"), checkpoint, ScanOptions(engine="ray", batch_size=4, actors=(1, 1)))
     with fsspec.open(summary.record_uri, "rb") as f:
         record = json.load(f)
     assert record["image_threshold"] == pytest.approx(remote["image_threshold"])
@@ -177,7 +177,7 @@ def test_ray_data_pass_and_calibration_feed_a_scan(cli, tree, checkpoint, tmp_pa
 def test_scan_and_eval_build_one_detector_for_one_image_size(cli, tree, checkpoint, tmp_path):
     """`eval --image-size N` and `scan --image-size N` on one checkpoint: the same detector."""
     from vip2scan.model.detector import Detector
-    from vip2scan.pipeline.stages.infer import ModelSpec, load_detector, model_facts
+    from vip2scan.model.factory import ModelSpec, load_detector, model_facts
 
     spec = ModelSpec(checkpoint, image_size=64)
     scanned = load_detector(spec)

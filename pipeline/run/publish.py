@@ -1,118 +1,44 @@
-"""Commit: rows staged durably during a run, compacted at its end, the run record last.
+"""Publishing a run: its staged parts compacted into score files, then the ``latest`` snapshot,
+then the run record, last.
 
-While a run streams, each result batch is buffered and written as a small Parquet part below
-the run's staging folder: a row counts as processed once its part exists, which is what makes
-a crashed run resumable. At the end the parts are compacted into a few large files in
-``scores/scan_date=D/``, and ``runs/<run_id>.json`` is written last: only then is the run
-visible to the next diff and to every reader (layout.py has the paths).
+The order is what makes a commit atomic to readers: the record is what makes a run (and its
+snapshot) visible, so a crash before it leaves a resumable run and files nobody reads. Score
+file names are deterministic, so a repeated commit overwrites instead of duplicating.
+:func:`write_score_files` takes any stream of score tables (the scan's staged parts, or the
+bench's fabricated nights), so everything that commits runs goes through the same steps:
+``write_score_files`` -> ``output.snapshot.commit_snapshot`` -> ``publish_record``.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import platform
-import secrets
 import shutil
 import socket
 import tempfile
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import faults
-from ..output.paths import (VANISHED_FILE, in_progress_name, is_run_score_file,
-                     part_name, parts_dir, record_name, score_file_name, scores_partition,
-                     staging_dir, staging_file, vanished_name)
+from ..output.paths import (VANISHED_FILE, in_progress_name, is_run_score_file, record_name,
+                            score_file_name, scores_partition, staging_dir, staging_file,
+                            vanished_name)
 from ..output.records import write_json
-from ..storage.redaction import redact
-from ..storage.retries import with_retries
 from ..output.schema import RECORD_VERSION, SCORES_SCHEMA, STATUS_COMPLETE
 from ..storage.location import Location
+from ..storage.redaction import redact
+from ..storage.retries import with_retries
+from .staging import ROW_GROUP_ROWS, iter_staged_tables
 
 if TYPE_CHECKING:
     from .plan import Plan
 
-ROW_GROUP_ROWS = 65_536
 MAX_ROWS_PER_FILE = 1_000_000
 
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    return sink.getvalue()
-
-
-# --------------------------------------------------------------------------- staging
-
-class StagingWriter:
-    """Writes a run's rows as small Parquet parts to its staging folder.
-
-    A row counts as processed once its part exists: each part is one atomic object write
-    (rename locally, single PUT on S3), so a crash loses at most the rows still buffered,
-    which the resumed run then processes again.
-    """
-
-    def __init__(self, out: Location, run_id: str, flush_rows: int = 2048,
-                 flush_s: float = 30.0, on_flush: Callable[[int, int], None] | None = None,
-                 fence: Callable[[], None] | None = None):
-        self.out = out
-        self.fence = fence  # raises when our lease on OUT is gone: checked before each part
-        self.run_id = run_id
-        self.flush_rows = max(1, flush_rows)
-        self.flush_s = flush_s
-        self.on_flush = on_flush
-        self._tables: list[pa.Table] = []
-        self._buffered_rows = 0
-        self._buffered_batches = 0
-        self._last_flush = time.monotonic()
-        self._token = secrets.token_hex(4)
-        self._seq = 0
-        self.rows_staged = 0
-        self.batches_staged = 0
-        self.write_s = 0.0
-
-    def add(self, table: pa.Table) -> None:
-        self._tables.append(table)
-        self._buffered_rows += table.num_rows
-        self._buffered_batches += 1
-        if self._buffered_rows >= self.flush_rows or \
-                time.monotonic() - self._last_flush >= self.flush_s:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._tables:
-            return
-        t0 = time.perf_counter()
-        table = pa.concat_tables(self._tables)
-        if self.fence is not None:
-            self.fence()
-        self.out.write_bytes(parquet_bytes(table), parts_dir(self.run_id),
-                             part_name(self._seq, self._token))
-        self._seq += 1
-        self.rows_staged += table.num_rows
-        self.batches_staged += self._buffered_batches
-        self._tables, self._buffered_rows, self._buffered_batches = [], 0, 0
-        self._last_flush = time.monotonic()
-        self.write_s += time.perf_counter() - t0
-        if self.on_flush is not None:
-            self.on_flush(self.rows_staged, self.batches_staged)
-
-
-def staged_part_names(out: Location, run_id: str) -> list[str]:
-    return [n for n in out.ls_names(parts_dir(run_id)) if n.endswith(".parquet")]
-
-
-def iter_staged_tables(out: Location, run_id: str) -> Iterator[pa.Table]:
-    for name in staged_part_names(out, run_id):
-        yield pq.read_table(io.BytesIO(out.read_bytes(parts_dir(run_id), name)))
-
-
-# --------------------------------------------------------------------------- compaction
 
 @dataclass
 class CommitResult:
@@ -213,14 +139,15 @@ def _first_rows_only(table: pa.Table, seen: set[str]) -> pa.Table:
     return table.filter(pa.array(keep))
 
 
-def commit_parts(out: Location, run_id: str, scan_date: str,
-                 max_rows_per_file: int = MAX_ROWS_PER_FILE, dedupe: bool = False,
-                 fence: Callable[[], None] | None = None) -> CommitResult:
-    """Compact the staged parts into the run's score files of ``scan_date``'s partition.
+def write_score_files(out: Location, run_id: str, scan_date: str, tables: Iterable[pa.Table],
+                      max_rows_per_file: int = MAX_ROWS_PER_FILE, dedupe: bool = False,
+                      fence: Callable[[], None] | None = None) -> CommitResult:
+    """Write ``tables`` (score rows) as the run's score files of ``scan_date``'s partition.
 
     File names are deterministic, so a commit interrupted and repeated overwrites instead of
-    duplicating. ``dedupe`` keeps only the first row per image_uri (holds the run's URIs in
-    memory). ``fence`` is called before each file is published (it raises to stop).
+    duplicating, and files a previous, larger attempt left beyond ours are removed. ``dedupe``
+    keeps only the first row per image_uri (holds the run's URIs in memory). ``fence`` is
+    called before each file is published (it raises to stop).
     """
     partition = scores_partition(scan_date)
     files = _ScoreFiles(out, run_id, partition, max_rows_per_file, fence)
@@ -230,7 +157,7 @@ def commit_parts(out: Location, run_id: str, scan_date: str,
         # A local disk that fills up (or turns read-only) mid-commit is one line naming the
         # partition; the half-written file is removed and no record is written.
         with out.refusals_named(out.fs_path(partition)):
-            for table in iter_staged_tables(out, run_id):
+            for table in tables:
                 table = table.cast(SCORES_SCHEMA)
                 if dedupe:
                     table = _first_rows_only(table, seen)
@@ -240,14 +167,19 @@ def commit_parts(out: Location, run_id: str, scan_date: str,
             files.close_file()
     finally:
         files.cleanup()
-    # Remove files a previous, larger attempt of this commit may have left beyond ours.
     for name in out.ls_names(partition):
         if is_run_score_file(name, run_id) and f"{partition}/{name}" not in files.files:
             out.remove(partition, name)
     return CommitResult(files=files.files, rows=rows, ok=ok, failed=rows - ok)
 
 
-# --------------------------------------------------------------------------- the record
+def commit_parts(out: Location, run_id: str, scan_date: str,
+                 max_rows_per_file: int = MAX_ROWS_PER_FILE, dedupe: bool = False,
+                 fence: Callable[[], None] | None = None) -> CommitResult:
+    """Compact the run's staged parts into its score files (:func:`write_score_files`)."""
+    return write_score_files(out, run_id, scan_date, iter_staged_tables(out, run_id),
+                             max_rows_per_file, dedupe, fence)
+
 
 def publish_vanished(out: Location, run_id: str) -> str:
     """Copy the run's staged vanished list to where its record points; returns that name."""
@@ -293,15 +225,15 @@ def run_record(plan: "Plan", out: Location, result: CommitResult, *, checkpoint:
         "inference_started": inference_started,
         "files": result.files,
         "map_store": plan.map_store,
-        "map_size": plan.map_size,
+        "map_size": plan.map_spec.map_size,
         # which rows have a map, its dtype and the shard size (pipeline/output/map_format.py)
-        "maps": {"mode": plan.maps_mode if plan.map_store else "none", "dtype": plan.map_dtype,
-                 "maps_per_shard": plan.maps_per_shard},
+        "maps": {"mode": plan.map_spec.maps if plan.map_store else "none",
+                 "dtype": plan.map_spec.map_dtype, "maps_per_shard": plan.map_spec.maps_per_shard},
         "image_size": image_size,
-        "image_threshold": plan.image_threshold,
-        "pixel_threshold": plan.pixel_threshold,
-        "threshold_source": plan.threshold_source,  # where image_threshold came from
-        "image_thresholds": plan.image_thresholds,  # per URI prefix (label-free, --by)
+        "image_threshold": plan.thresholds.image_threshold,
+        "pixel_threshold": plan.thresholds.pixel_threshold,
+        "threshold_source": plan.thresholds.threshold_source,  # where image_threshold came from
+        "image_thresholds": plan.thresholds.image_thresholds,  # per URI prefix (label-free, --by)
         "vanished_file": vanished_file,
         "config": plan.config,
         "host": socket.gethostname(),
