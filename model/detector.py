@@ -23,6 +23,7 @@ from .backbone import CLIP_MEAN, CLIP_STD, Backbone, build_backbone, tokenizer_f
 from .checkpoint import (CheckpointContent, CheckpointError, compute_model_id, read_checkpoint,
                          read_released_pth, released_default_config, save_checkpoint)
 from .config import DetectorConfig, resolve_config
+from .errors import ConfigError
 from .fgp import FineGrainedPerception
 from .prompts import ImageConditionedPrompts
 
@@ -171,7 +172,7 @@ class Detector(nn.Module):
         if self.amp in (None, "off", False) or (self.amp == "auto" and self.device.type != "cuda"):
             return contextlib.nullcontext()
         if self.amp not in ("auto", "bf16", "fp16"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {self.amp!r}")
+            raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {self.amp!r}")
         dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 

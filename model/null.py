@@ -23,6 +23,8 @@ import functools
 import re
 from typing import Any, Mapping
 
+from .errors import ConfigError
+
 NULL_NAME = re.compile(r"null(?::(\d+))?")
 DEFAULT_NULL_SIZE = 224  # `null` alone: the tiny backbone's native size
 # frac(pixel sum * golden ratio): an equidistributed sequence over integer sums.
@@ -39,10 +41,10 @@ def null_image_size(checkpoint: str, overrides: Mapping[str, Any] | None = None)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     extra = sorted(set(overrides) - {"image_size"})
     if extra:
-        raise ValueError(f"the null detector has no backbone or weights: {extra} do not apply")
+        raise ConfigError(f"the null detector has no backbone or weights: {extra} do not apply")
     size = int(overrides.get("image_size") or match.group(1) or DEFAULT_NULL_SIZE)
     if size < 1:
-        raise ValueError(f"null detector image size must be positive, got {size}")
+        raise ConfigError(f"null detector image size must be positive, got {size}")
     return size
 
 

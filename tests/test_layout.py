@@ -27,8 +27,11 @@ FORBIDDEN = {
 # The detector is the network: reading and writing files is checkpoint.py's and weights.py's job.
 DETECTOR_FORBIDDEN = {"fsspec", "s3fs", "gcsfs", "pyarrow", "zarr", "vip2scan.pipeline",
                       "vip2scan.model.files", "vip2scan.model.weights"}
-# weights.py is a leaf: only the file helpers below it.
-WEIGHTS_ALLOWED_OWN = {"vip2scan.model.files"}
+# weights.py is a leaf: only the file helpers below it, and the layer's error root.
+WEIGHTS_ALLOWED_OWN = {"vip2scan.model.files", "vip2scan.model.errors"}
+# model/errors.py holds the layer's root exception: every model module may import it (the leaf
+# weights.py, the decoder that the decode sandbox's child loads), so it imports only the top root.
+MODEL_ERRORS_ALLOWED_OWN = {"vip2scan.errors"}
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -139,6 +142,12 @@ def test_detector_does_no_io_and_weights_is_a_leaf() -> None:
     own = {t for t, _ in _imports("vip2scan.model.weights", modules["vip2scan.model.weights"])
            if t.startswith("vip2scan.")}
     assert own <= WEIGHTS_ALLOWED_OWN
+
+
+def test_model_errors_import_only_the_top_root() -> None:
+    path = _modules()["vip2scan.model.errors"]
+    own = {t for t, _ in _imports("vip2scan.model.errors", path) if t.startswith("vip2scan.")}
+    assert own <= MODEL_ERRORS_ALLOWED_OWN
 
 
 def test_no_private_names_cross_modules() -> None:
