@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import PipelineError
 from .paths import CALIBRATION
 from .views import Outputs
 from .records import read_json, write_json
@@ -34,7 +35,7 @@ SOURCE_LABELLED = "labelled"
 SOURCE_DEFAULT = "default (uncalibrated)"
 
 
-class CalibrationError(Exception):
+class CalibrationError(PipelineError):
     """Calibration cannot run or OUT's calibration file cannot be used (one line)."""
 
 

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from .holder import describe_holder, holder_gone, this_process
+from ..errors import PipelineError
 from ..output.paths import LOCK, LOCK_GUARD, WRITE_TEMP_SUFFIX
 from ..storage.redaction import redact
 from ..storage.location import Location
@@ -43,11 +44,11 @@ HEARTBEAT_MAX_S = 10.0  # renew at least this often: a lost lease is noticed wit
 GUARD_WAIT_S = 30.0  # a local lease's flock held longer than this: its holder is frozen
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(PipelineError, RuntimeError):
     """Another scan holds OUT's lease."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(PipelineError, RuntimeError):
     """Our lease was taken over (our heartbeats stopped for longer than the expiry)."""
 
 
