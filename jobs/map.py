@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.errors import click
+from vip2scan.jobs.errors import JobError
 from vip2scan.jobs.query import StorageOption, options_for
 
 EXAMPLE = ("Example: vip2scan map s3://bucket/vip2scan-out s3://bucket/lake/line3/img_00042.png "
@@ -47,7 +47,7 @@ def map_command(
     try:
         amap = read_map(image_uri, out, storage_options=storage_options)
     except KeyError as exc:  # no ok row with a map: the reason, in one line
-        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from None
+        raise JobError(str(exc.args[0]) if exc.args else str(exc)) from None
     height, width = amap.shape
     x, y = peak_position(amap)
     typer.echo(f"map of {image_uri}: {width} x {height} px, values {float(amap.min()):.4f} to "
@@ -68,7 +68,7 @@ def map_command(
 
             data = read_object(image_uri, storage_options)
             if data is None:
-                raise click.ClickException(f"{image_uri} is gone: write the map alone (drop --overlay)")
+                raise JobError(f"{image_uri} is gone: write the map alone (drop --overlay)")
             image = upright_thumbnail(data, width, height, max(width, height))
             picture = Image.blend(image, picture.resize(image.size), OVERLAY_ALPHA)
         save(png_bytes(picture), png, storage_options)

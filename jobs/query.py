@@ -105,6 +105,8 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL (DuckDB) over a scan's outputs and print or save the result."""
+    import duckdb
+
     from vip2scan.pipeline.output.views import Outputs
 
     if format is OutputFormat.parquet and to is None:
@@ -116,7 +118,7 @@ def query(
     con = Outputs(out, storage_options).connect(memory_limit)
     try:
         result = con.sql(sql)
-    except Exception as exc:  # DuckDB's parser/binder errors are the user's SQL, not a crash
+    except duckdb.Error as exc:  # DuckDB's parser/binder errors are the user's SQL, not a crash
         raise UsageError(f"SQL: {str(exc).splitlines()[0]}") from None
     table = result.to_arrow_table() if result is not None else None
     if table is None:

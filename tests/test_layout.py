@@ -150,6 +150,25 @@ def test_model_errors_import_only_the_top_root() -> None:
     assert own <= MODEL_ERRORS_ALLOWED_OWN
 
 
+def test_only_the_cli_catches_every_exception() -> None:
+    """jobs/errors.py's OUTCOMES decides how a failure ends; a command catching Exception would
+    decide it a second time (or hide a bug). A command rewording a library's error catches
+    that library's class. The one broad handler is the CLI group's last resort."""
+    broad = {"Exception", "BaseException"}
+    found = []
+    for module, path in _modules().items():
+        if not module.startswith(FOLDERS["jobs"]):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ExceptHandler):
+                caught = [] if node.type is None else (
+                    node.type.elts if isinstance(node.type, ast.Tuple) else [node.type])
+                names = {ast.unparse(c) for c in caught}
+                if node.type is None or names & broad:
+                    found.append(str(path.relative_to(ROOT)))
+    assert found == ["jobs/cli.py"]
+
+
 def test_no_private_names_cross_modules() -> None:
     offenders = []
     for module, path in _modules().items():
