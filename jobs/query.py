@@ -11,6 +11,7 @@ import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import BadParameter, UsageError
+from vip2scan.model.files import is_uri
 
 EXAMPLE = (
     "Example: vip2scan query ./demo-out/out "
@@ -64,7 +65,7 @@ MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", re.I)
 
 def options_for(uri: str, storage_options: dict) -> dict:
     """Storage options apply to remote URIs; local files take none."""
-    return storage_options if "://" in uri and not uri.startswith("file://") else {}
+    return storage_options if is_uri(uri) and not uri.startswith("file://") else {}
 
 
 def write_result(table: Any, fmt: OutputFormat, to: Optional[str], storage_options: dict) -> Optional[bytes]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .files import is_uri
 from .weights import CheckpointError, clean_state_dict, load_state_dict_file, sha256_uri
 from .config import backbone_config, register_embedded_configs
 
@@ -168,7 +169,7 @@ def _is_uri_or_path(weights: str) -> bool:
     """A file location (anything else is taken as an OpenCLIP pretrained tag such as 'openai')."""
     import os
 
-    return "://" in weights or weights.startswith(("/", ".", "~")) or os.path.exists(weights) or \
+    return is_uri(weights) or weights.startswith(("/", ".", "~")) or os.path.exists(weights) or \
         weights.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
 
 

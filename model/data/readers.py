@@ -18,7 +18,7 @@ import fsspec
 import numpy as np
 
 from ..errors import DatasetError
-from ..files import join_uri, read_text
+from ..files import is_uri, join_uri, read_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".parquet", ".pq")
@@ -131,7 +131,7 @@ def read_visa(root: str, split: str | None = "test", categories=None,
 
 def _resolve(uri: str, base: str) -> str:
     """Relative paths in a manifest are relative to the manifest's folder."""
-    if "://" in uri or uri.startswith("/"):
+    if is_uri(uri) or uri.startswith("/"):
         return uri
     return join_uri(base, uri)
 

@@ -29,6 +29,8 @@ import fsspec
 import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
 
+from vip2scan.model.files import is_uri
+
 from ..errors import DISK_ERRNOS, OutputWriteError, disk_error_line
 from ..output.paths import WRITE_TEMP_SUFFIX
 from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
@@ -86,7 +88,7 @@ def _wrapper_key(wrapper: FilesystemWrapper | None) -> Any:
 
 def split_protocol(uri: str) -> tuple[str, str]:
     """('s3', 'bucket/key') for 's3://bucket/key'; ('file', '/abs/path') for paths and file://."""
-    if "://" in uri:
+    if is_uri(uri):
         protocol, rest = uri.split("://", 1)
         protocol = protocol.lower()
         if protocol in ("file", "local"):
