@@ -150,6 +150,27 @@ def test_model_errors_import_only_the_top_root() -> None:
     assert own <= MODEL_ERRORS_ALLOWED_OWN
 
 
+def test_commands_do_not_import_each_other() -> None:
+    """A command (a module, or the package of one, named in jobs/cli.py's COMMAND_MODULES) takes
+    what it shares with others from a shared module (storage.py, formatting.py, report_page.py,
+    imaging.py ...), never from another command; only cli.py imports them all."""
+    from vip2scan.jobs.cli import COMMAND_MODULES
+
+    commands = {f"{FOLDERS['jobs']}.{name}" for name in COMMAND_MODULES}
+
+    def command_of(module: str) -> str | None:
+        return next((c for c in commands if _matches(module, {c})), None)
+
+    offenders = []
+    for module, edges in _graph().items():
+        mine = command_of(module)
+        if mine is None:
+            continue
+        offenders += [f"{module} imports {target}" for target in sorted(edges)
+                      if command_of(target) not in (None, mine)]
+    assert offenders == []
+
+
 def test_only_the_cli_catches_every_exception() -> None:
     """jobs/errors.py's OUTCOMES decides how a failure ends; a command catching Exception would
     decide it a second time (or hide a bug). A command rewording a library's error catches

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vip2scan.jobs.query import options_for
+from vip2scan.jobs.storage import options_for
 from vip2scan.model.files import is_uri
 from vip2scan.pipeline.storage.location import split_protocol
 
