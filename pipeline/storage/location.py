@@ -358,8 +358,10 @@ class Location:
         return pafs.PyFileSystem(RetryingFSSpecHandler(self.fs))
 
 
-def write_local_atomic(path: str, data: bytes) -> None:
-    """Write a local file via a temp name + fsync + rename; no temp file is left behind."""
+@contextlib.contextmanager
+def staged_local_file(path: str, data: bytes) -> Iterator[str]:
+    """``data`` in a synced temp file next to ``path``, for the block to rename over it (atomic:
+    same filesystem); removed if the block did not. How every local file is written whole."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}{WRITE_TEMP_SUFFIX}"
     try:
@@ -367,11 +369,15 @@ def write_local_atomic(path: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):  # already renamed, or never created
             os.unlink(tmp)
-        raise
+
+
+def write_local_atomic(path: str, data: bytes) -> None:
+    with staged_local_file(path, data) as tmp:
+        os.replace(tmp, path)
 
 
 class RetryingFSSpecHandler(pafs.FSSpecHandler):
