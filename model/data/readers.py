@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 import fsspec
@@ -186,15 +185,3 @@ def read_dataset(uri: str, split: str | None = "test", categories=None,
                          f"<defect>/*.png), VisA ({VISA_CSV}) or manifest "
                          f"({', '.join(MANIFEST_EXTENSIONS)}); categories={categories}")
     return samples
-
-
-def describe(samples: list[Sample]) -> dict[str, dict[str, int]]:
-    """Per category: {n_images, n_anomalous, n_anomalous_without_mask}."""
-    counts: dict[str, Counter] = {}
-    for s in samples:
-        c = counts.setdefault(s.category, Counter())
-        c["n_images"] += 1
-        c["n_anomalous"] += s.label
-        c["n_anomalous_without_mask"] += s.mask_missing
-    keys = ("n_images", "n_anomalous", "n_anomalous_without_mask")
-    return {cat: {k: int(c[k]) for k in keys} for cat, c in sorted(counts.items())}

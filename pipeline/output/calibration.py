@@ -44,10 +44,6 @@ def label_free_source(rate: float, by: str | None = None) -> str:
     return f"label-free rate {rate:g}" + (f" per {by!r}" if by else "")
 
 
-def is_calibrated(source: str) -> bool:
-    return bool(source) and source != SOURCE_DEFAULT
-
-
 @dataclass(frozen=True)
 class Thresholds:
     """The thresholds a run scores with, and where the image threshold came from."""
