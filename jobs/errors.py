@@ -129,8 +129,8 @@ def report_runtime_error(exc: BaseException, debug: bool) -> None:
 class Outcome:
     """How the CLI ends for one class of error: its exit code and what it prints."""
 
-    # The class, or 'module:Name' for one whose module the CLI must not import at start-up
-    # (the pipeline's): it is imported only when an error reaches that row.
+    # The class, or 'module:Name' for a class of the pipeline, which this module loads only when
+    # needed (as it does for redaction); while that module is not loaded, the row cannot match.
     error: type[BaseException] | str
     exit_code: int
     say: Callable[[BaseException, str, bool], None]  # (error, command path, --debug)
@@ -144,14 +144,15 @@ class Outcome:
 
 
 def _say_help(exc: BaseException, command_path: str, debug: bool) -> None:
-    text = exc.format_message()  # type: ignore[attr-defined]
+    assert isinstance(exc, click.exceptions.NoArgsIsHelpError)
+    text = exc.format_message()
     if text.strip():  # with rich installed the help was already printed while building it
-        sys.stdout.write(text + "\n")
+        typer.echo(text)
 
 
 def _say_click_usage(exc: BaseException, command_path: str, debug: bool) -> None:
-    ctx = exc.ctx  # type: ignore[attr-defined]
-    report_usage_error(exc.format_message(), ctx.command_path if ctx is not None else None)  # type: ignore[attr-defined]
+    assert isinstance(exc, click.exceptions.UsageError)
+    report_usage_error(exc.format_message(), exc.ctx.command_path if exc.ctx is not None else None)
 
 
 def _say_setting(exc: BaseException, command_path: str, debug: bool) -> None:
@@ -160,7 +161,8 @@ def _say_setting(exc: BaseException, command_path: str, debug: bool) -> None:
 
 
 def _say_click_error(exc: BaseException, command_path: str, debug: bool) -> None:
-    sys.stderr.write(redact(f"error: {exc.format_message()}") + "\n")  # type: ignore[attr-defined]
+    assert isinstance(exc, click.exceptions.ClickException)
+    sys.stderr.write(redact(f"error: {exc.format_message()}") + "\n")
 
 
 def _say_aborted(exc: BaseException, command_path: str, debug: bool) -> None:
