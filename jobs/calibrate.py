@@ -2,69 +2,19 @@
 
 from __future__ import annotations
 
-import shlex
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import BadParameter
-from vip2scan.jobs.query import StorageOption
+from vip2scan.jobs.storage import StorageOption
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from vip2scan.pipeline.output.calibration import Calibration
-    from vip2scan.pipeline.output.views import Outputs
-
-UNCALIBRATED = "default (uncalibrated)"  # pipeline.calibration.SOURCE_DEFAULT, kept import-free
 
 EXAMPLE = ("Example: vip2scan calibrate s3://bucket/vip2scan-out --expected-rate 0.01 --by 'line*/'   "
            "(then scan as usual: later scans of that model flag about 1 % of images per line)")
-
-
-def threshold_lines(threshold: float | None, source: str, by_prefix: dict[str, float],
-                    out: str, note: str = "") -> list[str]:
-    """How a scan summary and a report name a run's image threshold: its value and source,
-    or a warning with the command to run when it is the uncalibrated default."""
-    if not source or threshold is None:
-        return []  # a run recorded before thresholds had sources
-    if source == UNCALIBRATED:
-        why = f" ({note})" if note else ""
-        return [f"warning: image threshold {threshold:g} is not calibrated{why}; run "
-                f"`vip2scan calibrate {shlex.quote(out)} --expected-rate 0.01` (the fraction of "
-                "defective images you expect) or `vip2scan eval --calibrate` with labels"]
-    per = f", {len(by_prefix)} per-prefix" if by_prefix else ""
-    return [f"image threshold {threshold:.5g} ({source}{per})"]
-
-
-def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
-                           scores: np.ndarray) -> list[str]:
-    """What a run's report says about its threshold: source, per-prefix values, and what OUT's
-    current calibration would flag if it differs from what the run used."""
-    from vip2scan.pipeline.output.calibration import (SOURCE_FLAG, SOURCE_LABELLED, CalibrationError,
-                                               flagged_now, read_calibrations)
-
-    source = str(record.get("threshold_source") or "")
-    by_prefix = dict(record.get("image_thresholds") or {})
-    lines = threshold_lines(record.get("image_threshold"), source, by_prefix, outputs.out)
-    root = str(record.get("source") or "").rstrip("/") + "/"
-    if by_prefix:
-        lines.append("per prefix: " + ", ".join(
-            f"{p.removeprefix(root)} {t:.5g}" for p, t in sorted(by_prefix.items())))
-    if source in (SOURCE_FLAG, SOURCE_LABELLED):
-        return lines  # these win over OUT's calibration in later scans too
-    try:
-        current = read_calibrations(outputs.location).get(str(record.get("model_id")))
-    except CalibrationError as exc:
-        return [*lines, f"warning: {exc}"]
-    if current is None or (current.source == source and by_prefix == current.by_prefix()
-                           and current.image_threshold == record.get("image_threshold")):
-        return lines
-    lines.append(f"OUT's current calibration ({current.source}, {current.created_at}) would flag "
-                 f"{flagged_now(current, uris, scores)} of these {len(scores)} images; later "
-                 "scans use it, and scan --full re-scores this run's images with it")
-    return lines
 
 
 def check_rate(value: float) -> float:

@@ -39,14 +39,24 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 _debug = False
+_command_path: Optional[str] = None  # "vip2scan scan" once the group has picked the command
 
 
 class OneLineErrorsGroup(TyperGroup):
     """A typer group whose failures print one line and exit 1 (runtime), 2 (usage) or 3 (partial).
 
     Overriding ``main`` (rather than wrapping ``app()``) makes typer's ``CliRunner``
-    see exactly what a shell user sees.
+    see exactly what a shell user sees. Which line and which code: :data:`errors.OUTCOMES`.
     """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        global _command_path
+        try:
+            return super().invoke(ctx)
+        finally:
+            # The command's own context is closed before main() reports its error: keep its path
+            # for the usage line of a setting's bad value ("see 'vip2scan scan --help'").
+            _command_path = " ".join(p for p in (ctx.command_path, ctx.invoked_subcommand) if p)
 
     def main(  # type: ignore[override]
         self,
@@ -56,36 +66,16 @@ class OneLineErrorsGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        global _debug
+        global _debug, _command_path
         _debug = os.environ.get("VIP2SCAN_DEBUG", "") not in ("", "0")
+        _command_path = None
+        prog_name = prog_name or "vip2scan"
         try:
-            result = super().main(args=args, prog_name=prog_name or "vip2scan",
+            result = super().main(args=args, prog_name=prog_name,
                                   complete_var=complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else 0
-        except click.exceptions.NoArgsIsHelpError as exc:
-            # With rich installed the help was already printed while building the message.
-            if exc.format_message().strip():
-                typer.echo(exc.format_message())
-            code = errors.EXIT_USAGE
-        except errors.UsageError as exc:
-            command_path = exc.ctx.command_path if exc.ctx is not None else None
-            errors.report_usage_error(exc.format_message(), command_path)
-            code = errors.EXIT_USAGE
-        except click.exceptions.ClickException as exc:
-            sys.stderr.write(errors.redact(f"error: {exc.format_message()}") + "\n")
-            code = exc.exit_code
-        except typer.Abort:
-            sys.stderr.write("error: aborted\n")
-            code = errors.EXIT_RUNTIME
-        except KeyboardInterrupt as exc:
-            # Ctrl-C: 130; SIGTERM arrives as pipeline.holder.Terminated, with 143. A scan
-            # interrupted mid-run prints its own line (how to resume) before this.
-            said = "interrupted" if type(exc) is KeyboardInterrupt else (str(exc) or "interrupted")
-            sys.stderr.write(f"error: {said}\n")
-            code = int(getattr(exc, "exit_code", 130))
-        except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns crashes into a line
-            errors.report_runtime_error(exc, debug=_debug)
-            code = errors.EXIT_RUNTIME
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the CLI's one last-resort handler
+            code = errors.report_failure(exc, _command_path or prog_name, _debug)
         if standalone_mode:
             sys.exit(code)
         return code

@@ -18,7 +18,7 @@ import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import UsageError
-from vip2scan.jobs.query import StorageOption
+from vip2scan.jobs.storage import StorageOption
 
 EXAMPLE = (
     "Examples: vip2scan convert ViT-L-14-336px.pt weights/vit-l-14-336.safetensors --trust ; "

@@ -129,9 +129,9 @@ def demo(
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from vip2scan.jobs.report import build_report
+    from vip2scan.jobs.formatting import format_summary
     from vip2scan.jobs.progress import ProgressBar, Terminal
-    from vip2scan.jobs.scan import format_summary
+    from vip2scan.jobs.report_page import build_report
     from vip2scan.model.data.synthetic import write_lake
     from vip2scan.pipeline import ScanOptions, scan
     from vip2scan.pipeline.output import paths as layout

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.query import StorageOption, options_for
+from vip2scan.jobs.storage import StorageOption, read_object
 
 if TYPE_CHECKING:
     from vip2scan.jobs.explore_data import LakeState
@@ -59,17 +59,6 @@ def pick_rendered(state: "LakeState", max_images: int) -> list[int]:
     rest = np.setdiff1d(candidates, top)
     sample = np.random.default_rng(SAMPLE_SEED).permutation(rest)[: max_images - len(top)]
     return sorted(int(i) for i in np.concatenate([top, sample]))
-
-
-def read_object(uri: str, storage_options: dict) -> Optional[bytes]:
-    """The object's bytes; None when it is gone."""
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb", **options_for(uri, storage_options)) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
 
 
 def render(outputs: "Outputs", state: "LakeState", picked: list[int], write: Any) -> int:

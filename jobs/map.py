@@ -13,18 +13,11 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.errors import click
-from vip2scan.jobs.query import StorageOption, options_for
+from vip2scan.jobs.errors import JobError
+from vip2scan.jobs.storage import StorageOption, read_object, write_object
 
 EXAMPLE = ("Example: vip2scan map s3://bucket/vip2scan-out s3://bucket/lake/line3/img_00042.png "
            "--png map.png --overlay")
-
-
-def save(data: bytes, to: str, storage_options: dict) -> None:
-    import fsspec
-
-    with fsspec.open(to, "wb", **options_for(to, storage_options)) as f:
-        f.write(data)
 
 
 def map_command(
@@ -47,7 +40,7 @@ def map_command(
     try:
         amap = read_map(image_uri, out, storage_options=storage_options)
     except KeyError as exc:  # no ok row with a map: the reason, in one line
-        raise click.ClickException(str(exc.args[0]) if exc.args else str(exc)) from None
+        raise JobError(str(exc.args[0]) if exc.args else str(exc)) from None
     height, width = amap.shape
     x, y = peak_position(amap)
     typer.echo(f"map of {image_uri}: {width} x {height} px, values {float(amap.min()):.4f} to "
@@ -55,7 +48,7 @@ def map_command(
     if npy:
         buffer = io.BytesIO()
         np.save(buffer, amap.astype(np.float32))
-        save(buffer.getvalue(), npy, storage_options)
+        write_object(buffer.getvalue(), npy, storage_options)
         typer.echo(f"wrote {npy}")
     if png:
         value_range = display_range([amap])
@@ -63,15 +56,14 @@ def map_command(
         if overlay:
             from PIL import Image
 
-            from vip2scan.jobs.explore import read_object
             from vip2scan.jobs.imaging import OVERLAY_ALPHA, upright_thumbnail
 
             data = read_object(image_uri, storage_options)
             if data is None:
-                raise click.ClickException(f"{image_uri} is gone: write the map alone (drop --overlay)")
+                raise JobError(f"{image_uri} is gone: write the map alone (drop --overlay)")
             image = upright_thumbnail(data, width, height, max(width, height))
             picture = Image.blend(image, picture.resize(image.size), OVERLAY_ALPHA)
-        save(png_bytes(picture), png, storage_options)
+        write_object(png_bytes(picture), png, storage_options)
         rule = SCALING_RULE.replace("that run's rendered maps", "this map")
         typer.echo(f"wrote {png} (colours: {value_range[0]:.4f} to {value_range[1]:.4f}; {rule})")
 

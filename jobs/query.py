@@ -11,6 +11,7 @@ import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import BadParameter, UsageError
+from vip2scan.jobs.storage import StorageOption, write_object
 
 EXAMPLE = (
     "Example: vip2scan query ./demo-out/out "
@@ -26,14 +27,6 @@ class OutputFormat(str, Enum):
     csv = "csv"
     json = "json"
     parquet = "parquet"
-
-
-StorageOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--storage-option", "-s", metavar="KEY=VALUE",
-                 help="fsspec option for the URIs this command reads and writes, "
-                      "e.g. endpoint_url=http://127.0.0.1:9000 (repeatable)."),
-]
 
 
 def format_table(table: Any, max_rows: int) -> str:
@@ -62,16 +55,10 @@ def _cell(value: Any) -> str:
 MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", re.I)
 
 
-def options_for(uri: str, storage_options: dict) -> dict:
-    """Storage options apply to remote URIs; local files take none."""
-    return storage_options if "://" in uri and not uri.startswith("file://") else {}
-
-
 def write_result(table: Any, fmt: OutputFormat, to: Optional[str], storage_options: dict) -> Optional[bytes]:
     """Encode ``table`` as csv/json/parquet; write to ``to`` (any fsspec URI) or return the bytes."""
     import io
 
-    import fsspec
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -86,8 +73,7 @@ def write_result(table: Any, fmt: OutputFormat, to: Optional[str], storage_optio
     data = buffer.getvalue()
     if to is None:
         return data
-    with fsspec.open(to, "wb", **options_for(to, storage_options)) as f:
-        f.write(data)
+    write_object(data, to, storage_options)
     return None
 
 
@@ -105,6 +91,8 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL (DuckDB) over a scan's outputs and print or save the result."""
+    import duckdb
+
     from vip2scan.pipeline.output.views import Outputs
 
     if format is OutputFormat.parquet and to is None:
@@ -116,7 +104,7 @@ def query(
     con = Outputs(out, storage_options).connect(memory_limit)
     try:
         result = con.sql(sql)
-    except Exception as exc:  # DuckDB's parser/binder errors are the user's SQL, not a crash
+    except duckdb.Error as exc:  # DuckDB's parser/binder errors are the user's SQL, not a crash
         raise UsageError(f"SQL: {str(exc).splitlines()[0]}") from None
     table = result.to_arrow_table() if result is not None else None
     if table is None:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import shlex
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from vip2scan.jobs.calibrate import threshold_lines
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
+from vip2scan.jobs.formatting import format_summary
 from vip2scan.jobs.progress import ProgressBar, Terminal
-from vip2scan.jobs.query import StorageOption
-from vip2scan.errors import InvalidSetting
+from vip2scan.jobs.storage import StorageOption
 from vip2scan.pipeline.options import ScanOptions
 from vip2scan.pipeline.specs import EngineSpec, LimitSpec, MapSpec, default_of
-
-if TYPE_CHECKING:
-    from vip2scan.pipeline import RunSummary
 
 EXAMPLE = (
     "Example: vip2scan scan s3://lake/line3/ --out s3://bucket/vip2scan --checkpoint s3://bucket/ckpt/best "
@@ -29,11 +24,6 @@ MISSING_CHECKPOINT = (
     "training (vip2scan train DATA --out CKPT), converting a released ViP2-CLIP .pth "
     "(vip2scan convert model.pth CKPT), or running the demo (vip2scan demo; it writes demo-out/checkpoint)"
 )
-
-
-
-# Storage option names safe to echo back in the suggested follow-up commands.
-_PUBLIC_STORAGE_OPTIONS = ("endpoint_url", "region_name", "anon", "use_ssl", "requester_pays")
 
 
 def parse_actors(value: Optional[str]) -> Optional[tuple[int, int]]:
@@ -50,72 +40,6 @@ def parse_actors(value: Optional[str]) -> Optional[tuple[int, int]]:
 def print_todo(reason: str, image_uri: str) -> None:
     """One line per object a dry run would score: the reason, then the URI (cut -c11-)."""
     typer.echo(f"{reason:<9} {image_uri}")
-
-
-def follow_up_commands(summary: RunSummary, out: str, storage_options: dict) -> list[str]:
-    """Ready-to-paste query and report lines for this run (secrets never included)."""
-    flags = "".join(f" -s {shlex.quote(f'{k}={v}')}" for k, v in storage_options.items()
-                    if k in _PUBLIC_STORAGE_OPTIONS)
-    sql = f"SELECT status, is_anomalous, count(*) AS n FROM scores WHERE run_id = '{summary.run_id}' GROUP BY ALL"
-    return [
-        f"vip2scan query {shlex.quote(out)} \"{sql}\"{flags}",  # run ids are [0-9A-Za-z-]: safe in "..."
-        f"vip2scan report {shlex.quote(out)} --run {summary.run_id}{flags}",
-    ]
-
-
-def engine_lines(summary: RunSummary) -> list[str]:
-    """Which engine scored and why, where Ray's own notices went, and a pending run."""
-    lines = [f"  engine {summary.engine} ({summary.engine_reason})"] if summary.engine else []
-    if summary.engine_log:
-        lines.append(f"  ray log: {summary.engine_log}")
-    pending = summary.pending
-    if pending is not None:
-        lines.append(f"  pending: run {pending.run_id} was interrupted with {pending.staged} of "
-                     f"{pending.total} rows staged; the next scan resumes it before anything new")
-    return lines
-
-
-def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
-    """Counts, failures, speed, where the outputs are, and what to run next."""
-    counts = dict(summary.counts or {})
-    shown = ", ".join(f"{k} {v}" for k, v in counts.items())
-    rate = f", {summary.images_per_s:.1f} images/s" if summary.images_per_s else ""
-    title = f"run {summary.run_id}: {summary.status}" if summary.run_id else summary.status.replace("_", " ")
-    lines = [f"{title} in {summary.wall_s:.1f} s{rate}", f"  {shown}"]
-    if summary.model_id:
-        lines.append(f"  model {summary.model_id}")
-    lines += engine_lines(summary)
-    from vip2scan.pipeline.storage.accounting import IoCounts, cost_line
-
-    requests = IoCounts.from_record(summary.io or {})
-    if requests.total_requests():  # S3 only: local files are not counted (accounting.py)
-        lines.append("  " + cost_line(requests, int((summary.io or {}).get("objects_read", 0))))
-    if counts.get("scored") or summary.run_id is None:  # quiet nights: no rows, no threshold
-        lines += [f"  {line}" for line in threshold_lines(
-            summary.image_threshold, summary.threshold_source, summary.image_thresholds, out,
-            summary.threshold_note)]
-    skipped = summary.skipped_by_suffix
-    if skipped:
-        shown_skipped = ", ".join(f"{k} {n}" for k, n in skipped.items())
-        lines.append(f"  not scanned, no image suffix: {shown_skipped} (add formats with --suffixes)")
-    lines += [f"  warning: {w}" for w in summary.warnings]
-    failed = int(counts.get("failed", 0) or 0)
-    if failed:
-        lines.append(f"  {failed} image(s) could not be scored (status='error' rows, with the reason)")
-    for label, where in (("scores", summary.scores_uri), ("maps", summary.maps_uri), ("record", summary.record_uri)):
-        if where:
-            lines.append(f"  {label}: {where}")
-    vanished = int(counts.get("vanished", 0) or 0)
-    if summary.record_uri and not counts.get("scored") and not failed and vanished:
-        # A night that only lost objects did change something: say what it found.
-        lines.append(f"  no images to score; {vanished} vanished since the last run "
-                     "(gone from the latest view)")
-    elif summary.record_uri and not counts.get("scored") and not failed:
-        lines.append("  nothing new or changed since the last run: no inference ran")
-    elif summary.record_uri:  # a dry run writes no record: nothing to query yet
-        lines.append("next:")
-        lines += [f"  {cmd}" for cmd in follow_up_commands(summary, out, storage_options)]
-    return "\n".join(lines)
 
 
 def scan(
@@ -209,11 +133,9 @@ def scan(
         ray_address=ray_address, wait=wait or None, max_image_pixels=max_image_pixels,
         engine=engine)
     storage_options = storage_options_from_flags(storage_option)
-    try:  # usage errors first, before the storage and the model are touched
-        options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None},
-                              storage_options=storage_options)
-    except InvalidSetting as exc:
-        raise BadParameter(exc.problem, param_hint=f"'--{exc.setting.replace('_', '-')}'") from None
+    # Usage errors first, before the storage and the model are touched (InvalidSetting: exit 2).
+    options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None},
+                          storage_options=storage_options)
     from vip2scan.model.training.checkpoints import resolve_checkpoint
     from vip2scan.pipeline import ScanInterrupted
     from vip2scan.pipeline import scan as run_scan

@@ -59,7 +59,7 @@ def enable_token_auth_if_available() -> None:
         from ray._raylet import Config
 
         Config.initialize("")
-    except Exception:  # noqa: BLE001 - an older Ray without this hook reads the env var itself
+    except (ImportError, AttributeError):  # an older Ray without this hook reads the env var itself
         pass
 
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.errors import UsageError
+from vip2scan.jobs.errors import JobError, UsageError
 
 FAULT_ENV = "VIP2SCAN_FAULT_KILL_WORKER_AT_EPOCH"
 FAULT_MARKER = "fault_hook_fired"
@@ -310,7 +310,7 @@ def train(
         final = run_ray(settings, workers, use_gpu, cpus_per_worker, max_failures, ray_address)
     done = checkpoints.read_latest_epoch(out, storage_options)
     if not done:
-        raise RuntimeError("training finished without writing a checkpoint")
+        raise JobError("training finished without writing a checkpoint")
     if not final:
         typer.echo(f"nothing to do: {out} already has epoch {done} of {epochs}")
     checkpoint = join_uri(out, checkpoints.epoch_dir_name(done))

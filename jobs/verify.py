@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.query import StorageOption
+from vip2scan.jobs.storage import StorageOption
 
 EXAMPLE = ("Example: vip2scan verify s3://bucket/vip2scan-out   (exit 0: consistent; 1: problems, "
            "listed one per line; add --fix to remove abandoned staging data)")

@@ -4,7 +4,8 @@ Public API::
 
     DetectorConfig, resolve_config          configs as data
     Detector                                 from_config / from_checkpoint / __call__ / save_checkpoint
-    load_released_pth, convert_openai_weights, CheckpointError
+    load_released_pth, convert_openai_weights
+    ModelError, CheckpointError               the layer's error root (vip2scan.model.errors) and a subclass
     decode_image, resize_to_model, to_batch  the one decoder and CPU preprocessing (uint8)
     make_optimizer                           optimiser groups (training.step.train_step: one step)
 """
@@ -16,6 +17,7 @@ from typing import Any
 # ``data.synthetic`` can be imported by CPU decode workers without paying for torch and
 # open_clip (seconds and hundreds of MB per worker process).
 _EXPORTS = {
+    "ModelError": "errors",
     "CheckpointError": "weights",
     "convert_openai_weights": "weights",
     "load_released_pth": "detector",

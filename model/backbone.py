@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+from .files import is_uri
 from .weights import CheckpointError, clean_state_dict, load_state_dict_file, sha256_uri
 from .config import backbone_config, register_embedded_configs
 
@@ -45,7 +47,7 @@ def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     n_grid = pos.shape[0] - 1
     side = int(round(n_grid ** 0.5))
     if side * side != n_grid:
-        raise ValueError(f"positional embedding grid of {n_grid} positions is not square")
+        raise ConfigError(f"positional embedding grid of {n_grid} positions is not square")
     if (side, side) == tuple(grid):
         return pos
     cls_pos, grid_pos = pos[:1], pos[1:]
@@ -82,11 +84,11 @@ class Backbone(nn.Module):
         super().__init__()
         self.visual = clip.visual
         if not hasattr(self.visual, "conv1"):
-            raise ValueError("backbone has no ViT patch embedding (conv1): only OpenCLIP ViTs are supported")
+            raise ConfigError("backbone has no ViT patch embedding (conv1): only OpenCLIP ViTs are supported")
         text = getattr(clip, "text", None)
         src = text if text is not None and hasattr(text, "token_embedding") else clip
         if not hasattr(src, "token_embedding"):
-            raise ValueError("backbone text tower has no token_embedding (HF text towers are not supported)")
+            raise ConfigError("backbone text tower has no token_embedding (HF text towers are not supported)")
         self.token_embedding = src.token_embedding
         self.text_pos = src.positional_embedding
         self.text_transformer = src.transformer
@@ -96,7 +98,7 @@ class Backbone(nn.Module):
         self.blocks = tuple(int(b) for b in blocks)
         self.depth = len(self.visual.transformer.resblocks)
         if max(self.blocks) > self.depth:
-            raise ValueError(f"blocks {self.blocks} exceed depth {self.depth}")
+            raise ConfigError(f"blocks {self.blocks} exceed depth {self.depth}")
         ps = self.visual.conv1.kernel_size
         self.patch_size = int(ps[0] if isinstance(ps, tuple) else ps)
         self.context_length = int(self.text_pos.shape[0])
@@ -167,7 +169,7 @@ def _is_uri_or_path(weights: str) -> bool:
     """A file location (anything else is taken as an OpenCLIP pretrained tag such as 'openai')."""
     import os
 
-    return "://" in weights or weights.startswith(("/", ".", "~")) or os.path.exists(weights) or \
+    return is_uri(weights) or weights.startswith(("/", ".", "~")) or os.path.exists(weights) or \
         weights.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
 
 

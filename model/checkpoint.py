@@ -30,6 +30,7 @@ import fsspec
 import torch
 
 from .config import DetectorConfig, default_blocks, default_fgp_heads, default_sigma, default_top_k
+from .errors import ConfigError
 from .facts import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, is_checkpoint_dir
 from .files import join_uri, read_bytes
 from .weights import CONVERSION_HINT, CheckpointError, safe_torch_load, sniff_format
@@ -81,7 +82,7 @@ def apply_overrides(saved: DetectorConfig, overrides: Mapping[str, Any] | None) 
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(DetectorConfig)})
     if unknown:
-        raise ValueError(f"unknown DetectorConfig fields in overrides: {unknown}")
+        raise ConfigError(f"unknown DetectorConfig fields in overrides: {unknown}")
     changed = {k for k, v in changes.items() if getattr(saved, k) != v}
     follow: set[str] = set()
     if "image_size" in changed:

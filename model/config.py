@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 # Where the embedded configs (vip2-tiny) live; registered with open_clip on import.
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -50,10 +52,10 @@ def backbone_config(name: str) -> dict:
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         known = ", ".join(n for n in open_clip.list_models() if n.startswith(("ViT", "vip2")))
-        raise ValueError(f"unknown backbone {name!r}: not an OpenCLIP model config (known ViTs: {known})")
+        raise ConfigError(f"unknown backbone {name!r}: not an OpenCLIP model config (known ViTs: {known})")
     vision = cfg.get("vision_cfg", {})
     if vision.get("timm_model_name") or "layers" not in vision or not isinstance(vision["layers"], int):
-        raise ValueError(f"backbone {name!r} is not an OpenCLIP ViT config (vision_cfg needs integer 'layers')")
+        raise ConfigError(f"backbone {name!r} is not an OpenCLIP ViT config (vision_cfg needs integer 'layers')")
     return cfg
 
 
@@ -118,11 +120,11 @@ class DetectorConfig:
             self.blocks = tuple(int(b) for b in self.blocks)
         self.state_words = tuple(self.state_words)  # type: ignore[assignment]
         if len(self.state_words) != 2:
-            raise ValueError(f"state_words must be (normal, abnormal), got {self.state_words!r}")
+            raise ConfigError(f"state_words must be (normal, abnormal), got {self.state_words!r}")
         if self.score_variant not in SCORE_VARIANTS:
-            raise ValueError(f"score_variant must be one of {SCORE_VARIANTS}, got {self.score_variant!r}")
+            raise ConfigError(f"score_variant must be one of {SCORE_VARIANTS}, got {self.score_variant!r}")
         if self.n_ctx < 0 or self.n_cls < 1:
-            raise ValueError("n_ctx must be >= 0 and n_cls >= 1")
+            raise ConfigError("n_ctx must be >= 0 and n_cls >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -135,7 +137,7 @@ class DetectorConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names - {"model_id", "format", "format_version"})
         if unknown:
-            raise ValueError(f"unknown DetectorConfig fields: {unknown}")
+            raise ConfigError(f"unknown DetectorConfig fields: {unknown}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_json(self) -> str:
@@ -153,16 +155,16 @@ def resolve_config(cfg: DetectorConfig) -> DetectorConfig:
     patch = int(vision["patch_size"])
     embed_dim = int(oc["embed_dim"])
     if cfg.image_size % patch:
-        raise ValueError(f"image_size {cfg.image_size} is not a multiple of the patch size {patch}")
+        raise ConfigError(f"image_size {cfg.image_size} is not a multiple of the patch size {patch}")
     blocks = cfg.blocks or default_blocks(depth)
     if any(b < 1 or b > depth for b in blocks):
-        raise ValueError(f"blocks {blocks} outside 1..{depth} for {cfg.backbone}")
+        raise ConfigError(f"blocks {blocks} outside 1..{depth} for {cfg.backbone}")
     heads = cfg.fgp_heads or default_fgp_heads(embed_dim)
     if embed_dim % heads:
-        raise ValueError(f"fgp_heads {heads} does not divide embed_dim {embed_dim}")
+        raise ConfigError(f"fgp_heads {heads} does not divide embed_dim {embed_dim}")
     ctx_len = int(oc.get("text_cfg", {}).get("context_length", 77))
     if 1 + cfg.n_ctx + 1 + cfg.n_cls + 1 > ctx_len:
-        raise ValueError(f"n_ctx + n_cls too large for context length {ctx_len}")
+        raise ConfigError(f"n_ctx + n_cls too large for context length {ctx_len}")
     top_k = cfg.top_k or default_top_k(cfg.image_size, patch)
     sigma = cfg.sigma if cfg.sigma is not None else default_sigma(cfg.image_size)
     return cfg.replace(

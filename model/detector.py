@@ -23,6 +23,8 @@ from .backbone import CLIP_MEAN, CLIP_STD, Backbone, build_backbone, tokenizer_f
 from .checkpoint import (CheckpointContent, CheckpointError, compute_model_id, read_checkpoint,
                          read_released_pth, released_default_config, save_checkpoint)
 from .config import DetectorConfig, resolve_config
+from .contract import model_input
+from .errors import ConfigError
 from .fgp import FineGrainedPerception
 from .prompts import ImageConditionedPrompts
 
@@ -171,18 +173,14 @@ class Detector(nn.Module):
         if self.amp in (None, "off", False) or (self.amp == "auto" and self.device.type != "cuda"):
             return contextlib.nullcontext()
         if self.amp not in ("auto", "bf16", "fp16"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {self.amp!r}")
+            raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {self.amp!r}")
         dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ---------------------------------------------------------------------- forward
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, H, W] (any device) -> CLIP-normalised float32 on this device."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
-        if images.dtype != torch.uint8:
-            raise TypeError(f"expected uint8 images, got {images.dtype}")
-        x = images.to(self.device, non_blocking=True).float()
+        x = model_input(images, self.device).float()
         return (x - self.mean) / self.std
 
     def forward_features(self, images: torch.Tensor) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from .errors import ModelError
 from .files import join_uri
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
-class CheckpointFactsError(ValueError):
+class CheckpointFactsError(ModelError, ValueError):
     """A checkpoint directory whose config or weights header is missing, damaged or mixed."""
 
 

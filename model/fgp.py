@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 
 class FineGrainedPerception(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         if width % heads:
-            raise ValueError(f"heads {heads} must divide width {width}")
+            raise ConfigError(f"heads {heads} must divide width {width}")
         self.width, self.heads = width, heads
         # 1x1 Conv1d (weight [C, C, 1]) to match the released checkpoints' layout.
         self.q_proj_pre = nn.Conv1d(width, width, 1)

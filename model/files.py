@@ -1,4 +1,4 @@
-"""Small fsspec helpers shared by model/: join a URI, read or write a whole file.
+"""Small fsspec helpers shared by model/: tell a URI from a path, join a URI, read or write a whole file.
 
 Torch-free and a leaf, so the torch-free readers (checkpoint facts, dataset readers, the
 training-run layout) and the weight loaders use the same few lines.
@@ -7,6 +7,13 @@ training-run layout) and the weight loaders use the same few lines.
 from __future__ import annotations
 
 import fsspec
+
+
+def is_uri(text: str) -> bool:
+    """Whether ``text`` names its protocol (``s3://b/k``, ``gs://b``, ``file:///x``) rather than
+    being a plain path (``/abs``, ``rel/path``, ``C:\\x``). The one test every layer uses; what a
+    ``file://`` URI means (local, for most callers) is the caller's to decide."""
+    return "://" in text
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -30,6 +30,8 @@ import fsspec
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .errors import ModelError
+
 if TYPE_CHECKING:
     import torch
 
@@ -45,7 +47,7 @@ REDUCING_GAP = 3.0
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class DecodeError(ValueError):
+class DecodeError(ModelError, ValueError):
     """A file that is not a usable image; the message says why in one line."""
 
 

@@ -65,6 +65,8 @@ def _null_detector_class() -> type:
     import torch.nn.functional as F
     from torch import nn
 
+    from .contract import model_input
+
     class NullDetector(nn.Module):
         """Detector.forward's contract (uint8 [N, 3, S, S] in, float32 score [N] and map
         [N, S, S] in [0, 1] out, on this module's device) with no parameters."""
@@ -84,12 +86,8 @@ def _null_detector_class() -> type:
             return self.anchor.device
 
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
-            if images.dtype != torch.uint8:
-                raise TypeError(f"expected uint8 images, got {images.dtype}")
             with torch.inference_mode():
-                x = images.to(self.device, non_blocking=True)
+                x = model_input(images, self.device)
                 grey = x.sum(dim=1, dtype=torch.int32)  # [N, S, S], 0..765
                 totals = grey.sum(dim=(1, 2), dtype=torch.int64).double()
                 score = torch.frac(totals * GOLDEN).float()

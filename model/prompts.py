@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 def prompt_sentence(n_ctx: int, word: str, n_cls: int) -> str:
     """'X X X X X X X good X X X' for n_ctx 7, n_cls 3 (no full stop)."""
@@ -52,7 +54,7 @@ class ImageConditionedPrompts(nn.Module):
         self.context_length = context_length
         suffix = context_length - 1 - n_ctx - middle_len - n_cls
         if suffix < 1:
-            raise ValueError("prompt does not fit the context length")
+            raise ConfigError("prompt does not fit the context length")
         self.ctx_pos = nn.Parameter(torch.empty(n_ctx, text_width))
         self.ctx_neg = nn.Parameter(torch.empty(n_ctx, text_width))
         self.cls_ctx = nn.Parameter(torch.empty(n_cls, text_width))
@@ -75,7 +77,7 @@ class ImageConditionedPrompts(nn.Module):
                 for side, w in zip(("pos", "neg"), state_words)}
         middle = {side: int(t.argmax(-1)) - 1 - n_ctx - n_cls for side, t in toks.items()}
         if middle["pos"] != middle["neg"] or middle["pos"] < 1:
-            raise ValueError(f"state words {state_words} must tokenise to the same number (>=1) of tokens")
+            raise ConfigError(f"state words {state_words} must tokenise to the same number (>=1) of tokens")
         m = cls(embed_dim, text_width, context_length, n_ctx, n_cls, middle_len=middle["pos"])
         with torch.no_grad():
             for side, t in toks.items():

@@ -21,6 +21,7 @@ from typing import Any
 import fsspec
 import torch
 
+from .errors import ModelError
 from .files import read_bytes, write_bytes
 
 CONVERSION_HINT = (
@@ -29,7 +30,7 @@ CONVERSION_HINT = (
     "the tool at the resulting .safetensors file")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError, ValueError):
     """A checkpoint or weight file that cannot be loaded safely or does not fit the model."""
 
 

@@ -6,12 +6,27 @@ exception in layers (RayTaskError, ActorDiedError, the executor's own errors) wh
 whole remote tracebacks; :func:`engine_failure_line` digs out the stage that failed and the
 innermost error, e.g. ``inference actor failed to start: SafetensorError: invalid JSON in
 header``.
+
+Every error the pipeline raises on purpose descends from :class:`PipelineError` (itself a
+:class:`vip2scan.errors.Vip2scanError`); classes that were ``RuntimeError``s keep that base, so
+existing ``except RuntimeError`` clauses still catch them::
+
+    PipelineError
+      ScanError              a scan that cannot start or finish
+        OutputWriteError     a write below OUT refused by its filesystem
+        StoreUnavailable     (storage/retries.py) a store that answered only failures for too long
+      OutputLocked, LeaseLost    (run/lock.py) OUT's lease is held by another scan / was taken over
+      VerifyError            (output/verify.py) OUT cannot be verified at all
+      CalibrationError       (output/calibration.py) calibration cannot run or its file is unusable
+      SandboxUnavailable, DecoderFailed    the decode sandbox failed (not an object's fault)
 """
 
 from __future__ import annotations
 
 import errno
 import re
+
+from vip2scan.errors import Vip2scanError
 
 from .storage.redaction import redact
 
@@ -25,8 +40,23 @@ _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?P<name>[A-Za-z_]\w*(?:Error|
                          r"(?::\s*(?P<text>.*))?$")
 
 
-class ScanError(RuntimeError):
+class PipelineError(Vip2scanError):
+    """Root of the pipeline's errors; the message is one line without secrets."""
+
+
+class ScanError(PipelineError, RuntimeError):
     """A scan that cannot start or finish; the message is one line without secrets."""
+
+
+# The decode sandbox's (stages/sandbox.py) failures are defined here, not there: that file is
+# also the child's program, which must not import the pipeline package to define them.
+class SandboxUnavailable(PipelineError, RuntimeError):
+    """A fresh decode child did not come up: an environment fault, never an object's, so it
+    fails the task (and, past Ray's retries, the run) instead of turning every object into an error."""
+
+
+class DecoderFailed(PipelineError, RuntimeError):
+    """The decoder raised something other than DecodeError, or broke the protocol: a bug."""
 
 
 # A local write refused by the filesystem for a reason no retry fixes: what OUT "is".

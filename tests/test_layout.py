@@ -27,8 +27,11 @@ FORBIDDEN = {
 # The detector is the network: reading and writing files is checkpoint.py's and weights.py's job.
 DETECTOR_FORBIDDEN = {"fsspec", "s3fs", "gcsfs", "pyarrow", "zarr", "vip2scan.pipeline",
                       "vip2scan.model.files", "vip2scan.model.weights"}
-# weights.py is a leaf: only the file helpers below it.
-WEIGHTS_ALLOWED_OWN = {"vip2scan.model.files"}
+# weights.py is a leaf: only the file helpers below it, and the layer's error root.
+WEIGHTS_ALLOWED_OWN = {"vip2scan.model.files", "vip2scan.model.errors"}
+# model/errors.py holds the layer's root exception: every model module may import it (the leaf
+# weights.py, the decoder that the decode sandbox's child loads), so it imports only the top root.
+MODEL_ERRORS_ALLOWED_OWN = {"vip2scan.errors"}
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -139,6 +142,52 @@ def test_detector_does_no_io_and_weights_is_a_leaf() -> None:
     own = {t for t, _ in _imports("vip2scan.model.weights", modules["vip2scan.model.weights"])
            if t.startswith("vip2scan.")}
     assert own <= WEIGHTS_ALLOWED_OWN
+
+
+def test_model_errors_import_only_the_top_root() -> None:
+    path = _modules()["vip2scan.model.errors"]
+    own = {t for t, _ in _imports("vip2scan.model.errors", path) if t.startswith("vip2scan.")}
+    assert own <= MODEL_ERRORS_ALLOWED_OWN
+
+
+def test_commands_do_not_import_each_other() -> None:
+    """A command (a module, or the package of one, named in jobs/cli.py's COMMAND_MODULES) takes
+    what it shares with others from a shared module (storage.py, formatting.py, report_page.py,
+    imaging.py ...), never from another command; only cli.py imports them all."""
+    from vip2scan.jobs.cli import COMMAND_MODULES
+
+    commands = {f"{FOLDERS['jobs']}.{name}" for name in COMMAND_MODULES}
+
+    def command_of(module: str) -> str | None:
+        return next((c for c in commands if _matches(module, {c})), None)
+
+    offenders = []
+    for module, edges in _graph().items():
+        mine = command_of(module)
+        if mine is None:
+            continue
+        offenders += [f"{module} imports {target}" for target in sorted(edges)
+                      if command_of(target) not in (None, mine)]
+    assert offenders == []
+
+
+def test_only_the_cli_catches_every_exception() -> None:
+    """jobs/errors.py's OUTCOMES decides how a failure ends; a command catching Exception would
+    decide it a second time (or hide a bug). A command rewording a library's error catches
+    that library's class. The one broad handler is the CLI group's last resort."""
+    broad = {"Exception", "BaseException"}
+    found = []
+    for module, path in _modules().items():
+        if not module.startswith(FOLDERS["jobs"]):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ExceptHandler):
+                caught = [] if node.type is None else (
+                    node.type.elts if isinstance(node.type, ast.Tuple) else [node.type])
+                names = {ast.unparse(c) for c in caught}
+                if node.type is None or names & broad:
+                    found.append(str(path.relative_to(ROOT)))
+    assert found == ["jobs/cli.py"]
 
 
 def test_no_private_names_cross_modules() -> None:

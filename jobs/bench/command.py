@@ -26,6 +26,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.errors import InvalidSetting
+from vip2scan.jobs.errors import flag_of
 from vip2scan.pipeline.specs import EngineSpec, MapSpec, default_of
 
 from .lakes import default_workdir
@@ -113,10 +114,11 @@ def bench(
              "actors": None if actors is None else (actors, actors),
              "cpus_per_actor": cpus_per_actor, "decode_cpus": decode_cpus,
              "torch_threads": torch_threads, "max_tasks_in_flight_per_actor": max_tasks_in_flight}
-    try:  # validated as the scan's flags are: the same spec, the same message
+    try:  # validated as the scan's flags are: the same spec, the same message (the bench also
+        # runs as its own program, without the CLI's error table)
         engine_spec = EngineSpec(**{k: v for k, v in knobs.items() if v is not None})
     except InvalidSetting as exc:
-        raise typer.BadParameter(exc.problem, param_hint=f"'--{exc.setting.replace('_', '-')}'") from None
+        raise typer.BadParameter(exc.problem, param_hint=repr(flag_of(exc.setting))) from None
     params = BenchParams(
         backbone=backbone, image_size=image_size, images=images,
         sources=("local", "s3") if source == "both" else (source,), engine_spec=engine_spec,
@@ -131,7 +133,7 @@ def bench(
         try:
             map_spec = MapSpec(map_size=map_store_size)
         except InvalidSetting as exc:
-            raise typer.BadParameter(exc.problem, param_hint="'--map-store-size'") from None
+            raise typer.BadParameter(exc.problem, param_hint=repr("--map-store-size")) from None
         result["map_store"] = run_map_store_bench(map_store, map_spec.map_size)
     text = json.dumps(result, indent=2, default=str)
     if json_out == "-":

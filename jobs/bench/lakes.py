@@ -7,6 +7,7 @@ Nothing here is timed; it only prepares inputs so the timed scans start from the
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import multiprocessing
@@ -21,6 +22,8 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from vip2scan.jobs.errors import JobError
 
 # Images per generated shard: shards are generated in parallel processes, and a fixed size
 # keeps a lake's content independent of how many cores generated it.
@@ -137,7 +140,7 @@ def start_moto() -> S3Endpoint:
     try:
         import moto.server  # noqa: F401 - only checks that the extra is installed
     except ImportError as exc:
-        raise RuntimeError("--source s3 without --s3-endpoint needs moto: pip install 'vip2scan[bench]'") from exc
+        raise JobError("--source s3 without --s3-endpoint needs moto: pip install 'vip2scan[bench]'") from exc
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,10 +150,10 @@ def start_moto() -> S3Endpoint:
         try:
             urllib.request.urlopen(url + "/moto-api/", timeout=1)
             break
-        except Exception:  # noqa: BLE001 - not up yet
+        except (OSError, http.client.HTTPException):  # not up yet (URLError is an OSError)
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError("the moto S3 server did not start") from None
+                raise JobError("the moto S3 server did not start") from None
             time.sleep(0.2)
     return S3Endpoint(endpoint_url=url, key=MOTO_KEY, secret=MOTO_SECRET, process=process)
 

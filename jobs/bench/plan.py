@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vip2scan.jobs.errors import JobError
+
 SOURCE = "s3://bench-lake"
 CHECKPOINT = "null:64"
 CHANGED_PER_NIGHT = 0.01
@@ -143,7 +145,7 @@ def run_cli(*args: str) -> dict[str, Any]:
     ran = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if ran.returncode != 0:
-        raise RuntimeError(f"vip2scan {args[0]} failed: {ran.stderr[-2000:]}")
+        raise JobError(f"vip2scan {args[0]} failed: {ran.stderr[-2000:]}")
     peak = [line for line in ran.stderr.splitlines() if line.startswith("peak_rss_kb")]
     return {"seconds": round(seconds, 2),
             "peak_rss_mib": round(int(peak[-1].split()[1]) / 1024, 1) if peak else None,
@@ -191,7 +193,7 @@ def run_plan_bench(objects: int, nights: int, workdir: Path, keep: bool = False,
     window = run_cli("query", out_path, QUERY.format(view=WINDOW_VIEW), "--format", "csv") \
         if window_query else None
     if window is not None and window["stdout"] != query["stdout"]:
-        raise RuntimeError("the snapshot's latest and the window over all runs disagree")
+        raise JobError("the snapshot's latest and the window over all runs disagree")
     incremental = [b["build_s"] for b in builds if b.get("built") == "incremental"]
     snapshot_bytes = sum((root / "out" / f).stat().st_size for f in builds[-1]["files"])
     history_rows = objects + (nights - 1) * changed

@@ -126,12 +126,14 @@ def measure_bare_model(detector: Any, batch_size: int, *, device: str = "cpu",
 
 def _is_ray_worker(proc: Any) -> bool:
     """Ray task/actor workers show as 'ray::<Name>' once they run user code."""
+    import psutil
+
     try:
         name = proc.name()
         if name.startswith("ray::"):
             return True
         cmdline = proc.cmdline()
-    except Exception:  # noqa: BLE001 - the process may have exited between calls
+    except psutil.Error:  # the process may have exited between calls
         return False
     return bool(cmdline) and (cmdline[0].startswith("ray::")
                               or any(part.endswith("default_worker.py") for part in cmdline))
@@ -139,9 +141,11 @@ def _is_ray_worker(proc: Any) -> bool:
 
 def _is_decode_sandbox(proc: Any) -> bool:
     """A child running pipeline/stages/sandbox.py (the decoder's isolated process)."""
+    import psutil
+
     try:
         return any(part.endswith("sandbox.py") for part in proc.cmdline())
-    except Exception:  # noqa: BLE001 - exited meanwhile
+    except psutil.Error:  # exited meanwhile
         return False
 
 
@@ -190,12 +194,14 @@ def process_role(proc: Any, driver_pid: int) -> str:
     actor>' for Ray workers (decode/write tasks, the inference actor, Ray Data's own actors),
     or 'system:<name>' for Ray's system processes (raylet, GCS, agents), which cost CPU on a
     small node too."""
+    import psutil
+
     if proc.pid == driver_pid:
         return "driver"
     try:
         name = proc.name()
         title = name if name.startswith("ray::") else (proc.cmdline() or [name])[0]
-    except Exception:  # noqa: BLE001 - exited meanwhile
+    except psutil.Error:  # exited meanwhile
         return "other"
     if title.startswith("ray::"):
         # 'ray::Class.method' while an actor runs a method: one role per actor (its start-up,
@@ -207,7 +213,7 @@ def process_role(proc: Any, driver_pid: int) -> str:
     if "python" in os.path.basename(title):  # e.g. python .../dashboard/agent.py
         try:
             script = next((a for a in proc.cmdline()[1:] if a.endswith(".py")), title)
-        except Exception:  # noqa: BLE001
+        except psutil.Error:  # exited meanwhile
             script = title
         return f"system:{os.path.basename(script)}"
     return f"system:{os.path.basename(title)}"
@@ -295,11 +301,13 @@ class ProcessSampler:
         figures.samples += 1
 
     def _loop(self) -> None:
+        import psutil
+
         start = time.thread_time()
         while not self._stop.wait(self.interval_s):
             try:
                 self.sample_once()
-            except Exception:  # noqa: BLE001 - sampling must never break the measured run
+            except (psutil.Error, OSError):  # a process gone or hidden mid-sample: skip this sample
                 pass
             self.figures.sampler_cpu_s = time.thread_time() - start
 

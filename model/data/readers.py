@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 
-from ..files import join_uri, read_text
+from ..errors import DatasetError
+from ..files import is_uri, join_uri, read_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".parquet", ".pq")
@@ -94,7 +94,7 @@ def parse_label(value) -> int:
         return 0
     if word in _ANOMALY_WORDS:
         return 1
-    raise ValueError(f"cannot read a label from {value!r}")
+    raise DatasetError(f"cannot read a label from {value!r}")
 
 
 def _optional(value) -> str | None:
@@ -130,7 +130,7 @@ def read_visa(root: str, split: str | None = "test", categories=None,
 
 def _resolve(uri: str, base: str) -> str:
     """Relative paths in a manifest are relative to the manifest's folder."""
-    if "://" in uri or uri.startswith("/"):
+    if is_uri(uri) or uri.startswith("/"):
         return uri
     return join_uri(base, uri)
 
@@ -138,7 +138,7 @@ def _resolve(uri: str, base: str) -> str:
 def _manifest_rows(uri: str, storage_options: dict | None) -> list[dict]:
     lower = uri.lower()
     if not lower.endswith(MANIFEST_EXTENSIONS):
-        raise ValueError(f"manifest must end with one of {MANIFEST_EXTENSIONS}: {uri}")
+        raise DatasetError(f"manifest must end with one of {MANIFEST_EXTENSIONS}: {uri}")
     if lower.endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
 
@@ -159,7 +159,7 @@ def read_manifest(uri: str, split: str | None = None, categories=None,
     samples = []
     for i, row in enumerate(_manifest_rows(uri, storage_options)):
         if "image_uri" not in row or "label" not in row:
-            raise ValueError(f"{uri} row {i}: needs image_uri and label, has {sorted(row)}")
+            raise DatasetError(f"{uri} row {i}: needs image_uri and label, has {sorted(row)}")
         cat = _optional(row.get("category")) or "default"
         row_split = _optional(row.get("split"))
         if not _want(cat, categories) or (split and row_split and row_split != split):
@@ -181,19 +181,7 @@ def read_dataset(uri: str, split: str | None = "test", categories=None,
         return read_visa(uri, split, categories, storage_options)
     samples = read_mvtec(uri, split, categories, storage_options)
     if not samples:
-        raise ValueError(f"no images found in {uri} as an MVTec tree (<cat>/{split or '*'}/"
+        raise DatasetError(f"no images found in {uri} as an MVTec tree (<cat>/{split or '*'}/"
                          f"<defect>/*.png), VisA ({VISA_CSV}) or manifest "
                          f"({', '.join(MANIFEST_EXTENSIONS)}); categories={categories}")
     return samples
-
-
-def describe(samples: list[Sample]) -> dict[str, dict[str, int]]:
-    """Per category: {n_images, n_anomalous, n_anomalous_without_mask}."""
-    counts: dict[str, Counter] = {}
-    for s in samples:
-        c = counts.setdefault(s.category, Counter())
-        c["n_images"] += 1
-        c["n_anomalous"] += s.label
-        c["n_anomalous_without_mask"] += s.mask_missing
-    keys = ("n_images", "n_anomalous", "n_anomalous_without_mask")
-    return {cat: {k: int(c[k]) for k in keys} for cat, c in sorted(counts.items())}

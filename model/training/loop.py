@@ -29,6 +29,7 @@ import torch
 from ..config import DetectorConfig
 from ..data.loading import has_pixel_truth, load_sample, prefetched
 from ..detector import Detector
+from ..errors import DatasetError
 from ..files import join_uri, read_text
 from ..images import to_batch
 from .evaluation import evaluate_records
@@ -248,7 +249,7 @@ def train_loop(settings: TrainSettings, session: Session) -> dict:
     synced = GradientSyncingOptimizer(optimizer, session) if session.world_size > 1 else optimizer
     records = [r for r in settings.records if has_pixel_truth(r)]
     if not records:
-        raise ValueError("no training images: every anomalous image lacks a mask")
+        raise DatasetError("no training images: every anomalous image lacks a mask")
     per_rank_batch = max(1, settings.batch_size // session.world_size)
     best = max((h["val_score"] for h in history if h.get("val_score") is not None
                 and math.isfinite(h["val_score"])), default=-math.inf)

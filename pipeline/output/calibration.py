@@ -24,6 +24,7 @@ import numpy as np
 
 from vip2scan.model.factory import ModelFacts
 
+from ..errors import PipelineError
 from .paths import CALIBRATION
 from ..specs import ThresholdSpec
 from .views import Outputs
@@ -37,17 +38,13 @@ SOURCE_LABELLED = "labelled"
 SOURCE_DEFAULT = "default (uncalibrated)"
 
 
-class CalibrationError(Exception):
+class CalibrationError(PipelineError):
     """Calibration cannot run or OUT's calibration file cannot be used (one line)."""
 
 
 def label_free_source(rate: float, by: str | None = None) -> str:
     """How a run record names a label-free threshold: 'label-free rate 0.01 [per 'line*/']'."""
     return f"label-free rate {rate:g}" + (f" per {by!r}" if by else "")
-
-
-def is_calibrated(source: str) -> bool:
-    return bool(source) and source != SOURCE_DEFAULT
 
 
 @dataclass(frozen=True)

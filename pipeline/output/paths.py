@@ -29,6 +29,8 @@ import re
 import secrets
 import time
 
+from vip2scan.model.files import is_uri
+
 from ..storage.redaction import redact
 
 SCORES = "scores"
@@ -181,7 +183,7 @@ def safe_relative_path(path: str) -> str:
     """
     text = str(path)
     segments = text.split("/")
-    if (not text or text.startswith("/") or "://" in text or "\\" in text or "\x00" in text
+    if (not text or text.startswith("/") or is_uri(text) or "\\" in text or "\x00" in text
             or any(seg in ("", ".", "..") for seg in segments)):
         raise ValueError(f"unsafe path below the output root: {redact(text)!r}")
     return text

@@ -63,9 +63,3 @@ def list_records(out: Location) -> list[dict[str, Any]]:
 def committed_records(out: Location) -> list[dict[str, Any]]:
     """The records of complete runs, oldest first."""
     return [r for r in list_records(out) if r.get("status") == STATUS_COMPLETE]
-
-
-def previous_runs(out: Location, source_uri: str, model_id: str) -> list[dict[str, Any]]:
-    """Complete runs of this source with this model, oldest first."""
-    return [r for r in committed_records(out)
-            if r.get("source") == source_uri and r.get("model_id") == model_id]

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import one_line
+from ..errors import PipelineError, one_line
 from .paths import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, TEMP_SUFFIXES,
                      is_run_id, maps_store_name, partition_date, record_name,
                      run_id_of_record, run_id_of_score_file, run_id_of_store,
@@ -51,7 +51,7 @@ MAX_LISTED = 5  # example URIs / indices quoted per problem
 SAMPLED_MAPS = 4  # maps per run read back to check their values, beyond chunk existence
 
 
-class VerifyError(RuntimeError):
+class VerifyError(PipelineError, RuntimeError):
     """OUT cannot be verified at all (missing, unreadable); one line, no secrets."""
 
 

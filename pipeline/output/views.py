@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vip2scan.model.files import is_uri
+
 from .paths import RUNS, SCORES, vanished_name
 from .map_store import read_map_array, resize_map
 from .records import committed_records
@@ -162,8 +164,7 @@ def read_map(row_or_uri: Any, out: str, storage_options: Mapping[str, Any] | Non
     """
     loc = Location.of(out, storage_options)
     if isinstance(row_or_uri, str):
-        row = _latest_ok_row(loc, normalise_uri(row_or_uri) if "://" not in row_or_uri
-                             else row_or_uri)
+        row = _latest_ok_row(loc, row_or_uri if is_uri(row_or_uri) else normalise_uri(row_or_uri))
     else:
         row = _row_fields(row_or_uri)
     store, index = row.get("map_store"), row.get("map_index")

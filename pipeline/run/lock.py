@@ -21,6 +21,7 @@ provably no longer exists (holder.py), at once, without waiting for the expiry.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import hashlib
@@ -33,9 +34,10 @@ import time
 from typing import Any
 
 from .holder import describe_holder, holder_gone, this_process
-from ..output.paths import LOCK, LOCK_GUARD, WRITE_TEMP_SUFFIX
+from ..errors import PipelineError
+from ..output.paths import LOCK, LOCK_GUARD
 from ..storage.redaction import redact
-from ..storage.location import Location
+from ..storage.location import Location, staged_local_file
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,11 @@ HEARTBEAT_MAX_S = 10.0  # renew at least this often: a lost lease is noticed wit
 GUARD_WAIT_S = 30.0  # a local lease's flock held longer than this: its holder is frozen
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(PipelineError, RuntimeError):
     """Another scan holds OUT's lease."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(PipelineError, RuntimeError):
     """Our lease was taken over (our heartbeats stopped for longer than the expiry)."""
 
 
@@ -114,30 +116,20 @@ class _GuardedFile:
     def swap(self, version: str | None, data: bytes | None) -> bool:
         """Replace (or create when ``version`` is None, or delete when ``data`` is None) the
         lease if its version is still ``version``."""
-        tmp = None
-        if data is not None:  # written and synced before the flock: keep the guarded part short
-            tmp = f"{self.path}.{os.getpid()}.{secrets.token_hex(4)}{WRITE_TEMP_SUFFIX}"
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        fd = None
-        try:
+        # Written and synced before the flock: keep the guarded part short.
+        staged = contextlib.nullcontext() if data is None else staged_local_file(self.path, data)
+        with staged as tmp:
             fd = self._locked()
-            if self._read()[1] != version:
-                return False
-            if tmp is None:
-                os.remove(self.path)
-            else:
-                os.replace(tmp, self.path)
-                tmp = None
-            return True
-        finally:
-            if fd is not None:
+            try:
+                if self._read()[1] != version:
+                    return False
+                if tmp is None:
+                    os.remove(self.path)
+                else:
+                    os.replace(tmp, self.path)
+                return True
+            finally:
                 os.close(fd)  # drops the flock
-            if tmp is not None:
-                os.remove(tmp)
 
 
 class _ObjectStoreFile:

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vip2scan.model.files import is_uri
+
 from .. import faults
 from .keyfilter import EXCLUDED, KEEP, key_verdicts
 from .listing import ListingTally, ManifestWriter, ObjectFilter
@@ -35,7 +37,7 @@ _NOT_ABSPATH = r"//|/\.\.?(?:/|$)|/$"
 
 def _resolve_uri(value: str, source: Location) -> str:
     """Manifest entries may be absolute URIs, absolute paths, or keys relative to the source."""
-    if "://" in value or os.path.isabs(value):
+    if is_uri(value) or os.path.isabs(value):
         return normalise_uri(value)
     return source.join(value)
 

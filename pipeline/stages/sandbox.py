@@ -13,7 +13,8 @@ Children are pooled per process and reused across batches and runs; one that die
 out is replaced on the next request. A child whose parent dies reads end-of-file and exits.
 
 This file is also the child's program, so at module level it imports only the standard
-library, numpy and the decoder.
+library, numpy and the decoder; the parent's errors (:class:`SandboxUnavailable`,
+:class:`DecoderFailed`) live in pipeline/errors.py and are imported where they are raised.
 """
 
 from __future__ import annotations
@@ -54,15 +55,6 @@ class DecoderDied(Exception):
     """The child died while decoding the object; the message is the error row's."""
 
 
-class SandboxUnavailable(RuntimeError):
-    """A fresh child did not come up: an environment fault, never an object's, so it fails
-    the task (and, past Ray's retries, the run) instead of turning every object into an error."""
-
-
-class DecoderFailed(RuntimeError):
-    """The decoder raised something other than DecodeError, or broke the protocol: a bug."""
-
-
 class DecoderTimedOut(DecoderDied):
     """The child did not answer in time (it was killed); the message is the error row's."""
 
@@ -98,6 +90,8 @@ class Sandbox:
                 return self.proc
         except EOFError:
             pass
+        from vip2scan.pipeline.errors import SandboxUnavailable  # not at the top: see the docstring
+
         proc = self.proc
         self.close()
         raise SandboxUnavailable(f"the decode sandbox did not start ({self.argv[0]}): "
@@ -138,6 +132,8 @@ class Sandbox:
             if kind == REPLY_OK:
                 _read_into(proc.stdout, memoryview(out).cast("B"))
                 return first, second
+            from vip2scan.pipeline.errors import DecoderFailed  # not at the top: see the docstring
+
             if kind not in (REPLY_ERROR, REPLY_FAILED) or first > MAX_REPLY_TEXT:
                 raise DecoderFailed(f"decode sandbox protocol error (reply {kind}, {first})")
             text = _read_exact(proc.stdout, first).decode("utf-8", "replace")

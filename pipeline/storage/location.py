@@ -29,6 +29,8 @@ import fsspec
 import pyarrow.fs as pafs
 from fsspec.spec import AbstractFileSystem
 
+from vip2scan.model.files import is_uri
+
 from ..errors import DISK_ERRNOS, OutputWriteError, disk_error_line
 from ..output.paths import WRITE_TEMP_SUFFIX
 from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
@@ -86,7 +88,7 @@ def _wrapper_key(wrapper: FilesystemWrapper | None) -> Any:
 
 def split_protocol(uri: str) -> tuple[str, str]:
     """('s3', 'bucket/key') for 's3://bucket/key'; ('file', '/abs/path') for paths and file://."""
-    if "://" in uri:
+    if is_uri(uri):
         protocol, rest = uri.split("://", 1)
         protocol = protocol.lower()
         if protocol in ("file", "local"):
@@ -356,8 +358,10 @@ class Location:
         return pafs.PyFileSystem(RetryingFSSpecHandler(self.fs))
 
 
-def write_local_atomic(path: str, data: bytes) -> None:
-    """Write a local file via a temp name + fsync + rename; no temp file is left behind."""
+@contextlib.contextmanager
+def staged_local_file(path: str, data: bytes) -> Iterator[str]:
+    """``data`` in a synced temp file next to ``path``, for the block to rename over it (atomic:
+    same filesystem); removed if the block did not. How every local file is written whole."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.{random.getrandbits(32):08x}{WRITE_TEMP_SUFFIX}"
     try:
@@ -365,11 +369,15 @@ def write_local_atomic(path: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):  # already renamed, or never created
             os.unlink(tmp)
-        raise
+
+
+def write_local_atomic(path: str, data: bytes) -> None:
+    with staged_local_file(path, data) as tmp:
+        os.replace(tmp, path)
 
 
 class RetryingFSSpecHandler(pafs.FSSpecHandler):

@@ -272,7 +272,7 @@ def test_groups_are_the_shortest_matching_folder_below_the_outermost_source():
 
 
 def test_the_jobs_name_of_the_uncalibrated_source_is_the_pipelines():
-    from vip2scan.jobs.calibrate import UNCALIBRATED
+    from vip2scan.jobs.formatting import UNCALIBRATED
     from vip2scan.pipeline.output.calibration import SOURCE_DEFAULT
 
     assert UNCALIBRATED == SOURCE_DEFAULT

@@ -8,7 +8,7 @@ import numpy as np
 from image_files import AWKWARD_FILES
 from PIL import Image
 
-from vip2scan.jobs.report import thumbnail_and_overlay
+from vip2scan.jobs.imaging import thumbnail_and_overlay
 from vip2scan.model.images import open_upright
 
 

@@ -94,3 +94,17 @@ def test_autocast_bf16_path(tiny, images):
         tiny.amp = "auto"
     assert s.dtype == torch.float32 and m.dtype == torch.float32
     assert (s - ref_s).abs().max() < 0.05 and (m - ref_m).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    (torch.zeros(2, 3, 16, 16, dtype=torch.float32), TypeError, "expected uint8 images"),
+    (torch.zeros(2, 1, 16, 16, dtype=torch.uint8), ValueError, r"expected images \[N, 3, H, W\]"),
+    (torch.zeros(3, 16, 16, dtype=torch.uint8), ValueError, r"expected images \[N, 3, H, W\]"),
+])
+def test_detector_and_null_detector_refuse_the_same_inputs_alike(tiny, bad, error, words):
+    """One input contract (model/contract.py) for both detectors."""
+    from vip2scan.model.null import build_null_detector
+
+    for detector in (tiny, build_null_detector(16)):
+        with pytest.raises(error, match=words):
+            detector(bad)

@@ -18,7 +18,7 @@ import pytest
 from fault_proxy import FaultProxy
 from pipeline_testkit import small_png
 
-from vip2scan.jobs.scan import format_summary
+from vip2scan.jobs.formatting import format_summary
 from vip2scan.pipeline import ScanOptions, scan
 from vip2scan.pipeline.storage import accounting
 from vip2scan.pipeline.storage.accounting import (REQUEST_CLASSES, IoCounts, cost_line, report_io,

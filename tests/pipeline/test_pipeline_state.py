@@ -12,7 +12,7 @@ from vip2scan.pipeline.run.publish import commit_parts
 from vip2scan.pipeline.run.staging import StagingWriter
 from vip2scan.pipeline.selection.diff import diff_listing
 from vip2scan.pipeline.selection.listing import ObjectFilter
-from vip2scan.pipeline.output.records import previous_runs, write_json
+from vip2scan.pipeline.output.records import committed_records, write_json
 from vip2scan.pipeline.output.schema import (MANIFEST_SCHEMA, SCHEMA_VERSION, SCORES_SCHEMA,
                                       STATUS_COMPLETE, scores_table)
 from vip2scan.pipeline.storage.location import Location
@@ -59,7 +59,7 @@ def test_diff_new_changed_unchanged_vanished_retry_and_limit(tmp_path):
     _commit_run(out, "r2", [_row("b.png", size=11)], started="2025-01-02T00:00:00",
                 vanished=[f"{SRC}/old.png"])
     _commit_run(out, "other-model", [_row("z.png")], started="2025-01-03", model_id="m2")
-    previous = previous_runs(out, SRC, "m1")
+    previous = [r for r in committed_records(out) if r.get("source") == SRC and r.get("model_id") == "m1"]
     assert [r["run_id"] for r in previous] == ["r1", "r2"]
 
     listing = _listing(str(tmp_path / "l.parquet"), [

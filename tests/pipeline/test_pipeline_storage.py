@@ -18,7 +18,7 @@ from vip2scan.pipeline.selection.manifest import read_manifest
 from vip2scan.pipeline.run.lock import Lease, LeaseLost, OutputLocked, read_lease
 from vip2scan.pipeline.storage.redaction import public_options, redact
 from vip2scan.pipeline.storage.retries import is_transient, with_retries
-from vip2scan.pipeline.storage.location import Location
+from vip2scan.pipeline.storage.location import Location, staged_local_file, write_local_atomic
 
 FILES = {
     "a/one.png": small_png(1), "a/b/two.JPG": small_png(2), "a/b/c/three.jpeg": small_png(3),
@@ -148,6 +148,24 @@ def test_lease_is_exclusive_expires_and_releases(where, tmp_path, request):
     third = Lease(out, ttl_s=30).acquire()
     assert read_lease(out)["token"] == third.token
     third.release()
+
+
+def test_local_whole_file_writes_and_the_local_lease_leave_no_temp_file(tmp_path):
+    """One helper stages every local whole-file write (a run's files and the lease alike)."""
+    path = str(tmp_path / "out" / "runs" / "r.json")
+    write_local_atomic(path, b"first")
+    with pytest.raises(RuntimeError):
+        with staged_local_file(path, b"second") as tmp:
+            assert open(tmp, "rb").read() == b"second"
+            raise RuntimeError("not published")
+    assert open(path, "rb").read() == b"first"
+
+    out = Location.of(str(tmp_path / "out"))
+    lease = Lease(out, ttl_s=30).acquire()
+    assert not lease._file.swap("a version that is not there", b"{}")  # refused: nothing kept
+    lease.release()
+    assert sorted(os.listdir(tmp_path / "out" / "runs")) == ["r.json"]
+    assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tmp")]
 
 
 def test_heartbeat_extends_and_detects_takeover(tmp_path):

@@ -178,7 +178,7 @@ while True:
 def test_a_garbled_reply_fails_the_batch_instead_of_hanging_it():
     """Never read a length the protocol cannot carry: a desynchronised pipe once left a
     decode thread waiting forever for 2 GiB of 'error text'."""
-    from vip2scan.pipeline.stages.sandbox import DecoderFailed
+    from vip2scan.pipeline.errors import DecoderFailed
 
     sandbox = Sandbox([sys.executable, "-c", GARBLED_CHILD])
     with pytest.raises(DecoderFailed, match="protocol error"):
@@ -221,6 +221,7 @@ def _alive(pid: int) -> bool:
 def test_a_decoder_that_cannot_start_fails_the_batch_not_its_objects(monkeypatch, tmp_path):
     """A broken worker environment is not a poison file: it must not turn a night's objects
     into error rows (which later nights would skip), it fails the task (and the run) instead."""
+    from vip2scan.pipeline.errors import SandboxUnavailable
     from vip2scan.pipeline.stages import sandbox as sandbox_module
     from vip2scan.pipeline.stages.decode import DecodeSettings, ReadDecode
 
@@ -229,5 +230,5 @@ def test_a_decoder_that_cannot_start_fails_the_batch_not_its_objects(monkeypatch
     monkeypatch.setattr(sandbox_module, "POOL", sandbox_module.SandboxPool())
     monkeypatch.setattr(sandbox_module.sys, "executable", "/bin/false")
     monkeypatch.setattr("vip2scan.pipeline.stages.decode.POOL", sandbox_module.POOL)
-    with pytest.raises(sandbox_module.SandboxUnavailable, match="did not start.*exit 1"):
+    with pytest.raises(SandboxUnavailable, match="did not start.*exit 1"):
         ReadDecode(DecodeSettings(image_size=32))({"image_uri": np.array([f"file://{image}"])})

@@ -1,0 +1,175 @@
+"""The report page of one run: ``build_report`` writes OUT/reports/<run_id>/ (report.html, the
+score histogram, thumbnails and map overlays of the most anomalous images).
+
+The ``report`` command and the demo both write it through here.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Optional
+
+import numpy as np
+
+from vip2scan.jobs.formatting import report_threshold_lines
+from vip2scan.jobs.imaging import (SCALING_RULE, THUMB_SIDE, display_range, fit_map, png_bytes,
+                                    thumbnail_and_overlay, upright_thumbnail)
+from vip2scan.jobs.storage import read_object
+
+MAX_ERRORS_SHOWN = 50
+
+
+def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
+    """Image-score histogram with the decision threshold marked (matplotlib's Agg, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # Bins over the observed range: scores of a weakly trained head crowd near one value.
+    low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
+    pad = max(1e-3, 0.05 * (high - low))
+    ax.hist(scores, bins=40, range=(low - pad, high + pad), color="#4477aa")
+    if threshold is not None:
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:g}")
+        ax.legend()
+    ax.set_xlabel("image_score")
+    ax.set_ylabel("images")
+    ax.set_title(f"Image scores ({len(scores)} images scored)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(record: dict, counts: dict, threshold: Optional[float], top: list[dict],
+                errors: list[dict], threshold_notes: tuple[str, ...] = (),
+                scaling_note: str = SCALING_RULE) -> str:
+    """The report page. Only relative links and inline CSS: it opens offline from any copy."""
+    esc = html.escape
+    run_rows = [[esc(k), esc(str(v))] for k, v in counts.items()]
+    top_rows = [[
+        str(i + 1),
+        f'<img src="{esc(item["image_png"])}" alt="image {i + 1}">' if item["image_png"]
+        else "<em>gone from the lake since this run</em>",
+        f'<img src="{esc(item["overlay_png"])}" alt="anomaly map {i + 1}">' if item["overlay_png"]
+        else "<em>no map stored (scanned with --maps anomalous or none)</em>",
+        f'{item["image_score"]:.4f}<br><small>max pixel {item["max_pixel_score"]:.3f}<br>'
+        f'area {item["anomalous_area_fraction"]:.3%}</small>',
+        f'<code>{esc(item["image_uri"])}</code><br><small>{item["width"]} x {item["height"]}</small>',
+    ] for i, item in enumerate(top)]
+    error_rows = [[f"<code>{esc(e['image_uri'])}</code>", esc(str(e["error"]))] for e in errors]
+    more_errors = max(0, counts.get("error rows", 0) - len(errors))
+    nothing_scored = "" if counts.get("ok rows", 1) else (
+        "<p>This run scored no image: every object it read became an error row, or it found "
+        "nothing new or changed to read (see the counts above).</p>\n")
+    more_html = (f"<p>... and {more_errors} more: <code>vip2scan query OUT "
+                 f"&quot;SELECT image_uri, error FROM scores WHERE status = 'error'&quot;</code></p>"
+                 if more_errors else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>vip2scan report {esc(record["run_id"])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }}
+img {{ max-width: {THUMB_SIDE}px; }}
+code {{ word-break: break-all; }}
+.warning {{ color: #b00020; font-weight: bold; }}
+</style></head><body>
+<h1>vip2scan run <code>{esc(record["run_id"])}</code></h1>
+<p>Source <code>{esc(str(record.get("source", "")))}</code>, model <code>{esc(str(record.get("model_id", "")))}</code>,
+started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(threshold))}.</p>
+{"".join(f'<p class="{"warning" if n.startswith("warning:") else "note"}">{esc(n)}</p>'
+         for n in threshold_notes)}
+<h2>Counts</h2>
+{_table(["", "count"], run_rows)}
+<h2>Image scores</h2>
+{nothing_scored}<img src="histogram.png" alt="histogram of image scores" style="max-width: 640px">
+<h2>Top {len(top)} most anomalous images</h2>
+<p>Left: the image; right: its anomaly map resized to the image's own aspect. Colour: {esc(scaling_note)}.</p>
+{_table(["#", "image", "anomaly map", "image_score", "object"], top_rows)}
+<h2>Errors</h2>
+{_table(["object", "error"], error_rows) if error_rows else "<p>None.</p>"}
+{more_html}
+</body></html>
+"""
+
+
+def stored_map(row: dict, out: str, storage_options: dict) -> Optional[np.ndarray]:
+    """The row's map fitted to a thumbnail; None when the scan stored none for it."""
+    from vip2scan.pipeline import read_map
+
+    if row.get("map_store") is None:
+        return None
+    return fit_map(read_map(row, out, storage_options=storage_options), THUMB_SIDE)
+
+
+def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: dict) -> str:
+    """Write OUT/reports/<run_id>/ and return the URI of its report.html."""
+    from vip2scan.pipeline.output.paths import report_dir
+    from vip2scan.pipeline.output.views import Outputs
+    from vip2scan.pipeline.output.schema import RUN_COUNT_FIELDS
+
+    outputs = Outputs(out, storage_options)
+    record = outputs.run_record(run_id)
+    run_id = record["run_id"]
+    con = outputs.connect()
+    rows = con.sql("SELECT status, is_anomalous, image_score, image_uri FROM scores WHERE run_id = ?",
+                   params=[run_id]).to_arrow_table()
+    ok = np.asarray(rows.column("status").to_pylist()) == "ok"
+    scores = np.asarray(rows.column("image_score").to_numpy(zero_copy_only=False), dtype=np.float64)[ok]
+    anomalous = sum(bool(v) for v, good in zip(rows.column("is_anomalous").to_pylist(), ok) if good)
+    recorded = dict(record.get("counts") or {})
+    ordered = [k for k in RUN_COUNT_FIELDS if k in recorded] + sorted(set(recorded) - set(RUN_COUNT_FIELDS))
+    counts = {**{k: recorded[k] for k in ordered},
+              "rows": rows.num_rows, "ok rows": int(ok.sum()), "anomalous": int(anomalous),
+              "error rows": int((~ok).sum())}
+    threshold = record.get("image_threshold")
+
+    top = con.sql(
+        "SELECT * FROM scores WHERE run_id = ? AND status = 'ok' ORDER BY image_score DESC, image_uri LIMIT ?",
+        params=[run_id, top_n]).to_arrow_table().to_pylist()
+    errors = con.sql(
+        "SELECT image_uri, error FROM scores WHERE run_id = ? AND status = 'error' ORDER BY image_uri LIMIT ?",
+        params=[run_id, MAX_ERRORS_SHOWN]).to_arrow_table().to_pylist()
+
+    folder = report_dir(run_id)
+    fs = outputs.fs
+    top_dir = outputs.path(folder, "top")
+    if fs.exists(top_dir):  # a rerun with a smaller --top must not leave stale images
+        fs.rm(top_dir, recursive=True)
+    fs.makedirs(top_dir, exist_ok=True)
+    fs.pipe(outputs.path(folder, "histogram.png"), histogram_png(scores, threshold))
+    # Maps first: one display stretch for the run, so colours compare across its rows.
+    maps = [stored_map(row, out, storage_options) for row in top]
+    value_range = display_range(m for m in maps if m is not None)
+    for i, (row, anomaly_map) in enumerate(zip(top, maps)):
+        # None: vanished since this run; its row and map still tell the story.
+        image_bytes = read_object(row["image_uri"], storage_options)
+        if anomaly_map is None:  # below the threshold of a --maps anomalous run
+            image_png = png_bytes(upright_thumbnail(image_bytes, int(row["width"]),
+                                                    int(row["height"]), THUMB_SIDE))
+            overlay_png = None
+        else:
+            image_png, overlay_png = thumbnail_and_overlay(image_bytes, anomaly_map, value_range)
+        row["image_png"] = f"top/{i + 1:03d}-image.png" if image_bytes is not None else None
+        row["overlay_png"] = f"top/{i + 1:03d}-map.png" if overlay_png is not None else None
+        if row["image_png"]:
+            fs.pipe(outputs.path(folder, row["image_png"]), image_png)
+        if row["overlay_png"]:
+            fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
+    ok_uris = [u for u, good in zip(rows.column("image_uri").to_pylist(), ok) if good]
+    notes = report_threshold_lines(outputs, record, ok_uris, scores)
+    scaling = f"{SCALING_RULE}; here {value_range[0]:.4g} (blue) to {value_range[1]:.4g} (dark red)"
+    page = render_html(record, counts, threshold, top, errors, tuple(notes), scaling)
+    fs.pipe(outputs.path(folder, "report.html"), page.encode("utf-8"))
+    return outputs.uri(folder, "report.html")
