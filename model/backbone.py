@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import backbone_config, register_embedded_configs
 from .errors import ConfigError
 from .files import is_uri
 from .weights import CheckpointError, clean_state_dict, load_state_dict_file, sha256_uri
-from .config import backbone_config, register_embedded_configs
 
 log = logging.getLogger(__name__)
 

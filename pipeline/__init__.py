@@ -8,12 +8,12 @@ Importing this package does not import Ray or torch; they load when a scan needs
 """
 
 from .errors import ScanError
-from .run.lock import OutputLocked
 from .options import ScanOptions
-from .specs import EngineSpec, LimitSpec, MapSpec, RunSpec, SelectionSpec, ThresholdSpec
-from .output.views import read_map, read_scores
-from .run.scan import RunSummary, ScanInterrupted, scan
 from .output.schema import SCHEMA_VERSION, SCORES_SCHEMA
+from .output.views import read_map, read_scores
+from .run.lock import OutputLocked
+from .run.scan import RunSummary, ScanInterrupted, scan
+from .specs import EngineSpec, LimitSpec, MapSpec, RunSpec, SelectionSpec, ThresholdSpec
 
 __all__ = [
     "scan", "ScanOptions", "MapSpec", "SelectionSpec", "EngineSpec", "LimitSpec", "ThresholdSpec",

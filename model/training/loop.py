@@ -32,9 +32,9 @@ from ..detector import Detector
 from ..errors import DatasetError
 from ..files import join_uri, read_text
 from ..images import to_batch
-from .evaluation import evaluate_records
 from .checkpoints import (BEST_DIR, TRAIN_INFO_FILE, TRAIN_STATE_FILE, copy_dir, epoch_dir_name,
                      read_latest_epoch, write_latest)
+from .evaluation import evaluate_records
 from .step import make_optimizer, train_step
 
 

@@ -31,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..stages.decode import read_and_decode
 from ..specs import EngineSpec
+from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor
-from ..stages.write_maps import write_maps_batch
 from ..stages.units import numpy_rows, unit_slices
+from ..stages.write_maps import write_maps_batch
 from ..storage.location import Location
 from . import EngineConfig, StageSettings
 

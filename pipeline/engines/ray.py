@@ -37,13 +37,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage.redaction import redact
-from ..storage.retries import with_retries
+from ..specs import EngineSpec
 from ..stages.decode import read_and_decode
 from ..stages.infer import InferActor
 from ..stages.units import decode_units, pack_work_units
 from ..storage.location import Location
-from ..specs import EngineSpec
+from ..storage.redaction import redact
+from ..storage.retries import with_retries
 from . import EngineConfig, StageSettings
 
 # Backpressure: decoded batches that may wait per inference actor, and a floor for small ones.

@@ -25,11 +25,11 @@ import numpy as np
 from vip2scan.model.factory import ModelFacts
 
 from ..errors import PipelineError
-from .paths import CALIBRATION
 from ..specs import ThresholdSpec
-from .views import Outputs
-from .records import read_json, write_json
 from ..storage.location import Location
+from .paths import CALIBRATION
+from .records import read_json, write_json
+from .views import Outputs
 
 CALIBRATION_VERSION = 1
 DEFAULT_THRESHOLD = 0.5

@@ -20,12 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .paths import MAPS_ARRAY, maps_store_name, safe_relative_path
 from ..specs import MapSpec
-from .map_format import (INDEX_CHECKSUM_BYTES, INDEX_ENTRY_BYTES, decode_maps, encode_maps, fill_value, store_attributes, written_in_shard_index)
-from ..storage.retries import configure_client, with_retries
-from .schema import SCHEMA_VERSION
 from ..storage.location import FilesystemWrapper, Location, env_wrapper, fs_kwargs
+from ..storage.retries import configure_client, with_retries
+from .map_format import (INDEX_CHECKSUM_BYTES, INDEX_ENTRY_BYTES, decode_maps, encode_maps, fill_value, store_attributes, written_in_shard_index)
+from .paths import MAPS_ARRAY, maps_store_name, safe_relative_path
+from .schema import SCHEMA_VERSION
 
 MAP_JOIN_RULE = (
     "scores rows whose map_store names this store hold their map at maps[map_index] "

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..storage.location import Location
 from .paths import RUNS, is_run_id, record_file, run_id_of_record, safe_relative_path
 from .schema import STATUS_COMPLETE
-from ..storage.location import Location
 
 
 def read_json(out: Location, *parts: str) -> dict[str, Any] | None:

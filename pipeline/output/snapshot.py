@@ -38,13 +38,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import faults
-from .paths import LATEST, partition_date, snapshot_dir, snapshot_file_name
-from .views import duckdb_connect, register_parquet, sql_str
-from .records import committed_records
+from ..storage.location import Location
 from ..storage.retries import with_retries
+from .paths import LATEST, partition_date, snapshot_dir, snapshot_file_name
+from .records import committed_records
 from .schema import SCORES_SCHEMA, VANISHED_SCHEMA, utc_timestamp
 from .snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot, named_snapshots
-from ..storage.location import Location
+from .views import duckdb_connect, register_parquet, sql_str
 
 ROW_GROUP_ROWS = 65_536
 FILE_ROWS = 2_000_000  # rows per snapshot file: one PUT each, a few hundred MB at most

@@ -6,8 +6,8 @@ Readers (the diff, the ``latest`` view, verify) take the highest generation name
 committed record, provided it covers every committed run: a run committed by a version
 without snapshots (or before the first one) is covered only if a later rebuild listed it in
 ``legacy_runs``; otherwise readers fall back to the window over all runs and the next commit
-rebuilds the snapshot. Kept apart from snapshot.py so that outputs.py can read snapshots
-without importing the code that builds them (which needs outputs.py).
+rebuilds the snapshot. Kept apart from snapshot.py so that views.py can read snapshots
+without importing the code that builds them (which needs views.py).
 """
 
 from __future__ import annotations

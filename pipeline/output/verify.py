@@ -17,7 +17,7 @@ Checks:
 an abandoned run's staging folder and, when that run never committed, the half-written map
 store and score files it left; committed runs, records and everything else are never
 touched. Rows and chunks are examined with DuckDB and store listings, so memory stays bounded
-by one run's map indices (8 bytes per row). layout.py has the paths.
+by one run's map indices (8 bytes per row). output/paths.py has the paths.
 """
 
 from __future__ import annotations
@@ -32,19 +32,19 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import PipelineError, one_line
+from ..run.lock import Lease, OutputLocked, lease_expired, read_lease
+from ..storage.location import FilesystemWrapper, Location
+from ..storage.redaction import redact
+from .map_format import decode_maps
+from .map_store import open_maps, written_indices
 from .paths import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, TEMP_SUFFIXES,
                      is_run_id, maps_store_name, partition_date, record_name,
                      run_id_of_record, run_id_of_score_file, run_id_of_store,
                      safe_relative_path, staging_dir, staging_file)
-from ..run.lock import Lease, OutputLocked, lease_expired, read_lease
-from .map_format import decode_maps
-from .map_store import open_maps, written_indices
-from .views import duckdb_connect, register_parquet, sql_str
 from .records import committed_records, read_json
-from ..storage.redaction import redact
 from .schema import SCORES_SCHEMA, STATUS_COMPLETE
 from .snapshot import check_snapshot
-from ..storage.location import FilesystemWrapper, Location
+from .views import duckdb_connect, register_parquet, sql_str
 
 DEFAULT_EXPIRY_S = 300.0  # ScanOptions.lock_ttl_s's default: a lease older than this is dead
 MAX_LISTED = 5  # example URIs / indices quoted per problem

@@ -24,13 +24,13 @@ import pyarrow.compute as pc
 
 from vip2scan.model.files import is_uri
 
-from .paths import RUNS, SCORES, vanished_name
+from ..storage.location import Location, normalise_uri
 from .map_store import read_map_array, resize_map
+from .paths import RUNS, SCORES, vanished_name
 from .records import committed_records
 from .schema import (RUN_COUNT_FIELDS, RUNS_SCHEMA, SCORES_SCHEMA, UTC_US, VANISHED_SCHEMA,
                      utc_timestamp)
 from .snapshot_ref import SNAPSHOT_SCHEMA, VIEW_COLUMNS, current_snapshot
-from ..storage.location import Location, normalise_uri
 
 # `latest`: newest row per object; an object whose newest row predates the run that
 # found it gone is dropped (it vanished); one that reappeared and was rescanned is kept.

@@ -23,19 +23,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import faults
-from ..storage.accounting import IoCounts, take_io
-from .staging import StagingWriter
 from ..engines import EngineChoice, EngineConfig, StageSettings
 from ..engines import local as local_engine
 from ..engines import ray as ray_engine
 from ..errors import CREDENTIALS_REJECTED, ScanError, engine_failure_line, one_line
-from ..output.paths import WORK_FILE, staging_file
-from .lock import Lease, LeaseLost
 from ..options import ScanOptions
-from .plan import Plan, Remaining, upload_file
-from ..storage.retries import check_retry_budget, take_retries
+from ..output.paths import WORK_FILE, staging_file
 from ..output.schema import ALREADY_STAGED, scores_table
 from ..stages.decode import DecodeSettings
+from ..storage.accounting import IoCounts, take_io
+from ..storage.retries import check_retry_budget, take_retries
+from .lock import Lease, LeaseLost
+from .plan import Plan, Remaining, upload_file
+from .staging import StagingWriter
 from vip2scan.model.factory import ModelSpec
 
 from ..stages.infer import InferSettings

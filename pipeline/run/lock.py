@@ -33,11 +33,11 @@ import threading
 import time
 from typing import Any
 
-from .holder import describe_holder, holder_gone, this_process
 from ..errors import PipelineError
 from ..output.paths import LOCK, LOCK_GUARD
-from ..storage.redaction import redact
 from ..storage.location import Location, staged_local_file
+from ..storage.redaction import redact
+from .holder import describe_holder, holder_gone, this_process
 
 log = logging.getLogger(__name__)
 

@@ -23,18 +23,18 @@ from typing import Any, Iterator
 
 from .. import faults
 from ..output.calibration import Thresholds
-from ..selection.diff import list_and_diff
-from ..specs import MapSpec, SelectionSpec
-from .staging import staged_part_names
+from ..output.map_format import choose_maps_per_shard, unit_rows
+from ..output.map_store import create_map_store
 from ..output.paths import (PLAN_FILE, STAGING, TODO_FILE, VANISHED_FILE, is_run_id, is_scan_date,
                      maps_store_name, parts_dir, record_name, scores_partition, staging_dir,
                      staging_file)
-from ..output.map_format import choose_maps_per_shard, unit_rows
-from ..output.map_store import create_map_store
-from ..output.views import duckdb_connect, register_parquet, sql_str
 from ..output.records import read_json, write_json
 from ..output.schema import ALREADY_STAGED, SCORES_SCHEMA, STATUS_COMPLETE
+from ..output.views import duckdb_connect, register_parquet, sql_str
+from ..selection.diff import list_and_diff
+from ..specs import MapSpec, SelectionSpec
 from ..storage.location import Location
+from .staging import staged_part_names
 
 log = logging.getLogger(__name__)
 

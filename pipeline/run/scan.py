@@ -5,7 +5,8 @@
 
 An empty diff ends before Ray is touched. A crash at any point leaves either a committed run
 or a staging area that the next scan of the same source + model resumes under the same run_id.
-Each phase is one function below; attempt.py streams the work, commit.py publishes it.
+Each phase is one function below; attempt.py streams the work, staging.py keeps it durable,
+publish.py commits it.
 """
 
 from __future__ import annotations
@@ -21,24 +22,24 @@ from vip2scan.errors import InvalidSetting
 from vip2scan.model.factory import ModelSpec, model_facts
 
 from .. import faults
-from .attempt import RunStats, ScanInterrupted, ray_log_path, run_attempt
-from ..output.calibration import CalibrationError, resolve_thresholds
-from .publish import commit_parts, publish_record, publish_vanished, run_record
-from ..selection.diff import iter_todo, list_and_diff
-from ..errors import ScanError, one_line, write_failure
 from ..engines import EngineChoice, choose_engine
+from ..errors import ScanError, one_line, write_failure
+from ..options import ScanOptions, TodoCallback
+from ..output.calibration import CalibrationError, resolve_thresholds
 from ..output.paths import new_run_id, record_name, scores_partition
+from ..output.schema import STATUS_COMPLETE
+from ..output.snapshot import commit_snapshot
+from ..selection.diff import iter_todo, list_and_diff
+from ..specs import SelectionSpec
+from ..storage.location import Location
+from ..storage.redaction import redact
+from .attempt import RunStats, ScanInterrupted, ray_log_path, run_attempt
 from .holder import signals_unwind
 from .lock import Lease, OutputLocked
-from ..options import ScanOptions, TodoCallback
 from .plan import (ModelPlan, Plan, Remaining, create_plan, find_resumable, remaining_work,
                    resumes, staged_runs)
 from .preflight import check_apart, check_manifest, check_out, check_source
-from ..storage.redaction import redact
-from ..output.schema import STATUS_COMPLETE
-from ..output.snapshot import commit_snapshot
-from ..specs import SelectionSpec
-from ..storage.location import Location
+from .publish import commit_parts, publish_record, publish_vanished, run_record
 
 log = logging.getLogger(__name__)
 

@@ -26,16 +26,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ScanError, one_line
+from ..output.records import committed_records
+from ..output.schema import SCORES_SCHEMA, VANISHED_SCHEMA
+from ..output.snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot
+from ..output.views import duckdb_connect, register_parquet, sql_str
 from ..specs import SelectionSpec
+from ..storage.location import Location
+from ..storage.retries import with_retries
 from .keyfilter import keys_kept
 from .listing import ListingTally, ObjectFilter, list_prefix
 from .manifest import read_manifest
-from ..output.views import duckdb_connect, register_parquet, sql_str
-from ..output.records import committed_records
-from ..storage.retries import with_retries
-from ..output.schema import SCORES_SCHEMA, VANISHED_SCHEMA
-from ..output.snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot
-from ..storage.location import Location
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 from vip2scan.model.files import is_uri
 
 from .. import faults
-from .keyfilter import EXCLUDED, KEEP, key_verdicts
-from .listing import ListingTally, ManifestWriter, ObjectFilter
 from ..output.schema import MANIFEST_SCHEMA, utc_timestamp
 from ..storage.location import Location, normalise_uri, split_protocol
+from .keyfilter import EXCLUDED, KEEP, key_verdicts
+from .listing import ListingTally, ManifestWriter, ObjectFilter
 
 BATCH_ROWS = 65_536
 UTC_US = MANIFEST_SCHEMA.field("mtime").type

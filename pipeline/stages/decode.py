@@ -24,12 +24,12 @@ import numpy as np
 
 from vip2scan.model.images import DecodeError
 
+from ..errors import CREDENTIALS_REJECTED, ERROR_MAX_CHARS, one_line
 from ..specs import LimitSpec
 from ..storage.accounting import report_io
-from ..errors import CREDENTIALS_REJECTED, ERROR_MAX_CHARS, one_line
+from ..storage.location import get_filesystem, split_protocol
 from ..storage.retries import (StoreUnavailable, credential_error_code, has_client_retries,
                        is_transient, take_retries, with_retries)
-from ..storage.location import get_filesystem, split_protocol
 from .sandbox import FAULT_HANG, FAULT_KILL, FAULT_NONE, POOL, DecoderDied, DecoderTimedOut, Sandbox
 
 def error_text(what: BaseException | str) -> str:

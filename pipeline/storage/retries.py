@@ -36,8 +36,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from .accounting import instrument, instrument_filesystem
 from ..errors import ScanError
+from .accounting import instrument, instrument_filesystem
 from .redaction import redact
 
 log = logging.getLogger(__name__)
