@@ -1,6 +1,6 @@
 """Speed of exact AUPRO: vectorised vs per-threshold loops (not a test; run as a script).
 
-    .venv/bin/python tests/data/bench_aupro.py [n_maps] [size]
+    .venv/bin/python -m tests.data.bench_aupro [n_maps] [size]   (from the repository root)
 
 Baselines: ``aupro_loop`` (regions found once, then a loop over 200 thresholds and
 every region) and the reference tools' structure (regions re-labelled for every
@@ -15,7 +15,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from defect_maps import disc_masks_and_maps
+from tests.helpers.defect_maps import disc_masks_and_maps
 
 from vip2scan.model.metrics.exact import aupro, aupro_loop, pro_curve_area, pro_thresholds
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 from sklearn.metrics import (auc, average_precision_score, precision_recall_curve,
                              roc_auc_score)
 
-from defect_maps import disc_masks_and_maps
+from tests.helpers.defect_maps import disc_masks_and_maps
 
 from vip2scan.model.metrics import exact as M
 from vip2scan.model.metrics.streaming import StreamingPixelMetrics

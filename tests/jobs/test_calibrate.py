@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import Ran, invoke
+from tests.helpers.cli_runner import Ran, invoke
 
 RATE = 0.25
 LINES = 3

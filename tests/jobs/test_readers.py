@@ -105,7 +105,7 @@ def test_spark_and_athena_recipes_name_the_same_columns() -> None:
 
 
 def test_query_runs_within_a_memory_limit_and_rejects_a_bad_one(two_nights) -> None:
-    from cli_process import invoke
+    from tests.helpers.cli_runner import invoke
 
     sql = "SELECT current_setting('memory_limit') AS m"
     default = invoke("query", str(two_nights), sql, "--format", "csv")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import VENV_BIN, VIP2SCAN, run_cli
+from tests.helpers.cli_runner import VENV_BIN, VIP2SCAN, run_cli
 
 RAY_NOTICES = ("Token authentication", "core_worker", "Progress bars disabled", "streaming_executor",
                "Execution plan")

@@ -1,6 +1,6 @@
 """Request and byte accounting (pipeline/storage/accounting.py) against what the S3 server was sent.
 
-The fault proxy (tests/fault_proxy.py) sits between the real s3fs/botocore client and moto and
+The fault proxy (tests/helpers/fault_proxy.py) sits between the real s3fs/botocore client and moto and
 lists every request it receives; the counts the pipeline kept must equal that list, class by
 class, faults and resends included.
 """
@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl
 import numpy as np
 import pyarrow as pa
 import pytest
-from fault_proxy import FaultProxy
-from pipeline_testkit import small_png
+from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.lake_files import small_png
 
 from vip2scan.jobs.scan import format_summary
 from vip2scan.pipeline import ScanOptions, scan

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_testkit import put_files, small_png
+from tests.helpers.lake_files import put_files, small_png
 from vip2scan.pipeline import ScanError, ScanOptions, read_scores, scan
 from vip2scan.pipeline.output.paths import part_name, parts_dir
 from vip2scan.pipeline.output.verify import verify

@@ -223,7 +223,7 @@ def test_anomalous_maps_only_and_uint8_maps_verify_clean(tmp_path, lake, checkpo
 
 def test_report_and_explorer_of_an_anomalous_only_run(tmp_path, lake, checkpoint):
     """Rows without a stored map show their image and say why there is no map."""
-    from cli_process import invoke
+    from tests.helpers.cli_runner import invoke
 
     out = str(tmp_path / "out")
     ran = invoke("scan", lake, "--out", out, "--checkpoint", checkpoint, "--engine", "local",

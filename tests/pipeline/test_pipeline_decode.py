@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline_testkit import AWKWARD, BROKEN, MAX_IMAGE_PIXELS, awkward_files, broken_files
+from tests.helpers.lake_files import AWKWARD, BROKEN, MAX_IMAGE_PIXELS, awkward_files, broken_files
 from vip2scan.model.images import DecodeError, decode_image
 from vip2scan.pipeline.stages.decode import DecodeSettings, read_and_decode
 
@@ -103,7 +103,7 @@ def test_batch_task_turns_unreadable_objects_into_error_rows(tmp_path):
 
 def test_scan_stage_and_dataset_reader_give_identical_pixels(tmp_path):
     """The one decoder: what a scan scores is what train, eval and calibration see."""
-    from image_files import AWKWARD_FILES
+    from tests.helpers.awkward_images import AWKWARD_FILES
 
     from vip2scan.model.data.loading import load_sample
 

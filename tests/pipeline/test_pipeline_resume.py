@@ -13,12 +13,13 @@ import time
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline_testkit import ReadLog, broken_files, put_files
+from tests.helpers import SCAN_CHILD
+from tests.helpers.lake_files import ReadLog, broken_files, put_files
 from vip2scan.pipeline import OutputLocked, ScanOptions, scan
 from vip2scan.pipeline.output.verify import verify
 
 N_LAKE = 40
-CHILD = os.path.join(os.path.dirname(__file__), "pipeline_scan_child.py")
+CHILD = SCAN_CHILD
 # Units of 8 rows (one shard of 8 maps) reach the driver in batches of 4 and are staged 4
 # rows at a time, so the kill can leave a unit half staged: the rerun redoes it whole.
 OPTIONS = dict(batch_size=4, map_size=16, stage_rows=4, maps_per_shard=8)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline_testkit import (AWKWARD, BROKEN, MAX_IMAGE_PIXELS, NOT_IMAGES, ReadLog,
+from tests.helpers.lake_files import (AWKWARD, BROKEN, MAX_IMAGE_PIXELS, NOT_IMAGES, ReadLog,
                               awkward_files, broken_files, put_files, small_png)
 from vip2scan.pipeline import SCHEMA_VERSION, ScanOptions, read_map, scan
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from pipeline_testkit import broken_files, put_files, small_png
+from tests.helpers.lake_files import broken_files, put_files, small_png
 from vip2scan.pipeline import ScanError, ScanOptions, read_map, read_scores, scan
 
 N_LAKE = 24

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_testkit import put_files, small_png
+from tests.helpers.lake_files import put_files, small_png
 from vip2scan.pipeline.selection.listing import ObjectFilter, list_prefix
 from vip2scan.pipeline.selection.manifest import read_manifest
 from vip2scan.pipeline.run.lock import Lease, LeaseLost, OutputLocked, read_lease

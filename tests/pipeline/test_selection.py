@@ -15,8 +15,8 @@ import os
 import pytest
 from PIL import Image
 
-from cli_process import invoke
-from pipeline_testkit import put_files, small_png
+from tests.helpers.cli_runner import invoke
+from tests.helpers.lake_files import put_files, small_png
 from vip2scan.pipeline import ScanError, ScanOptions, scan
 from vip2scan.pipeline.selection.diff import DiffCounts, state_runs
 from vip2scan.pipeline.output.paths import PLAN_FILE, staging_file

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from hostile_files import BIG_BMP_SIDE, MemoryPeak, hostile_files, small_png, write_sparse_bmp
+from tests.helpers.hostile_files import BIG_BMP_SIDE, MemoryPeak, hostile_files, small_png, write_sparse_bmp
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
 from vip2scan.pipeline.output.verify import verify

@@ -1,6 +1,6 @@
 """Scans, verify, report and query through a fault-injecting proxy in front of moto S3.
 
-The proxy (tests/fault_proxy.py) sits between the real s3fs/botocore client and the server,
+The proxy (tests/helpers/fault_proxy.py) sits between the real s3fs/botocore client and the server,
 so every request the pipeline makes can meet a fault (listing, HEAD, GET, PUT, DELETE,
 multipart), which a filesystem wrapper above the client cannot do. Faults are seeded; which
 request meets which fault also depends on the order concurrent requests arrive in, so the
@@ -16,9 +16,9 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from cli_process import invoke, run_cli
-from fault_proxy import FaultProxy
-from hostile_files import small_png
+from tests.helpers.cli_runner import invoke, run_cli
+from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.hostile_files import small_png
 
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.pipeline.errors import ScanError

@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from hostile_files import small_png
-from reliability_kit import FaultPlan, s3_error
+from tests.helpers.hostile_files import small_png
+from tests.helpers.faulty_storage import FaultPlan, s3_error
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.pipeline.storage.retries import is_transient, with_retries
 from vip2scan.pipeline.output.verify import verify

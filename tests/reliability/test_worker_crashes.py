@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hostile_files import small_png
+from tests.helpers.hostile_files import small_png
 from vip2scan.pipeline import ScanError, ScanOptions, read_scores, scan
 from vip2scan.pipeline import faults
 from vip2scan.pipeline.output.verify import verify

@@ -1,6 +1,6 @@
 """A synthetic OUT with many rows (no images, no maps) for measuring the explorer at scale.
 
-    .venv/bin/python tests/browser/big_out.py /tmp/big-out 100000
+    .venv/bin/python tests/helpers/big_out.py /tmp/big-out 100000
 
 Writes three complete runs on three nights the way a scan commits them (score files under
 scores/scan_date=..., a record per run): night 1 scores every object, nights 2 and 3 rescore

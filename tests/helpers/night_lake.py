@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from cli_process import invoke
-from image_files import exif_rotated_jpeg, sixteen_bit_png
+from tests.helpers.cli_runner import invoke
+from tests.helpers.awkward_images import exif_rotated_jpeg, sixteen_bit_png
 from PIL import Image
 
 LINES = ("line0", "line1", "line2", "line3")
