@@ -16,11 +16,12 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from tests.helpers import ROOT
 from vip2scan.model.data.synthetic import write_lake
 from vip2scan.pipeline import ScanOptions, scan
 from vip2scan.pipeline.output.schema import SCORES_SCHEMA
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = ROOT / "README.md"
 DOC_OUT = "s3://results/vip2scan"
 MARKER = re.compile(r"<!-- reader: ([\w-]+) -->\s*```(\w+)\n(.*?)```", re.S)
 

@@ -1,6 +1,6 @@
 """Speed of exact AUPRO: vectorised vs per-threshold loops (not a test; run as a script).
 
-    .venv/bin/python -m tests.data.bench_aupro [n_maps] [size]   (from the repository root)
+    .venv/bin/python -m tests.model.metrics.bench_aupro [n_maps] [size]   (from the repository root)
 
 Baselines: ``aupro_loop`` (regions found once, then a loop over 200 thresholds and
 every region) and the reference tools' structure (regions re-labelled for every
