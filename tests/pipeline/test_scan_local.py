@@ -11,8 +11,10 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.helpers.lake_files import (AWKWARD, BROKEN, MAX_IMAGE_PIXELS, NOT_IMAGES, ReadLog,
-                              awkward_files, broken_files, put_files, small_png)
+                                      awkward_files, broken_files, put_files, small_png)
 from vip2scan.pipeline import SCHEMA_VERSION, ScanOptions, read_map, scan
+
+pytestmark = pytest.mark.slow  # the module's Ray scan of a 220-object lake (first)
 
 N_LAKE = 200
 MAP_SIZE = 32

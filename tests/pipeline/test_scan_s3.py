@@ -15,6 +15,7 @@ N_LAKE = 24
 SENTINEL = "SENTINEL-secret-0f9e8d"
 
 
+@pytest.mark.slow  # a Ray scan
 def test_scan_s3_lake_into_s3_output(s3_server, s3_bucket, checkpoint, ray_ready):
     from vip2scan.model.data.synthetic import write_lake
 

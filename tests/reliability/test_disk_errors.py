@@ -25,6 +25,8 @@ from tests.helpers.hostile_files import small_png
 from vip2scan.pipeline import read_scores
 from vip2scan.pipeline.output.verify import verify
 
+pytestmark = pytest.mark.slow  # the installed CLI in subprocesses on a small tmpfs
+
 NOBODY = 65534
 
 

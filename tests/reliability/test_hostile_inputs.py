@@ -128,6 +128,7 @@ def test_every_hostile_object_is_accounted_for(hostile_scan):
     assert (rows["tiny/one_by_one.png"]["width"], rows["tiny/one_by_one.png"]["height"]) == (1, 1)
 
 
+@pytest.mark.slow  # the module's Ray scan (hostile_scan)
 def test_output_names_come_from_the_run_id_never_from_object_keys(hostile_scan):
     run = re.escape(hostile_scan["summary"].run_id)
     layout = re.compile(rf"^(scores/scan_date=\d{{4}}-\d{{2}}-\d{{2}}/{run}-\d{{5}}\.parquet"
@@ -138,6 +139,7 @@ def test_output_names_come_from_the_run_id_never_from_object_keys(hostile_scan):
     assert names and [n for n in names if not layout.match(n)] == []
 
 
+@pytest.mark.slow  # the module's Ray scan (hostile_scan)
 def test_hostile_scan_is_bounded_in_memory_and_verifies(hostile_scan):
     assert hostile_scan["memory"].growth_bytes < SCAN_GROWTH_BOUND
     assert hostile_scan["memory"].peak_process_bytes < PROCESS_BOUND

@@ -70,6 +70,7 @@ def _options(**kwargs) -> ScanOptions:
                        read_timeout_s=LIMIT_S, **kwargs)
 
 
+@pytest.mark.slow  # a night with decoders killed and hung
 @pytest.mark.timeout(300)
 def test_local_night_commits_everything_but_the_poison_files(tmp_path, monkeypatch, tiny_checkpoint):
     lake, out = tmp_path / "lake", str(tmp_path / "out")

@@ -65,6 +65,7 @@ def test_bench_both_sources_with_ray_emits_every_field(tmp_path, s3_server, ray_
     assert report["targets"]["memory_growth"]["value"] is None
 
 
+@pytest.mark.slow  # scans at several scale points
 def test_bench_local_engine_scale_points(tmp_path):
     out = tmp_path / "bench.json"
     _run(["bench", "--engine", "local", "--source", "local", "--images", "12", "--image-size", "64",

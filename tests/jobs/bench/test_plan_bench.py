@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from vip2scan.jobs.cli import app
+
+pytestmark = pytest.mark.slow  # planning and queries timed in fresh processes
 
 
 def test_plan_bench_reports_planning_and_latest_figures(tmp_path) -> None:

@@ -69,6 +69,7 @@ def test_reference_run_writes_a_checkpoint_per_epoch_and_the_loss_goes_down(refe
     assert det.image_size == IMAGE_SIZE
 
 
+@pytest.mark.slow  # three training runs
 def test_workers_0_cli_with_val_then_resume_matches_an_uninterrupted_run(cli, tree, tmp_path, reference_run):
     out = str(tmp_path / "ckpt")
     result = cli("train", tree, "--out", out, "--workers", "0", "--epochs", "1",
@@ -95,6 +96,7 @@ def test_workers_0_cli_with_val_then_resume_matches_an_uninterrupted_run(cli, tr
     assert nothing.exit_code == 0 and "nothing to do" in nothing.output
 
 
+@pytest.mark.slow  # training and calibration on moto S3
 def test_train_and_calibrate_on_object_storage(cli, s3_server, s3_bucket):
     """Data, checkpoints and metrics all on (moto) S3, credentials via --storage-option."""
     from vip2scan.model.detector import Detector

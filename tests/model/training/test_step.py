@@ -2,6 +2,7 @@
 the backbone stays frozen; optimiser groups follow the reference learning rates."""
 
 import numpy as np
+import pytest
 import torch
 
 from vip2scan.model.training.step import make_optimizer, train_step
@@ -43,6 +44,7 @@ def test_optimizer_groups(fresh_tiny):
         sum(p.numel() for p in fresh_tiny.fgp.parameters())
 
 
+@pytest.mark.slow  # 30 training steps at 224 px (test_loop's reference run trains too)
 def test_thirty_steps_lower_the_loss(fresh_tiny):
     det = fresh_tiny
     batch = _batch(n=2, size=224)  # one good, one defective image

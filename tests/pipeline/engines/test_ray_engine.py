@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from vip2scan.pipeline.engines.ray import work_list_dataset
 from vip2scan.pipeline.stages.units import from_ipc
 from vip2scan.pipeline.storage.location import Location
+
+pytestmark = pytest.mark.slow  # Ray Data on the session's Ray (its start-up alone is ~15 s)
 
 
 def unit_tables(ds) -> dict[int, pa.Table]:

@@ -176,6 +176,7 @@ def scan_rows(out: str) -> dict[str, dict]:
 LOCAL = dict(engine="local", batch_size=4, map_size=R, maps_per_shard=4)
 
 
+@pytest.mark.slow  # three scans
 def test_anomalous_maps_only_and_uint8_maps_verify_clean(tmp_path, lake, checkpoint):
     from vip2scan.pipeline import ScanOptions, scan
     from vip2scan.pipeline.output.verify import verify

@@ -120,7 +120,8 @@ def _check(out: Location, tmp_path, lake: dict[str, int]) -> None:
             assert from_snapshot == from_window, (model, source)
 
 
-@pytest.fixture(params=["local", "s3"])
+# The s3 variant of the sequence test takes ~17 s: the local one stays in the fast lane.
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
 def out(request, tmp_path) -> Location:
     if request.param == "local":
         return Location.of(str(tmp_path / "out"))

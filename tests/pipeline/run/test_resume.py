@@ -18,6 +18,8 @@ from tests.helpers.lake_files import ReadLog, broken_files, put_files
 from vip2scan.pipeline import OutputLocked, ScanOptions, scan
 from vip2scan.pipeline.output.verify import verify
 
+pytestmark = pytest.mark.slow  # a Ray scan killed in a child process, then two more
+
 N_LAKE = 40
 CHILD = SCAN_CHILD
 # Units of 8 rows (one shard of 8 maps) reach the driver in batches of 4 and are staged 4

@@ -149,6 +149,7 @@ def test_an_empty_prefix_warns(tmp_path, checkpoint):
     assert summary.warnings and "holds no objects" in summary.warnings[0]
 
 
+@pytest.mark.slow  # four scans
 def test_a_sub_prefix_scan_reuses_the_parents_state(lake, tmp_path, checkpoint):
     out = str(tmp_path / "out")
     parent = scan(lake, out, checkpoint, _options())
@@ -168,6 +169,7 @@ def test_a_sub_prefix_scan_reuses_the_parents_state(lake, tmp_path, checkpoint):
         == (N_IMAGES - 1, 0, 1)
 
 
+@pytest.mark.slow  # three scans
 def test_a_parent_scan_skips_what_a_sub_prefix_scan_scored(lake, tmp_path, checkpoint):
     out = str(tmp_path / "out")
     assert scan(f"{lake}/line2", out, checkpoint, _options()).counts["scored"] == 1

@@ -110,6 +110,7 @@ def test_storage_calls_are_counted_as_the_server_saw_them(s3_server):
     assert counted.bytes_read == 1234
 
 
+@pytest.mark.slow  # a scan through the fault proxy
 def test_a_scan_counts_every_request_the_server_saw_resends_included(s3_server, checkpoint):
     bucket = s3_server.make_bucket(f"acct-scan-{int(time.time() * 1000) % 10**8}")
     fs = s3_server.filesystem()  # not counted: it writes the lake straight to moto
