@@ -1,4 +1,5 @@
-# Two user-facing targets: `make demo` and `make test`.
+# User-facing targets: `make demo`, `make test` (the whole suite, what CI runs) and
+# `make test-fast` (the edit loop: the tests not marked slow, under 5 minutes on 2 cores).
 # Each creates .venv when missing and installs the project (editable) into it.
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test
+.PHONY: demo test test-fast
 
 $(STAMP): pyproject.toml infra/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,3 +21,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" --durations=10

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from local_servers import free_port
+from tests.helpers.local_servers import free_port
 
 # Fake, fixed credentials for moto. Set before any worker process starts so Ray
 # workers inherit them like they would inherit a node's real environment.

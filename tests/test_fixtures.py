@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_moto_server_speaks_s3_over_http(s3_server, s3_bucket) -> None:
     fs = s3_server.filesystem()
@@ -10,6 +12,7 @@ def test_moto_server_speaks_s3_over_http(s3_server, s3_bucket) -> None:
     assert s3_server.endpoint_url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.slow  # starts the session's Ray (the fast lane never does)
 def test_ray_is_a_real_local_instance(ray_local) -> None:
     @ray_local.remote
     def square(x: int) -> int:

@@ -28,7 +28,7 @@ class StreamingPixelMetrics:
         the threshold falls in (scores assumed uniform within a bin).
     Deviation from exact: only scores sharing a bin with a threshold (or with each
     other) are treated approximately; with the default 2**16 bins it stays below 0.005
-    on the test data (tests/data/test_metrics.py), provided the maps span many bins
+    on the test data (tests/model/metrics/test_metrics.py), provided the maps span many bins
     (a range much wider than 1 / n_bins). Regions never cross images, so batches may
     be of any size; ``merge`` combines accumulators from parallel workers.
     """

@@ -1,6 +1,6 @@
 """The lake explorer and a run report, opened in headless Chromium over the DevTools protocol.
 
-One lake (tests/browser/night_lake.py: ~250 tiny images over three nights, error rows, a 16-bit
+One lake (tests/helpers/night_lake.py: ~250 tiny images over three nights, error rows, a 16-bit
 PNG, an EXIF-rotated JPEG) is scanned once with the local engine; the explorer and a report are
 built with the real CLI and driven as a person would: no console errors, no broken images,
 filtering, sorting, paging and the per-image view work. Screenshots go to
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cdp_browser import Browser, artifacts_dir, require_browser
-from cli_process import invoke
-from image_files import sixteen_bit_png
-from night_lake import EXIF_ROTATED, SIXTEEN_BIT, build_night_lake
+from tests.helpers.cdp_browser import Browser, artifacts_dir, require_browser
+from tests.helpers.cli_runner import invoke
+from tests.helpers.awkward_images import sixteen_bit_png
+from tests.helpers.night_lake import EXIF_ROTATED, SIXTEEN_BIT, build_night_lake
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -210,7 +210,7 @@ def test_run_report_in_headless_chromium(browser, lake, tmp_path):
 def test_explorer_at_100000_rows(browser, tmp_path):
     """Scale: 100,000 objects over three nights (big_out.py, no pictures) load and filter; the
     time to the first table page is printed (a measurement, not asserted)."""
-    from big_out import write_big_out
+    from tests.helpers.big_out import write_big_out
 
     out = tmp_path / "big-out"
     write_big_out(out, 100_000)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import BROKEN, LAKE_IMAGES, WIDE_IMAGE, Ran, invoke, run_cli
+from tests.helpers.cli_runner import Ran, invoke, run_cli
+from tests.helpers.s3_scan_lake import BROKEN, LAKE_IMAGES, WIDE_IMAGE
 
 @pytest.fixture(scope="session", autouse=True)
 def _two_threads():

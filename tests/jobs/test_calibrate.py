@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import Ran, invoke
+from tests.helpers.cli_runner import Ran, invoke
 
 RATE = 0.25
 LINES = 3
@@ -132,6 +132,7 @@ def test_calibrate_sets_the_quantile_and_a_rescan_flags_about_the_rate(scanned, 
     assert f"(label-free rate {RATE:g})" in page and "not calibrated" not in page
 
 
+@pytest.mark.slow  # rescans of the module's lake
 def test_per_prefix_thresholds_flag_the_rate_in_every_line(scanned, out_copy, cli):
     ran = cli("calibrate", out_copy, "--expected-rate", str(RATE), "--by", "LINE*/")
     assert ran.exit_code == 0, ran.stderr
@@ -167,6 +168,7 @@ def test_report_says_what_a_newer_calibration_would_flag(scanned, out_copy, cli)
 
 # ------------------------------------------------------------------ precedence
 
+@pytest.mark.slow  # rescans of the module's lake
 def test_flag_and_labelled_thresholds_win_over_the_calibration(scanned, out_copy, cli, tmp_path):
     from vip2scan.model.checkpoint import save_thresholds
 
@@ -190,6 +192,7 @@ def test_flag_and_labelled_thresholds_win_over_the_calibration(scanned, out_copy
     assert "  image threshold 0.3 (labelled)" in ran.stdout
 
 
+@pytest.mark.slow  # a second checkpoint and a rescan
 def test_a_calibration_of_another_model_is_named_not_used(scanned, out_copy, cli, tmp_path):
     from vip2scan.model.config import DetectorConfig
     from vip2scan.model.detector import Detector

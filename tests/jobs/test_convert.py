@@ -38,6 +38,7 @@ def torchscript_clip(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # builds a TorchScript CLIP (model/test_checkpoint.py refuses one fast)
 def test_torchscript_is_refused_everywhere_but_convert_with_trust(cli, torchscript_clip, converted_checkpoint,
                                                                    tmp_path) -> None:
     lake = tmp_path / "lake"

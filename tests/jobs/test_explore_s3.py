@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the session's CLI scan on moto S3 through Ray (s3_scan)
+
 
 def test_explore_and_map_on_s3(s3_scan, s3_server, cli, tmp_path):
     ran = cli("explore", s3_scan.out, "--max-images", "4", *s3_scan.flags)

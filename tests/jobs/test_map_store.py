@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobs_cli_helpers import invoke
+from tests.helpers.cli_runner import invoke
 from PIL import Image
 
 

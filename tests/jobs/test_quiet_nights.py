@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import Ran, invoke
+from tests.helpers.cli_runner import Ran, invoke
 
 IMAGES = 3
 
@@ -116,6 +116,7 @@ def test_unchanged_rescans_verify_report_and_query(scanned: Lake) -> None:
     assert _csv(query) == [["latest", "quiet_rows", "runs"], [str(IMAGES), "0", "3"]]
 
 
+@pytest.mark.slow  # three scans, verify, report and query
 def test_night_of_error_rows_only(scanned: Lake) -> None:
     """A night whose only new object cannot be decoded, between two quiet nights."""
     assert scanned.scan_cli().exit_code == 0  # a quiet night first: the view crash's trigger
@@ -136,6 +137,7 @@ def test_night_of_error_rows_only(scanned: Lake) -> None:
     assert _csv(query) == [["status", "n"], ["error", "1"], ["ok", str(IMAGES)]]
 
 
+@pytest.mark.slow  # three scans, verify, report and query
 def test_night_where_every_object_vanished(scanned: Lake) -> None:
     """The lake emptied: the summary says so, verify is clean, the older run still reports."""
     for image in scanned.lake.iterdir():
@@ -174,6 +176,7 @@ def _refused(ran: Ran, *expected: str) -> str:
     return line
 
 
+@pytest.mark.slow  # refusals, then a scan that excludes OUT
 def test_out_inside_source_refused_unless_excluded(scanned: Lake, tiny_checkpoint) -> None:
     inner = Lake(scanned.lake, scanned.lake / "results", tiny_checkpoint)
     refused = inner.scan_cli()
@@ -209,6 +212,7 @@ def test_manifest_inside_out_refused(scanned: Lake) -> None:
              f"manifest file://{listing} lies inside OUT file://{scanned.out}")
 
 
+@pytest.mark.slow  # four nights on moto S3
 def test_quiet_nights_on_object_storage(s3_server, tiny_checkpoint, tmp_path) -> None:
     """The same on moto S3, where runs are read as Arrow datasets: rows, two quiet nights, rows."""
     from vip2scan.pipeline import ScanOptions, scan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from image_files import AWKWARD_FILES
+from tests.helpers.awkward_images import AWKWARD_FILES
 from PIL import Image
 
 from vip2scan.jobs.imaging import thumbnail_and_overlay

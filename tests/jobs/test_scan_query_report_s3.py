@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pyarrow.parquet as pq
 import pytest
-from jobs_cli_helpers import BROKEN, LAKE_IMAGES, WIDE_IMAGE
+from tests.helpers.s3_scan_lake import BROKEN, LAKE_IMAGES, WIDE_IMAGE
 
 from vip2scan.pipeline import SCHEMA_VERSION
 

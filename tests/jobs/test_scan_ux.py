@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import VENV_BIN, VIP2SCAN, run_cli
+from tests.helpers.cli_runner import VENV_BIN, VIP2SCAN, run_cli
 
 RAY_NOTICES = ("Token authentication", "core_worker", "Progress bars disabled", "streaming_executor",
                "Execution plan")
@@ -50,6 +50,7 @@ def scored_uris(out: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ engine choice, progress
+@pytest.mark.slow  # the installed script in a fresh process
 def test_a_small_night_runs_on_the_local_engine_and_says_why(tmp_path, tiny_checkpoint) -> None:
     lake, out = tiny_lake(tmp_path / "lake", 3), tmp_path / "out"
     ran = run_cli("scan", lake, "--out", str(out), "--checkpoint", tiny_checkpoint, "--batch-size", "1",
@@ -88,6 +89,7 @@ def test_an_unknown_engine_is_a_usage_error(cli) -> None:
 
 
 # ------------------------------------------------------------------ Ray: a quiet start-up
+@pytest.mark.slow  # a Ray scan in a fresh process
 def test_ray_notices_go_to_the_log_named_in_the_summary(tmp_path, tiny_checkpoint) -> None:
     lake, out = tiny_lake(tmp_path / "lake", 3), tmp_path / "out"
     ran = run_cli("scan", lake, "--out", str(out), "--checkpoint", tiny_checkpoint, "--engine", "ray",
@@ -117,6 +119,7 @@ def start_scan(args: list[str], env: dict) -> subprocess.Popen:
                             env=full_env, start_new_session=True)
 
 
+@pytest.mark.slow  # two Ray scans in fresh processes
 def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path, tiny_checkpoint) -> None:
     lake, out = tiny_lake(tmp_path / "lake", 12), tmp_path / "out"
     args = ["scan", lake, "--out", str(out), "--checkpoint", tiny_checkpoint, "--batch-size", "2"]

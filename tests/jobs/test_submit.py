@@ -1,5 +1,5 @@
 """submit / jobs status / jobs logs against a real `ray start --head` with token authentication
-(tests/ray_head.py: its own --temp-dir and ports, stopped without `ray stop`)."""
+(tests/helpers/local_servers.py: its own --temp-dir and ports, stopped without `ray stop`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from jobs_cli_helpers import VENV_BIN
-from local_servers import ray_head_process
+from tests.helpers.cli_runner import VENV_BIN
+from tests.helpers.local_servers import ray_head_process
 
 pytestmark = pytest.mark.slow
 

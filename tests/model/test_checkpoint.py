@@ -222,6 +222,7 @@ def test_torchscript_refused_with_hint(torchscript_clip):
         Detector.from_checkpoint(str(path), config=DetectorConfig())
 
 
+@pytest.mark.slow  # a TorchScript conversion (jobs/test_convert.py covers the command)
 def test_convert_openai_weights_then_load(torchscript_clip, tmp_path, images):
     clip, path = torchscript_clip
     dst = str(tmp_path / "tiny.safetensors")
@@ -237,6 +238,7 @@ def test_convert_openai_weights_then_load(torchscript_clip, tmp_path, images):
 
 
 # ----------------------------------------------------------------- backbone weights
+@pytest.mark.slow  # builds and loads backbones from files and S3
 def test_backbone_weights_from_files_and_s3(tmp_path, s3_server, s3_bucket, images):
     clip, _ = create_clip("vip2-tiny", None, seed=5)
     sd = {k: v.contiguous() for k, v in clip.state_dict().items()}

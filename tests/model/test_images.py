@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from image_files import AWKWARD_FILES, SHAPE
+from tests.helpers.awkward_images import AWKWARD_FILES, SHAPE
 from PIL import Image
 
 from vip2scan.model.data.loading import load_sample

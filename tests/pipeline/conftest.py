@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import pipeline_testkit  # noqa: E402
+from tests.helpers import lake_files
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +15,9 @@ def checkpoint(tiny_checkpoint) -> str:
 
 @pytest.fixture(scope="session")
 def ray_ready(ray_local):
-    """The shared local Ray, able to unpickle helpers defined in this test folder."""
+    """The shared local Ray, able to unpickle the helpers of tests/helpers/lake_files.py."""
     import ray.cloudpickle
 
     # Ray workers cannot import modules from the tests folder: ship them by value.
-    ray.cloudpickle.register_pickle_by_value(pipeline_testkit)
+    ray.cloudpickle.register_pickle_by_value(lake_files)
     return ray_local

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import reliability_kit  # noqa: E402
+from tests.helpers import faulty_storage
 
 
 @pytest.fixture(scope="session")
 def ray_for_faults(ray_local):
-    """The shared local Ray, able to unpickle the fault wrappers defined in this folder."""
+    """The shared local Ray, able to unpickle the fault wrappers of tests/helpers/faulty_storage.py."""
     import ray.cloudpickle
 
     # Ray workers cannot import modules from the tests folder: ship them by value.
-    ray.cloudpickle.register_pickle_by_value(reliability_kit)
+    ray.cloudpickle.register_pickle_by_value(faulty_storage)
     return ray_local
 
 
@@ -29,7 +24,7 @@ SMALL_SCAN_BROKEN = {"broken/empty.png": b"", "broken/junk.jpg": b"not an image 
 @pytest.fixture(scope="session")
 def small_scan(tmp_path_factory, tiny_checkpoint) -> dict:
     """One real scan of a small local lake (in-process engine: no Ray needed for a real OUT)."""
-    from hostile_files import small_png
+    from tests.helpers.hostile_files import small_png
     from vip2scan.pipeline import ScanOptions, scan
 
     base = tmp_path_factory.mktemp("small-scan")

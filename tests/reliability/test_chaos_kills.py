@@ -25,13 +25,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hostile_files import small_png
+from tests.helpers import SCAN_CHILD
+from tests.helpers.hostile_files import small_png
 from vip2scan.pipeline import ScanOptions, scan
 from vip2scan.pipeline import faults
 from vip2scan.pipeline.output.views import Outputs
 
 SEED = int(os.environ.get("VIP2SCAN_CHAOS_SEED", "14"))
-CHILD = Path(__file__).resolve().parents[1] / "pipeline" / "pipeline_scan_child.py"
+CHILD = Path(SCAN_CHILD)
 VIP2SCAN = Path(sys.executable).with_name("vip2scan")
 N_FIRST = 10
 NEW = [f"new/n{i}.png" for i in range(4)]

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from cli_process import VIP2SCAN, Ran, run_cli
-from hostile_files import small_png
+from tests.helpers.cli_runner import VIP2SCAN, Ran, run_cli
+from tests.helpers.hostile_files import small_png
 
 from vip2scan.pipeline import read_scores
 from vip2scan.pipeline.output.verify import verify
+
+pytestmark = pytest.mark.slow  # the installed CLI in subprocesses on a small tmpfs
 
 NOBODY = 65534
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from hostile_files import BIG_BMP_SIDE, MemoryPeak, hostile_files, small_png, write_sparse_bmp
+from tests.helpers.hostile_files import BIG_BMP_SIDE, MemoryPeak, hostile_files, small_png, write_sparse_bmp
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS, DecodeError, decode_image
 from vip2scan.pipeline.output.verify import verify
@@ -129,6 +129,7 @@ def test_every_hostile_object_is_accounted_for(hostile_scan):
     assert (rows["tiny/one_by_one.png"]["width"], rows["tiny/one_by_one.png"]["height"]) == (1, 1)
 
 
+@pytest.mark.slow  # the module's Ray scan (hostile_scan)
 def test_output_names_come_from_the_run_id_never_from_object_keys(hostile_scan):
     run = re.escape(hostile_scan["summary"].run_id)
     layout = re.compile(rf"^(scores/scan_date=\d{{4}}-\d{{2}}-\d{{2}}/{run}-\d{{5}}\.parquet"
@@ -139,6 +140,7 @@ def test_output_names_come_from_the_run_id_never_from_object_keys(hostile_scan):
     assert names and [n for n in names if not layout.match(n)] == []
 
 
+@pytest.mark.slow  # the module's Ray scan (hostile_scan)
 def test_hostile_scan_is_bounded_in_memory_and_verifies(hostile_scan):
     assert hostile_scan["memory"].growth_bytes < SCAN_GROWTH_BOUND
     assert hostile_scan["memory"].peak_process_bytes < PROCESS_BOUND

@@ -1,7 +1,7 @@
 """Races for OUT's lease and scans stopped by signals (issue 14: fencing, locks that do not
 outlive their scan).
 
-Real child processes (lease_child.py: the pipeline's scan with the CLI's one-line errors), a
+Real child processes (helpers/lease_child.py: the pipeline's scan with the CLI's one-line errors), a
 real moto S3 server, the fault proxy of the test kit to slow one racer down, real signals:
 
 - N scans race for the expired lease of a crashed scan (whose run is staged), one of them
@@ -27,16 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_process import invoke
-from fault_proxy import FaultProxy
-from hostile_files import small_png
+from tests.helpers import LEASE_CHILD
+from tests.helpers.cli_runner import invoke
+from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.hostile_files import small_png
 
 from vip2scan.pipeline import read_scores
 from vip2scan.pipeline.run.holder import holder_gone, process_started, this_process
 from vip2scan.pipeline.run.lock import read_lease
 from vip2scan.pipeline.storage.location import Location
 
-CHILD = str(Path(__file__).with_name("lease_child.py"))
+CHILD = LEASE_CHILD
 N_IMAGES = 12
 N_RACERS = 4
 OPTIONS = {"engine": "local", "batch_size": 2, "stage_rows": 2, "map_size": 16}

@@ -31,8 +31,8 @@ from typing import Callable, Iterator
 import psutil
 import pytest
 
-from hostile_files import small_png
-from local_servers import free_port
+from tests.helpers.hostile_files import small_png
+from tests.helpers.local_servers import free_port
 from vip2scan.pipeline import read_scores
 
 VENV_BIN = Path(sys.executable).parent

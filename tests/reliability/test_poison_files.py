@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from cli_process import invoke
-from hostile_files import small_png
+from tests.helpers import ROOT
+from tests.helpers.cli_runner import invoke
+from tests.helpers.hostile_files import small_png
 from vip2scan.model.images import decode_image
 from vip2scan.pipeline import ScanOptions, faults, scan
 from vip2scan.pipeline.stages.sandbox import Sandbox
@@ -70,6 +71,7 @@ def _options(**kwargs) -> ScanOptions:
                        read_timeout_s=LIMIT_S, **kwargs)
 
 
+@pytest.mark.slow  # a night with decoders killed and hung
 @pytest.mark.timeout(300)
 def test_local_night_commits_everything_but_the_poison_files(tmp_path, monkeypatch, tiny_checkpoint):
     lake, out = tmp_path / "lake", str(tmp_path / "out")
@@ -188,7 +190,7 @@ def test_a_garbled_reply_fails_the_batch_instead_of_hanging_it():
 
 CHILD_OF_A_DYING_PARENT = """
 import numpy as np, os, sys
-from hostile_files import small_png
+from tests.helpers.hostile_files import small_png
 from vip2scan.pipeline.stages.sandbox import Sandbox
 sandbox = Sandbox()
 sandbox.decode(small_png(1), np.zeros((8, 8, 3), np.uint8), 10**9, 60)
@@ -199,9 +201,8 @@ os.kill(os.getpid(), 9)
 
 def test_a_decoder_whose_parent_dies_exits_too():
     """A killed decode worker (or driver) leaves no orphan decoder behind."""
-    here = os.path.dirname(__file__)
     ran = subprocess.run([sys.executable, "-c", CHILD_OF_A_DYING_PARENT], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": here})
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     child = int(ran.stdout.split()[0])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _alive(child):

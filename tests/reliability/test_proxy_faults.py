@@ -1,6 +1,6 @@
 """Scans, verify, report and query through a fault-injecting proxy in front of moto S3.
 
-The proxy (tests/fault_proxy.py) sits between the real s3fs/botocore client and the server,
+The proxy (tests/helpers/fault_proxy.py) sits between the real s3fs/botocore client and the server,
 so every request the pipeline makes can meet a fault (listing, HEAD, GET, PUT, DELETE,
 multipart), which a filesystem wrapper above the client cannot do. Faults are seeded; which
 request meets which fault also depends on the order concurrent requests arrive in, so the
@@ -16,9 +16,9 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from cli_process import invoke, run_cli
-from fault_proxy import FaultProxy
-from hostile_files import small_png
+from tests.helpers.cli_runner import invoke, run_cli
+from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.hostile_files import small_png
 
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.pipeline.errors import ScanError
@@ -85,6 +85,7 @@ def proxied(s3_server, tiny_checkpoint) -> dict:
             "injected": injected, "record": run_record(s3_server, out, summary.run_id)}
 
 
+@pytest.mark.slow  # the module's scan through the proxy (proxied)
 def test_a_scan_through_faults_scores_every_object_once(proxied):
     summary = proxied["summary"]
     assert summary.status == "complete"
@@ -92,6 +93,7 @@ def test_a_scan_through_faults_scores_every_object_once(proxied):
     assert_exactly_once_no_spurious_errors(proxied["rows"], proxied["expected"])
 
 
+@pytest.mark.slow  # the module's scan through the proxy (proxied)
 def test_the_faults_were_real_and_the_record_counts_the_retries(proxied):
     injected, log = proxied["injected"], proxied["log"]
     assert proxied["scan_faults"] >= 5, injected
@@ -102,6 +104,7 @@ def test_the_faults_were_real_and_the_record_counts_the_retries(proxied):
     assert proxied["record"]["io"]["retries"] >= 1, proxied["record"]["io"]
 
 
+@pytest.mark.slow  # the module's scan through the proxy (proxied)
 def test_verify_query_and_report_work_through_faults(proxied):
     assert proxied["verify"].ok, [p.line() for p in proxied["verify"].problems]
     query = proxied["query"]
@@ -126,6 +129,7 @@ def test_listing_pages_survive_faults_on_every_list_request(s3_server, tmp_path)
         assert proxy.injected, proxy.summary()
 
 
+@pytest.mark.slow  # uploads through faults and their retries
 def test_a_multipart_upload_through_faults_arrives_whole(s3_server):
     bucket = s3_server.make_bucket(f"multipart-{int(time.time() * 1000) % 10**8}")
     data = os.urandom(11 * 2**20)  # three parts of 5 MiB (S3's smallest part) or less
@@ -139,6 +143,7 @@ def test_a_multipart_upload_through_faults_arrives_whole(s3_server):
     assert s3_server.filesystem().cat(f"{bucket}/big.bin") == data
 
 
+@pytest.mark.slow  # waits out the retry budget
 def test_a_store_that_is_down_fails_the_scan_in_one_line(s3_server, tiny_checkpoint):
     lake, _ = make_lake(s3_server, "down", n_good=2)
     with FaultProxy(s3_server.endpoint_url) as proxy:
@@ -156,6 +161,7 @@ def test_a_store_that_is_down_fails_the_scan_in_one_line(s3_server, tiny_checkpo
     assert "testing" not in ran.stderr  # the secret is never printed
 
 
+@pytest.mark.slow  # a scan, its failure and a rerun
 def test_a_source_going_down_mid_run_stops_it_and_a_rerun_resumes(s3_server, tiny_checkpoint):
     # Enough small batches that reads remain after the first is staged (the local engine
     # decodes a few batches ahead).

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from hostile_files import small_png
-from local_servers import ray_head_process
+from tests.helpers.hostile_files import small_png
+from tests.helpers.local_servers import ray_head_process
 
 VENV_BIN = Path(sys.executable).parent
 

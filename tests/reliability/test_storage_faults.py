@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from hostile_files import small_png
-from reliability_kit import FaultPlan, s3_error
+from tests.helpers.hostile_files import small_png
+from tests.helpers.faulty_storage import FaultPlan, s3_error
 from vip2scan.pipeline import ScanOptions, read_scores, scan
 from vip2scan.pipeline.storage.retries import is_transient, with_retries
 from vip2scan.pipeline.output.verify import verify
@@ -93,6 +93,7 @@ def test_every_object_exactly_once_despite_transient_faults(faulty_scan):
     assert uris == expected  # each object exactly once, odd keys verbatim
 
 
+@pytest.mark.slow  # the module's Ray scan (faulty_scan)
 def test_permanent_errors_become_error_rows_and_are_not_retried(faulty_scan):
     by_key = {r["image_uri"].split("/lake/", 1)[1]: r for r in faulty_scan["rows"]}
     assert by_key[VANISHING]["status"] == "error"
@@ -105,6 +106,7 @@ def test_permanent_errors_become_error_rows_and_are_not_retried(faulty_scan):
     assert 1 <= len(denied_reads) <= 2  # the batch read, then one single read: no retry loop
 
 
+@pytest.mark.slow  # the module's Ray scan (faulty_scan)
 def test_each_failed_write_was_retried_and_the_output_verifies(faulty_scan, s3_server):
     events = faulty_scan["plan"].events()
     fired = {e.split()[1] for e in events if e.startswith("write-fault")}
@@ -114,6 +116,7 @@ def test_each_failed_write_was_retried_and_the_output_verifies(faulty_scan, s3_s
     assert report.maps_checked == len(faulty_scan["keys"]) - 2
 
 
+@pytest.mark.slow  # the module's Ray scan (faulty_scan)
 def test_nothing_is_written_outside_out(faulty_scan):
     fs, bucket = faulty_scan["fs"], faulty_scan["bucket"]
     fs.invalidate_cache()
@@ -165,6 +168,7 @@ def test_a_lease_whose_create_answer_was_lost_is_still_ours(s3_server, s3_bucket
     assert read_lease(out) is None
 
 
+@pytest.mark.slow  # two scans and a rerun per engine, one on Ray
 @pytest.mark.parametrize("engine", ["ray", "local"])
 def test_credentials_expiring_mid_run_stop_it_and_a_rerun_resumes(engine, s3_server, ray_for_faults,
                                                                   tiny_checkpoint, tmp_path):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from hostile_files import small_png
+from tests.helpers.hostile_files import small_png
 from vip2scan.pipeline import ScanError, ScanOptions, read_scores, scan
 from vip2scan.pipeline import faults
 from vip2scan.pipeline.output.verify import verify
@@ -51,6 +51,7 @@ def test_killed_actor_and_decode_worker_are_replaced_and_nothing_is_lost(
     assert report.ok and report.maps_checked == N_IMAGES, [p.line() for p in report.problems]
 
 
+@pytest.mark.slow  # a Ray scan
 @pytest.mark.timeout(300)  # against an actor restart loop; the time itself is not asserted
 def test_an_actor_that_cannot_load_its_checkpoint_fails_the_run_fast(
         tmp_path, monkeypatch, ray_for_faults, tiny_checkpoint):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from cli_process import Ran, run_cli
+from tests.helpers.cli_runner import Ran, run_cli
 
 from vip2scan.model.data.synthetic import CATEGORIES, encode_png, make_sample
 
