@@ -103,7 +103,7 @@ def test_killed_driver_resumes_same_run_exactly_once(tmp_path, checkpoint, ray_r
 
     # --full rescans everything into a new run; the resumed run stays intact. (--full is a
     # property of the diff, not of the engine: the in-process engine keeps this test short.)
-    full = scan(lake, out, checkpoint, ScanOptions(**OPTIONS, full=True, engine="local"))
+    full = scan(lake, out, checkpoint, ScanOptions(**{**OPTIONS, "engine": "local"}, full=True))
     assert full.run_id != run_id and full.counts["unchanged"] == listed
     rows = _rows(out)
     assert sum(r["run_id"] == full.run_id for r in rows) == listed
