@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast
+.PHONY: demo test test-fast embedded
 
 $(STAMP): pyproject.toml infra/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,8 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" --durations=10
+
+# Rebuild the embedded checkpoint (model/embedded/) from generated data: about 35 minutes on
+# 2 cores. The files are committed; this is how they were made (see their provenance.json).
+embedded: $(STAMP)
+	$(BIN)/vip2scan train-embedded --out model/embedded

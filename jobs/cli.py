@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "verify",
     "calibrate",
     "train",
+    "train_embedded",
     "eval",
     "convert",
     "bench",

@@ -1,8 +1,10 @@
-"""`vip2scan demo`: the whole product offline in a few minutes.
+"""`vip2scan demo`: the whole product offline in about a minute.
 
-generate a lake (some defective, a few broken files) -> train the tiny head briefly ->
-save a checkpoint -> scan -> report -> print where to look. Everything lands in one
-directory (default ./demo-out) so it is easy to inspect and to delete.
+generate a lake (some defective, a few broken files, the defects' masks kept aside) -> scan
+it with the embedded checkpoint (``--checkpoint embedded``: a small CLIP trained here on
+generated images, with its thresholds set on labelled generated data) -> report + explorer
+-> measure the scan against the generator's labels and masks -> print where to look.
+Everything lands in one directory (default ./demo-out) so it is easy to inspect and delete.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,8 +25,7 @@ EXAMPLE = "Example: vip2scan demo --dir /tmp/vip2scan-demo --images 200"
 DEFAULT_DIR = "demo-out"
 DEFAULT_IMAGES = 240
 MARKER = ".vip2scan-demo"  # marks a directory the demo may wipe and rewrite
-TRAIN_BATCH = 8
-TRAIN_SEED = 111  # the spec's training seed
+DEFAULT_CHECKPOINT = "embedded"
 
 
 def broken_files() -> dict[str, bytes]:
@@ -51,84 +52,69 @@ def prepare_dir(root: Path) -> None:
     (root / MARKER).write_text("created by `vip2scan demo`; safe to delete\n")
 
 
-def training_batch(step: int, size: int) -> dict[str, Any]:
-    """A fresh MVTec-style batch: half normal, half with one of each defect type."""
+def model_grid(checkpoint: str) -> tuple[int, int]:
+    """(patch size, input size) of the checkpoint's model."""
+    from vip2scan.model.factory import ModelSpec, load_detector
+
+    config = load_detector(ModelSpec(checkpoint)).config
+    return int(getattr(config, "patch_size", None) or 1), int(config.image_size)
+
+
+def lake_quality(out: str, run_id: str, truth: list[dict], checkpoint: str) -> dict[str, Optional[float]]:
+    """This run against the generator: image AUROC (labels), and from the maps read back at each
+    image's own size, pixel AUROC, AUPRO and how often a defective image's map peaks on its
+    defect (within half a patch, :mod:`vip2scan.model.metrics.peaks`). None where a class is
+    missing (a lake too small to have both)."""
     import numpy as np
-    import torch
+    from PIL import Image
 
-    from vip2scan.model.data.synthetic import CATEGORIES, DEFECT_TYPES, make_sample
-
-    images, masks, labels = [], [], []
-    for i in range(TRAIN_BATCH):
-        index = step * TRAIN_BATCH + i
-        defect = None if i % 2 == 0 else DEFECT_TYPES[(index // 2) % len(DEFECT_TYPES)]
-        # Seeds far from the lake's so the head never trains on a lake image.
-        image, mask = make_sample(CATEGORIES[index % len(CATEGORIES)], defect, size=size, seed=1_000_000 + index)
-        images.append(image)
-        masks.append(mask)
-        labels.append(int(defect is not None))
-    return {
-        "image": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        "mask": torch.from_numpy(np.stack(masks) > 0).float(),
-        "label": torch.tensor(labels, dtype=torch.long),
-    }
-
-
-def train_head(checkpoint: str, steps: int, max_seconds: float) -> str:
-    """Train the tiny model's head for ``steps`` steps (or until ``max_seconds``) and save it."""
-    import torch
-
-    from vip2scan.model.config import DetectorConfig
-    from vip2scan.model.detector import Detector
-    from vip2scan.model.training.step import make_optimizer, train_step
-
-    torch.manual_seed(TRAIN_SEED)
-    detector = Detector.from_config(DetectorConfig(backbone="vip2-tiny"))
-    optimizer = make_optimizer(detector)
-    started = time.monotonic()
-    for step in range(steps):
-        losses = train_step(detector, training_batch(step, detector.image_size), optimizer)
-        if step % 10 == 0 or step == steps - 1:
-            typer.echo(f"  step {step + 1:3d}/{steps}  loss {losses['loss']:.4f}")
-        if time.monotonic() - started > max_seconds:
-            typer.echo(f"  stopped after {step + 1} steps (--train-seconds {max_seconds:g})")
-            break
-    detector.eval()
-    return detector.save_checkpoint(checkpoint)
-
-
-def lake_auroc(out: str, run_id: str, truth: list[dict]) -> Optional[float]:
-    """Image AUROC of this run against the generator's labels (None if one class is missing)."""
-    from vip2scan.pipeline.output.views import Outputs
-    from vip2scan.model.metrics import image_auroc
+    from vip2scan.model.metrics import aupro, image_auroc, pixel_auroc
+    from vip2scan.model.metrics.peaks import half_patch_reach, peak_on_defect
+    from vip2scan.pipeline.output.views import Outputs, read_map
     from vip2scan.pipeline.storage.location import normalise_uri
 
     rows = Outputs(out).connect().sql(
-        "SELECT image_uri, image_score FROM scores WHERE run_id = ? AND status = 'ok'", params=[run_id]).fetchall()
-    score_of = {normalise_uri(uri): score for uri, score in rows}
-    pairs = [(t["label"], score_of[normalise_uri(t["image_uri"])]) for t in truth
-             if normalise_uri(t["image_uri"]) in score_of]
-    labels = [label for label, _ in pairs]
-    if not pairs or len(set(labels)) < 2:
-        return None
-    return float(image_auroc(labels, [score for _, score in pairs]))
+        "SELECT image_uri, image_score, map_store, map_index, width, height FROM scores "
+        "WHERE run_id = ? AND status = 'ok'", params=[run_id]).fetchall()
+    row_of = {normalise_uri(r[0]): r for r in rows}
+    scored = [(t, row_of[normalise_uri(t["image_uri"])]) for t in truth if normalise_uri(t["image_uri"]) in row_of]
+    labels = [t["label"] for t, _ in scored]
+    quality: dict[str, Optional[float]] = {"image_auroc": None, "pixel_auroc": None, "aupro": None,
+                                           "peak_on_defect": None}
+    if len(set(labels)) == 2:
+        quality["image_auroc"] = float(image_auroc(labels, [r[1] for _, r in scored]))
+    with_maps = [(t, r) for t, r in scored if r[2] is not None and (not t["label"] or t.get("mask_uri"))]
+    masks, maps = [], []
+    for t, r in with_maps:
+        amap = read_map({"map_store": r[2], "map_index": r[3], "width": r[4], "height": r[5]}, out)
+        mask = (np.zeros(amap.shape, bool) if not t["label"]
+                else np.asarray(Image.open(t["mask_uri"])) > 127)
+        masks.append(mask)
+        maps.append(amap)
+    if masks and any(m.any() for m in masks):
+        quality["pixel_auroc"] = float(pixel_auroc(np.stack(masks), np.stack(maps)))
+        quality["aupro"] = float(aupro(np.stack(masks), np.stack(maps)))
+        patch, size = model_grid(checkpoint)
+        peaks = [peak_on_defect(m, a, half_patch_reach(patch, size, *m.shape))
+                 for m, a in zip(masks, maps) if m.any()]
+        quality["peak_on_defect"] = float(np.mean(peaks))
+    return quality
 
 
 def demo(
-    dir: Annotated[str, typer.Option("--dir", help="Where the lake, checkpoint, outputs and report go.")] = DEFAULT_DIR,
+    dir: Annotated[str, typer.Option("--dir", help="Where the lake, outputs and report go.")] = DEFAULT_DIR,
     images: Annotated[int, typer.Option("--images", min=8, help="Images in the generated lake.")] = DEFAULT_IMAGES,
-    train_steps: Annotated[int, typer.Option(min=1, help="Training steps of the tiny head (batch 8).")] = 40,
-    train_seconds: Annotated[float, typer.Option(help="Stop training after this many seconds.")] = 60.0,
     top: Annotated[int, typer.Option(help="Images shown in the report.")] = 12,
-    checkpoint: Annotated[Optional[str], typer.Option(
-        "--checkpoint", help="Scan with this checkpoint instead of training one (e.g. a longer-trained tiny head).")
-    ] = None,
+    checkpoint: Annotated[str, typer.Option(
+        "--checkpoint", help="Scan with this checkpoint (default: the embedded one shipped with vip2scan).")
+    ] = DEFAULT_CHECKPOINT,
     config: ConfigOption = None,
 ) -> None:
-    """Run the whole product offline: generate a lake, train briefly, scan, report."""
+    """Run the whole product offline: generate a lake, scan it with the embedded model, report."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    from vip2scan.jobs.explore import build_explorer
     from vip2scan.jobs.formatting import format_summary
     from vip2scan.jobs.progress import ProgressBar, Terminal
     from vip2scan.jobs.report_page import build_report
@@ -142,22 +128,16 @@ def demo(
     lake, out = str(root / "lake"), str(root / "out")
 
     typer.echo(f"[1/4] generating {images} images (about 20% with defects) + 4 broken files in {lake}")
-    truth = write_lake(lake, images, defect_fraction=0.2, seed=0)
+    truth = write_lake(lake, images, defect_fraction=0.2, seed=0, mask_root=str(root / "lake_masks"))
     for name, data in broken_files().items():
         (root / "lake" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "lake" / name).write_bytes(data)
     pacsv.write_csv(pa.Table.from_pylist(truth), str(root / "lake_labels.csv"))
 
-    if checkpoint is None:
-        checkpoint = str(root / "checkpoint")
-        typer.echo(f"[2/4] training the vip2-tiny head for up to {train_steps} steps "
-                   f"({train_seconds:g} s at most) on generated MVTec-style samples")
-        model_id = train_head(checkpoint, train_steps, train_seconds)
-        typer.echo(f"  checkpoint {checkpoint} (model_id {model_id})")
-    else:
-        typer.echo(f"[2/4] using the checkpoint {checkpoint} (no training)")
-
-    typer.echo("[3/4] scanning the lake")
+    typer.echo(f"[2/4] scanning the lake with --checkpoint {checkpoint}")
+    if checkpoint == DEFAULT_CHECKPOINT:
+        typer.echo("  the embedded model: a small CLIP trained on generated images, not real CLIP weights;"
+                   " its thresholds were set on labelled generated images")
     terminal = Terminal()
     bar = ProgressBar(True, terminal)
     try:
@@ -169,16 +149,21 @@ def demo(
         terminal.close()
     typer.echo(format_summary(summary, out, {}))
 
-    typer.echo("[4/4] writing the report")
+    typer.echo("[3/4] writing the report and the explorer")
     report_uri = build_report(out, summary.run_id, top, {})
-    auroc = lake_auroc(out, summary.run_id, truth)
+    explorer_uri, _, _ = build_explorer(out, {}, max_images=200)
 
+    typer.echo("[4/4] measuring the scan against the generator's labels and masks")
+    quality = lake_quality(out, summary.run_id, truth, checkpoint)
     typer.echo("")
     typer.echo(f"demo finished in {time.monotonic() - started:.0f} s")
-    if auroc is not None:
-        typer.echo(f"  image AUROC against the generator's labels ({root / 'lake_labels.csv'}): {auroc:.3f}")
-    typer.echo(f"  report:  {report_uri}")
-    typer.echo(f"  scores:  {out}/{layout.SCORES}/   maps: {out}/{layout.MAPS}/   "
+    shown = {"image AUROC": quality["image_auroc"], "pixel AUROC": quality["pixel_auroc"],
+             "AUPRO": quality["aupro"], "maps peaking on the defect": quality["peak_on_defect"]}
+    typer.echo("  against the generator's labels and masks (" + str(root / "lake_labels.csv") + "): " +
+               ", ".join(f"{k} {v:.3f}" for k, v in shown.items() if v is not None))
+    typer.echo(f"  report:    {report_uri}")
+    typer.echo(f"  explorer:  {explorer_uri}")
+    typer.echo(f"  scores:    {out}/{layout.SCORES}/   maps: {out}/{layout.MAPS}/   "
                f"run records: {out}/{layout.RUNS}/")
     q = shlex.quote
     typer.echo("  try:")

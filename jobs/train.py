@@ -260,7 +260,8 @@ def train(
     lr_ica: Annotated[float, typer.Option(help="Adam learning rate of the prompt adapter (ICA).")] = 1e-3,
     lr_fgp: Annotated[float, typer.Option(help="Adam learning rate of FGP.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Data order and torch seed.")] = 111,
-    backbone: Annotated[str, typer.Option(help="OpenCLIP model config (vip2-tiny is embedded, random init).")] = "vip2-tiny",
+    backbone: Annotated[str, typer.Option(help="OpenCLIP model config (vip2-synth: the embedded model's backbone, with --weights "
+                     "embedded:backbone.safetensors; vip2-tiny: random init).")] = "vip2-tiny",
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: safetensors path/URI or OpenCLIP tag.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size in pixels (default: the model config's).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Ray Train workers; 0 = one process without Ray.")] = 1,

@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import backbone_config, register_embedded_configs
 from .errors import ConfigError
+from .embedded import resolve_weights
 from .files import is_uri
 from .weights import CheckpointError, clean_state_dict, load_state_dict_file, sha256_uri
 
@@ -184,6 +185,7 @@ def create_clip(name: str, weights: str | None = None, seed: int = 0,
     backbone_config(name)  # clear error for unknown names
     import open_clip
 
+    weights = resolve_weights(weights)
     digest: str | None = None
     if weights is None or _is_uri_or_path(weights):
         with _seeded(seed):

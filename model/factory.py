@@ -10,6 +10,8 @@ resolved here and nowhere else:
 
 - ``null`` / ``null:<size>``: the null detector (:mod:`vip2scan.model.null`), the real interface
   at almost no cost, for measuring the data plane;
+- ``embedded``: the small backbone + head trained here on generated images and shipped in the
+  package (:mod:`vip2scan.model.embedded`);
 - anything else: our checkpoint directory or a released ``.pth`` file, through
   :meth:`vip2scan.model.detector.Detector.from_checkpoint` and the override rule in
   :mod:`vip2scan.model.checkpoint`.
@@ -36,7 +38,7 @@ class ModelSpec:
     """Which detector to score with: a checkpoint and overrides of its saved config.
 
     ``checkpoint``: our checkpoint directory, a training run's epoch, a released ``.pth`` or a
-    reserved name (``null[:<size>]``); None until a scan is given one. ``backbone``, ``weights``
+    reserved name (``embedded``, ``null[:<size>]``); None until a scan is given one. ``backbone``, ``weights``
     and ``image_size`` override the saved config (unset: the checkpoint's); ``amp`` is the
     precision on CUDA.
     """
@@ -64,8 +66,16 @@ class ModelSpec:
         return {k: v for k, v in chosen.items() if v is not None}
 
     def require_checkpoint(self) -> str:
+        """The checkpoint to load: reserved names other than ``null`` resolved to locations."""
+        from .embedded import EmbeddedMissing, embedded_checkpoint, is_embedded
+
         if not self.checkpoint:
             raise InvalidSetting("checkpoint", "no checkpoint given")
+        if is_embedded(self.checkpoint):
+            try:
+                return embedded_checkpoint()
+            except EmbeddedMissing as e:
+                raise InvalidSetting("checkpoint", str(e)) from e
         return self.checkpoint
 
 

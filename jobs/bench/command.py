@@ -2,7 +2,7 @@
 
     vip2scan bench [--backbone vip2-tiny] [--image-size N] [--images 2000] [--source local|s3|both]
                    [--device cpu|cuda] [--batch-size B] [--scale] [--engine ray|local] [--json OUT]
-                   [--model detector|null]
+                   [--model detector|embedded|null]
                    [--map-store N]   map-store requests per 1,000 images (mapstore.py)
     vip2scan bench --plan N [--nights H] [--json OUT]   planning and `latest` at N objects (plan.py)
 
@@ -83,7 +83,8 @@ def bench(
     large_photos: Annotated[int, typer.Option(
         min=0, help="Also time decoding N generated 5 MP JPEGs (exact vs fast path).")] = 0,
     model: Annotated[str, typer.Option(
-        help="detector (random weights of --backbone) or null: the data plane's ceiling with a "
+        help="detector (random weights of --backbone), embedded (the shipped checkpoint, "
+             "--checkpoint embedded: vip2-synth at 112 px) or null: the data plane's ceiling with a "
              "stand-in of ~zero cost (64 px unless --image-size; CPU ms/image by role).")] = "detector",
     plan_objects: Annotated[Optional[int], typer.Option(
         "--plan", min=1, metavar="N", help="Instead: time planning (--dry-run, a manifest of N "
@@ -107,8 +108,12 @@ def bench(
         raise typer.BadParameter("choose local, s3 or both", param_hint="'--source'")
     if engine not in ("ray", "local"):  # the bench measures one engine, never "auto"
         raise typer.BadParameter("choose ray or local", param_hint="'--engine'")
-    if model not in ("detector", "null"):
-        raise typer.BadParameter("choose detector or null", param_hint="'--model'")
+    if model not in ("detector", "embedded", "null"):
+        raise typer.BadParameter("choose detector, embedded or null", param_hint="'--model'")
+    if model == "embedded":
+        from vip2scan.model.pretraining.loop import EMBEDDED_BACKBONE
+
+        backbone = EMBEDDED_BACKBONE
     knobs = {"engine": engine, "batch_size": batch_size, "device": device,
              "channels_last": channels_last, "compile": compile_model,
              "actors": None if actors is None else (actors, actors),

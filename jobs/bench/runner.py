@@ -44,8 +44,9 @@ class BenchParams:
     keep_outputs: bool = False
     bare_seconds: float = 3.0  # per bare-model window (two windows: before and after the scans)
     large_photos: int = 0  # 5 MP JPEGs for the decode section (0: skip it)
-    # "detector": a random-weight checkpoint of the backbone; "null": the null detector, the
-    # data plane's ceiling (see ceiling.py; its bare model is the null detector's own cost).
+    # "detector": a random-weight checkpoint of the backbone; "embedded": the shipped checkpoint
+    # (--checkpoint embedded); "null": the null detector, the data plane's ceiling (see
+    # ceiling.py; its bare model is the null detector's own cost).
     model: str = "detector"
 
     @property
@@ -240,7 +241,8 @@ def run_bench(params: BenchParams) -> dict[str, Any]:
         null_model = measure_null_model(params.image_size, params.batch_size, device, params.bare_seconds)
         result["bare_model"] = {**null_model, "windows_images_per_s": [null_model["images_per_s"]]}
     else:
-        checkpoint = ensure_checkpoint(params.workdir, params.backbone, params.image_size)
+        checkpoint = "embedded" if params.model == "embedded" else \
+            ensure_checkpoint(params.workdir, params.backbone, params.image_size)
         log(f"bare model on {device}, batch {params.batch_size}")
         bare_windows = [measure_bare(params, checkpoint, device)]
 

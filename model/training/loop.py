@@ -90,6 +90,7 @@ class TrainSettings:
     resume: bool = False
     loader_threads: int = 4
     storage_options: dict | None = None
+    init_checkpoint: str | None = None  # start the head from this checkpoint instead of ``model``
     fault_kill_epoch: int | None = None  # test hook, see jobs/train.py
 
     def to_dict(self) -> dict:
@@ -238,6 +239,8 @@ def train_loop(settings: TrainSettings, session: Session) -> dict:
         resumed_uri = join_uri(settings.out, epoch_dir_name(first))
         detector = Detector.from_checkpoint(resumed_uri, device=session.device, storage_options=so)
         history = load_train_info(resumed_uri, so).get("history", [])
+    elif settings.init_checkpoint:
+        detector = Detector.from_checkpoint(settings.init_checkpoint, device=session.device, storage_options=so)
     else:
         detector = Detector.from_config(DetectorConfig.from_dict(settings.model),
                                         device=session.device, storage_options=so)
