@@ -206,7 +206,7 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
                    f"(readers of scores/ would count their rows twice), e.g. {extra[0]}")
     if record.get("vanished_file") and not loc.exists(record["vanished_file"]):
         report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
-    with step("reading scores"):
+    with step(f"reading scores of run {rid}"):
         register_parquet(con, "run_rows", loc, files, ["image_uri", "status", "is_anomalous",
                                                        "map_store", "map_index", "run_id"],
                          SCORES_SCHEMA)
@@ -224,13 +224,13 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
     if ok + failed != total or foreign:
         report.add("counts", rid, f"{total - ok - failed} row(s) with an unknown status and "
                    f"{foreign} row(s) of another run_id in this run's files")
-    with step("reading scores"):
+    with step(f"reading scores of run {rid}"):
         dupes = con.execute("SELECT image_uri FROM run_rows GROUP BY image_uri HAVING "
                             "count(*) > 1 ORDER BY image_uri").fetchall()
     if dupes:
         report.add("duplicates", rid, f"{len(dupes)} image_uri(s) appear more than once, e.g. "
                    + ", ".join(d[0] for d in dupes[:MAX_LISTED]))
-    with step("checking maps"):
+    with step(f"checking the maps of run {rid}"):
         _check_maps(loc, con, report, rid, record, total)
 
 
