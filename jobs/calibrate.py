@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.errors import BadParameter
 from vip2scan.jobs.storage import StorageOption
 
@@ -70,6 +71,7 @@ def calibrate(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the thresholds without saving them.")] = False,
     storage_option: StorageOption = None,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
 ) -> None:
     """Set the image threshold from the lake's own latest scores (no labels needed).
@@ -82,8 +84,9 @@ def calibrate(
     from vip2scan.pipeline.output.views import Outputs
 
     outputs = Outputs(out, storage_options_from_flags(storage_option))
-    outputs.require_exists()
-    latest = latest_scores(outputs, model_id)
+    with reader_deadline("calibrate", deadline):
+        outputs.require_exists()
+        latest = latest_scores(outputs, model_id)
     calibration = compute_calibration(latest, expected_rate, by)
     typer.echo(f"model {calibration.model_id}: {calibration.n_scores} latest scores, expected "
                f"rate {expected_rate:g} -> threshold = the {calibration.quantile:g} quantile")

@@ -17,6 +17,7 @@ import numpy as np
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.storage import StorageOption, read_object
 
 if TYPE_CHECKING:
@@ -106,8 +107,11 @@ def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[st
     from vip2scan.pipeline.output.paths import REPORTS
     from vip2scan.pipeline.output.views import Outputs
 
+    from vip2scan.pipeline.deadline import step
+
     outputs = Outputs(out, storage_options)
-    state = gather(outputs)
+    with step("reading the lake's state"):
+        state = gather(outputs)
     fs = outputs.fs
     folder = outputs.path(REPORTS, EXPLORER_DIR)
     if fs.exists(folder):  # ours alone: a rebuild must not leave stale chunks or pictures
@@ -119,7 +123,8 @@ def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[st
         fs.pipe(outputs.path(REPORTS, EXPLORER_DIR, name), data)
 
     picked = pick_rendered(state, max_images)
-    rendered = render(outputs, state, picked, write)
+    with step("rendering pictures"):
+        rendered = render(outputs, state, picked, write)
     for i, info in state.rendered.items():
         state.index["f"][i] |= FLAG_RENDERED | (FLAG_IMAGE if info["img"] else 0)
     state.meta.update({
@@ -140,10 +145,13 @@ def explore(
         "--max-images", min=0, metavar="N",
         help="Images to pre-render (half the most anomalous, half a sample).")] = 200,
     storage_option: StorageOption = None,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
 ) -> None:
     """Write a static explorer of the lake's current state under OUT/reports/explorer/."""
-    where, objects, rendered = build_explorer(out, storage_options_from_flags(storage_option), max_images)
+    options = storage_options_from_flags(storage_option)
+    with reader_deadline("explore", deadline):
+        where, objects, rendered = build_explorer(out, options, max_images)
     typer.echo(f"explorer: {where} ({objects} objects, {rendered} pre-rendered)")
 
 

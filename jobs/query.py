@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.errors import BadParameter, UsageError
 from vip2scan.jobs.storage import StorageOption, write_object
 
@@ -88,11 +89,10 @@ def query(
         metavar="SIZE", help="DuckDB memory before spilling to disk, e.g. 4GB "
         "(default: $VIP2SCAN_DUCKDB_MEMORY, else a quarter of RAM).")] = None,
     storage_option: StorageOption = None,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
 ) -> None:
     """Run SQL (DuckDB) over a scan's outputs and print or save the result."""
-    import duckdb
-
     from vip2scan.pipeline.output.views import Outputs
 
     if format is OutputFormat.parquet and to is None:
@@ -101,12 +101,8 @@ def query(
         raise BadParameter(f"expected a size such as 512MB or 4GB, got {memory_limit!r}",
                            param_hint="'--memory-limit'")
     storage_options = storage_options_from_flags(storage_option)
-    con = Outputs(out, storage_options).connect(memory_limit)
-    try:
-        result = con.sql(sql)
-    except duckdb.Error as exc:  # DuckDB's parser/binder errors are the user's SQL, not a crash
-        raise UsageError(f"SQL: {str(exc).splitlines()[0]}") from None
-    table = result.to_arrow_table() if result is not None else None
+    with reader_deadline("query", deadline):
+        table = _run_query(Outputs(out, storage_options).connect(memory_limit), sql)
     if table is None:
         return
     if format is OutputFormat.table and to is None:
@@ -117,6 +113,20 @@ def query(
         typer.echo(data.decode(), nl=False)
     else:
         typer.echo(f"wrote {table.num_rows} rows to {to}", err=True)
+
+
+def _run_query(con: Any, sql: str) -> Any:
+    """The result of ``sql`` as an Arrow table (None for a statement without rows)."""
+    import duckdb
+
+    from vip2scan.pipeline.deadline import step
+
+    with step("running the query"):
+        try:
+            result = con.sql(sql)
+        except duckdb.Error as exc:  # DuckDB's parser/binder errors are the user's SQL
+            raise UsageError(f"SQL: {str(exc).splitlines()[0]}") from None
+        return result.to_arrow_table() if result is not None else None
 
 
 def register(app: typer.Typer) -> None:

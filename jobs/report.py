@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.report_page import build_report
 from vip2scan.jobs.storage import StorageOption
 
@@ -19,10 +20,13 @@ def report(
         "--run", help="Run id (default: the newest complete run that scored something).")] = None,
     top: Annotated[int, typer.Option("--top", min=0, help="How many of the most anomalous images to show.")] = 12,
     storage_option: StorageOption = None,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
 ) -> None:
     """Write a static HTML report of one run under OUT/reports/<run_id>/."""
-    where = build_report(out, run, top, storage_options_from_flags(storage_option))
+    options = storage_options_from_flags(storage_option)
+    with reader_deadline("report", deadline):
+        where = build_report(out, run, top, options)
     typer.echo(f"report: {where}")
 
 

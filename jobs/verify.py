@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
+from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.storage import StorageOption
 
 EXAMPLE = ("Example: vip2scan verify s3://bucket/vip2scan-out   (exit 0: consistent; 1: problems, "
@@ -23,6 +24,7 @@ def verify(
         "--expiry", min=0, metavar="SECONDS",
         help="Age after which staging data counts as abandoned (default: the lock's ttl, 300 s).")] = None,
     storage_option: StorageOption = None,
+    deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
 ) -> None:
     """Check that every run under OUT is complete and consistent: records, rows, maps, staging."""
@@ -30,8 +32,9 @@ def verify(
 
     # A VerifyError (OUT missing or unreadable, or locked for --fix) reaches the CLI's handler:
     # one "error:" line, exit 1.
-    report = run_verify(out, storage_options_from_flags(storage_option), run_id=run, fix=fix,
-                        expiry_s=expiry)
+    options = storage_options_from_flags(storage_option)
+    with reader_deadline("verify", deadline):
+        report = run_verify(out, options, run_id=run, fix=fix, expiry_s=expiry)
     for removed in report.fixed:
         typer.echo(f"removed {removed}")
     scope = f"run {run}" if run else f"{len(report.runs_checked)} run(s)"

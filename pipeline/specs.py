@@ -6,6 +6,7 @@
     LimitSpec       --max-image-pixels, --max-object-bytes, per-object time limits
     ThresholdSpec   --image-threshold (alias --threshold), --pixel-threshold
     RunSpec         --dry-run, --wait, the lease and staging cadence
+    ReaderSpec      --deadline of verify, query, report, explore, calibrate (not in ScanOptions)
     (ModelSpec      --checkpoint, --backbone, --weights, --image-size: vip2scan.model.factory)
 
 A field's name is its flag's name (``map_size`` is ``--map-size``), and no two specs share a field
@@ -227,6 +228,21 @@ class RunSpec:
         real("stage_seconds", self.stage_seconds, 0.0)
         object.__setattr__(self, "max_rows_per_file",
                            whole("max_rows_per_file", self.max_rows_per_file, 1))
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """How long a reader command (verify, query, report, explore, calibrate) may spend in one
+    step before it stops with one line and exit 1 (pipeline/deadline.py); not a scan setting.
+
+    ``deadline``: seconds per step, None or 0: no deadline. A step of a large OUT (one run's
+    rows, the snapshot check) takes seconds to a few minutes; a stuck read takes forever.
+    """
+
+    deadline: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        real("deadline", self.deadline, 0.0, optional=True)
 
 
 # ScanOptions attribute -> spec class; a flat setting belongs to the one spec with that field.

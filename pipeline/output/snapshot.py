@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import faults
+from ..deadline import step
 from ..storage.location import Location
 from ..storage.retries import with_retries
 from .paths import LATEST, partition_date, snapshot_dir, snapshot_file_name
@@ -269,17 +270,20 @@ def check_snapshot(out: Location, con: Any, records: list[dict[str, Any]]) -> li
         return [f"{len(missing)} file(s) of the latest snapshot {snap.dir} are missing, "
                 f"e.g. {missing[0]}"]
     keys = ["image_uri", "run_id", "state", "shown"]
-    register_parquet(con, "snap_check", out, list(snap.files), keys, SNAPSHOT_SCHEMA)
-    rows = int(con.execute("SELECT count(*) FROM snap_check").fetchall()[0][0])
+    with step("reading the latest snapshot"):
+        register_parquet(con, "snap_check", out, list(snap.files), keys, SNAPSHOT_SCHEMA)
+        rows = int(con.execute("SELECT count(*) FROM snap_check").fetchall()[0][0])
     if rows != snap.rows:
         return [f"the latest snapshot {snap.dir} holds {rows} rows, its record says {snap.rows}"]
-    expected = history_select(con, out, records)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE snap_expected AS SELECT {', '.join(keys)} "
-                f"FROM ({expected})")
-    extra, lacking = (int(con.execute(f"SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL "
-                                      f"SELECT * FROM {b})").fetchall()[0][0])
-                      for a, b in (("snap_check", "snap_expected"),
-                                   ("snap_expected", "snap_check")))
+    with step("reading every run's scores"):
+        expected = history_select(con, out, records)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE snap_expected AS SELECT {', '.join(keys)} "
+                    f"FROM ({expected})")
+    with step("comparing the snapshot with the runs"):
+        extra, lacking = (int(con.execute(f"SELECT count(*) FROM (SELECT * FROM {a} EXCEPT "
+                                          f"ALL SELECT * FROM {b})").fetchall()[0][0])
+                          for a, b in (("snap_check", "snap_expected"),
+                                       ("snap_expected", "snap_check")))
     if extra or lacking:
         return [f"the latest snapshot {snap.dir} differs from the committed runs' rows "
                 f"({extra} row(s) too many, {lacking} missing); the next scan's commit "

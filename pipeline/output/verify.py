@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..deadline import step
 from ..errors import PipelineError, one_line
 from ..run.lock import Lease, OutputLocked, lease_expired, read_lease
 from ..storage.location import FilesystemWrapper, Location
@@ -114,16 +115,19 @@ def verify(out: str, storage_options: Mapping[str, Any] | None = None, run_id: s
 
 def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: float | None,
            workdir: str) -> None:
-    records = _records(loc, report, only)
-    score_files = _score_files(loc)
-    staged = set(loc.ls_names(STAGING))
+    with step("reading run records"):
+        records = _records(loc, report, only)
+        score_files = _score_files(loc)
+        staged = set(loc.ls_names(STAGING))
     con = duckdb_connect(workdir)
     try:
         for rid, record in records.items():
-            _check_run(loc, con, report, rid, record, score_files.get(rid, []))
+            with step(f"checking run {rid}"):
+                _check_run(loc, con, report, rid, record, score_files.get(rid, []))
         if only is None:  # the `latest` snapshot against the runs' own rows
-            for message in check_snapshot(loc, con, committed_records(loc)):
-                report.add("snapshot", None, message)
+            with step("checking the latest snapshot"):
+                for message in check_snapshot(loc, con, committed_records(loc)):
+                    report.add("snapshot", None, message)
     finally:
         con.close()
     for rid, files in sorted(score_files.items()):
@@ -134,7 +138,9 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
         rid = run_id_of_store(name)
         if rid not in records and rid not in staged and only in (None, rid):
             report.add("orphan", rid, f"map store {MAPS}/{name} has no run record or staging")
-    for left in _leftovers(loc, only, expiry_s):
+    with step("looking for staging leftovers"):
+        leftovers = _leftovers(loc, only, expiry_s)
+    for left in leftovers:
         committed = "committed run; the scan's cleanup was interrupted" if left.committed \
             else "uncommitted: a rerun of the same scan would resume it"
         report.add("staging", left.run_id, f"abandoned {left.path} (last written "
@@ -200,12 +206,13 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
                    f"(readers of scores/ would count their rows twice), e.g. {extra[0]}")
     if record.get("vanished_file") and not loc.exists(record["vanished_file"]):
         report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
-    register_parquet(con, "run_rows", loc, files,
-                     ["image_uri", "status", "is_anomalous", "map_store", "map_index", "run_id"],
-                     SCORES_SCHEMA)
-    total, ok, failed, foreign = (int(v or 0) for v in _one_row(
-        con, "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'error'), "
-        f"count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows"))
+    with step(f"reading scores of run {rid}"):
+        register_parquet(con, "run_rows", loc, files, ["image_uri", "status", "is_anomalous",
+                                                       "map_store", "map_index", "run_id"],
+                         SCORES_SCHEMA)
+        total, ok, failed, foreign = (int(v or 0) for v in _one_row(
+            con, "SELECT count(*), count(*) FILTER (status = 'ok'), count(*) FILTER "
+            f"(status = 'error'), count(*) FILTER (run_id <> {sql_str(rid)}) FROM run_rows"))
     report.rows_checked += total
     counts = record.get("counts") or {}
     expected = {"rows": (record.get("rows"), total), "counts.scored": (counts.get("scored"), ok),
@@ -217,12 +224,14 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
     if ok + failed != total or foreign:
         report.add("counts", rid, f"{total - ok - failed} row(s) with an unknown status and "
                    f"{foreign} row(s) of another run_id in this run's files")
-    dupes = con.execute("SELECT image_uri FROM run_rows GROUP BY image_uri HAVING count(*) > 1 "
-                        "ORDER BY image_uri").fetchall()
+    with step(f"reading scores of run {rid}"):
+        dupes = con.execute("SELECT image_uri FROM run_rows GROUP BY image_uri HAVING "
+                            "count(*) > 1 ORDER BY image_uri").fetchall()
     if dupes:
         report.add("duplicates", rid, f"{len(dupes)} image_uri(s) appear more than once, e.g. "
                    + ", ".join(d[0] for d in dupes[:MAX_LISTED]))
-    _check_maps(loc, con, report, rid, record, total)
+    with step(f"checking the maps of run {rid}"):
+        _check_maps(loc, con, report, rid, record, total)
 
 
 def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,

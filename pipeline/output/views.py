@@ -1,8 +1,9 @@
 """Reading a scan's committed outputs: score rows, maps, run records, and SQL over them.
 
 Only complete runs count: their records (written last, at commit) name the score files to
-read, so the files of a run still committing are never opened. Everything goes through fsspec +
-pyarrow (DuckDB's httpfs extension is not assumed to be installable, e.g. offline); Parquet is
+read, so the files of a run still committing are never opened. Parquet is read through the
+Location's native pyarrow filesystem (storage/arrow_fs.py; DuckDB's httpfs extension is not
+assumed to be installable, e.g. offline), everything else through fsspec; Parquet is
 handed to DuckDB as a lazy Arrow dataset, which it scans with projection and filter pushdown,
 so neither a query nor the scan's diff loads the whole table into memory.
 
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 
 from vip2scan.model.files import is_uri
 
+from ..deadline import step
 from ..storage.location import Location, normalise_uri
 from .map_store import read_map_array, resize_map
 from .paths import RUNS, SCORES, vanished_name
@@ -270,25 +272,30 @@ class Outputs:
         ``vanished``; bounded by :func:`query_memory_limit`, spilling to the system temp dir."""
         import duckdb
 
-        self.require_exists()
+        with step("opening the output location"):
+            self.require_exists()
         con = duckdb.connect(config={
             "memory_limit": query_memory_limit(memory_limit),
             "temp_directory": os.path.join(tempfile.gettempdir(), f"vip2scan-duckdb-{os.getpid()}")})
         con.execute("SET TimeZone = 'UTC'")
         # No progress bar: DuckDB draws it on stdout, inside `query --format csv` output.
         con.execute("SET enable_progress_bar = false")
-        records = self.run_records()
+        with step("reading run records"):
+            records = self.run_records()
         con.register("runs", self.runs_table(records))
-        con.register("vanished", self.vanished_table(records))
-        con.register("scores_all", self.scores_dataset(records))
+        with step("reading vanished lists"):
+            con.register("vanished", self.vanished_table(records))
+        with step("opening score files"):
+            con.register("scores_all", self.scores_dataset(records))
         # Rows of a run whose record is missing belong to a run that is still committing.
         con.execute("CREATE VIEW scores AS SELECT * FROM scores_all WHERE run_id IN (SELECT run_id FROM runs)")
         snapshot = current_snapshot(records)
         if snapshot is None:  # an OUT written before snapshots: window over every run
             con.execute(LATEST_SQL)
         else:  # the snapshot the newest commit wrote: no window, no history read
-            register_parquet(con, "latest_snapshot", self.location, list(snapshot.files),
-                             SNAPSHOT_SCHEMA.names, SNAPSHOT_SCHEMA)
+            with step("opening the latest snapshot"):
+                register_parquet(con, "latest_snapshot", self.location, list(snapshot.files),
+                                 SNAPSHOT_SCHEMA.names, SNAPSHOT_SCHEMA)
             con.execute(f"CREATE VIEW latest AS SELECT {', '.join(VIEW_COLUMNS)} "
                         "FROM latest_snapshot WHERE shown")
         return con

@@ -14,7 +14,9 @@ billed too) to this process's counters, by request class:
 and bytes: a GET answer's Content-Length (bytes read) and a PutObject/UploadPart body (bytes
 written). The hook is botocore's ``before-send`` event, which fires once per attempt on the
 wire, after retries.py's store-health check (a request refused locally is not counted), and
-``response-received`` for a GET's size. Local files are not counted (no request is billed).
+``response-received`` for a GET's size. Local files are not counted (no request is billed),
+nor are Parquet reads through pyarrow's native S3 client (arrow_fs.py: the diff and the
+snapshot build read OUT's own score and snapshot files that way; it has no request hook).
 
 Counts are per process, like retries (retries.py): a stage reports what its process counted
 since its last report as ``io_*`` columns of its result rows (:func:`report_io`; the whole

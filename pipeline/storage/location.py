@@ -12,7 +12,8 @@ the bytes it needed (:class:`~.errors.OutputWriteError`). A ``wrapper`` (a
 picklable callable ``fs -> fs``) is applied to every filesystem a Location builds, for fault
 injection or custom retries; it is also settable for a whole process tree with the env var
 ``VIP2SCAN_FS_WRAPPER="package.module:callable"``. Secrets never appear in messages: every
-message goes through redaction.py's :func:`redact`.
+message goes through redaction.py's :func:`redact`. Parquet readers get a pyarrow filesystem
+instead (:meth:`Location.pyarrow_filesystem`, arrow_fs.py): native, with no Python callbacks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from vip2scan.model.files import is_uri
 
 from ..errors import DISK_ERRNOS, OutputWriteError, disk_error_line
 from ..output.paths import WRITE_TEMP_SUFFIX
+from .arrow_fs import reader_filesystem
 from .redaction import (install_log_redaction, redact, register_secrets, register_uri_secrets,
                         secret_option_values)
 from .retries import (configure_client, has_client_retries, is_transient, precondition_failed,
@@ -347,15 +349,10 @@ class Location:
                 names.append(name)
         return sorted(names)
 
-    def pyarrow_filesystem(self):
-        """A pyarrow filesystem over this location (native for local, fsspec-backed otherwise).
-
-        Opening files and reading their info retry transient errors, so pyarrow, DuckDB and
-        Ray Data reading through it survive a throttled or briefly failing store.
-        """
-        if self.is_local:
-            return pafs.LocalFileSystem()
-        return pafs.PyFileSystem(RetryingFSSpecHandler(self.fs))
+    def pyarrow_filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem Parquet readers use here: native for local files and S3, so
+        no reader thread calls back into Python (arrow_fs.py, the one place that decides)."""
+        return reader_filesystem(self)
 
 
 @contextlib.contextmanager
@@ -378,23 +375,3 @@ def staged_local_file(path: str, data: bytes) -> Iterator[str]:
 def write_local_atomic(path: str, data: bytes) -> None:
     with staged_local_file(path, data) as tmp:
         os.replace(tmp, path)
-
-
-class RetryingFSSpecHandler(pafs.FSSpecHandler):
-    """pyarrow's FSSpecHandler, retrying the calls that start a read where the filesystem
-    has no retries of its own (s3fs retries every request itself; retries.py).
-
-    Reads inside an open file go through the filesystem's own (s3fs) retries.
-    """
-
-    def get_file_info(self, paths):
-        return with_retries(super().get_file_info, paths, fs=self.fs)
-
-    def get_file_info_selector(self, selector):
-        return with_retries(super().get_file_info_selector, selector, fs=self.fs)
-
-    def open_input_file(self, path):
-        return with_retries(super().open_input_file, path, fs=self.fs)
-
-    def open_input_stream(self, path):
-        return with_retries(super().open_input_stream, path, fs=self.fs)

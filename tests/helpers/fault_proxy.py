@@ -17,7 +17,8 @@ drawn from a seeded random generator:
 DELETE slow; ``paths`` limits faults and delays to requests whose path contains one of the
 given substrings. ``down = True`` resets every connection as soon as it is accepted (a store
 that is down). Counters of what was seen and injected are kept in ``requests`` and
-``injected``; ``sent`` lists every request (method and target, query included).
+``injected``; ``sent`` lists every request (method and target, query included), ``agents``
+its client (User-Agent: botocore for s3fs, aws-sdk-cpp for pyarrow's native reader).
 
 The sequence of decisions is fixed by the seed; which request gets which decision also depends
 on the order in which concurrent clients' requests arrive.
@@ -89,6 +90,7 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()  # fault kind -> times injected
         self.log: list[tuple[str, str, str]] = []  # (method class, target, fault or "ok")
         self.sent: list[tuple[str, str]] = []  # (HTTP method, target with its query), in order
+        self.agents: list[str] = []  # each request's User-Agent, in the order of ``sent``
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -194,6 +196,7 @@ class FaultProxy:
                 method, target, head, body, keep_alive = request
                 with self._lock:
                     self.sent.append((method, target))
+                    self.agents.append(_user_agent(head))
                 kind = method_class(method, target)
                 fault = self._decide(kind, target)
                 self._record(kind, target, fault)
@@ -246,6 +249,14 @@ class FaultProxy:
             if fault:
                 self.injected[fault] += 1
             self.log.append((kind, target.partition("?")[0], fault or "ok"))
+
+
+def _user_agent(head: bytes) -> str:
+    for line in head.decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "user-agent":
+            return value.strip()
+    return ""
 
 
 def _read_request(reader, client: socket.socket):
