@@ -114,7 +114,7 @@ def demo(
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from vip2scan.jobs.explore import build_explorer
+    from vip2scan.jobs.explorer_page import build_explorer
     from vip2scan.jobs.formatting import format_summary
     from vip2scan.jobs.progress import ProgressBar, Terminal
     from vip2scan.jobs.report_page import build_report

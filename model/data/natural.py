@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .defects import ALL_DEFECTS, add_defect
-from .synthetic import _Writer, _sub_seed, encode_png
+from .synthetic import FileWriter, sub_seed, encode_png
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry",
           "camera", "brick", "grass", "gravel", "coins", "moon")
@@ -53,10 +53,10 @@ def write_natural_tree(root: str, per_photo: int = 4, size: int = 224, seed: int
                        storage_options: dict | None = None) -> str:
     """natural/test/good/*.png, natural/test/<defect>/*.png and their ground_truth masks:
     ``per_photo`` crops of each photo, every other one with a pasted defect (kinds in turn)."""
-    out = _Writer(root, storage_options)
+    out = FileWriter(root, storage_options)
     count = 0
     for name in PHOTOS:
-        rng = np.random.default_rng(_sub_seed(seed, name))
+        rng = np.random.default_rng(sub_seed(seed, name))
         for image in crops(_photo(name), per_photo, size, rng):
             if count % 2 == 0:
                 out.put(f"natural/test/good/{name}_{count:03d}.png", encode_png(image))

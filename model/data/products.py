@@ -23,7 +23,7 @@ EXTRA_OBJECTS = ("pill",)
 ALL_CATEGORIES = CATEGORIES + EXTRA_TEXTURES + EXTRA_OBJECTS
 
 
-def _stable_id(name: str) -> int:
+def stable_id(name: str) -> int:
     # crc32, not hash(): Python's str hash is salted per process.
     return zlib.crc32(name.encode())
 
@@ -211,7 +211,7 @@ def make_base(category: str, size: int = 256, seed: int = 0) -> tuple[np.ndarray
     """Defect-free image uint8 [size,size,3] and its foreground bool [size,size]."""
     if category not in _MAKERS:
         raise ValueError(f"unknown category {category!r}; choose from {ALL_CATEGORIES}")
-    rng = np.random.default_rng([seed, _stable_id(category)])
+    rng = np.random.default_rng([seed, stable_id(category)])
     out = _MAKERS[category](rng, size)
     img, fg = out if isinstance(out, tuple) else (out, np.ones((size, size), bool))
     y, x = _grid(size)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .defects import ALL_DEFECTS, DEFECT_TYPES, EXTRA_DEFECTS, MIN_DELTA, add_defect
 from .products import (ALL_CATEGORIES, CATEGORIES, EXTRA_OBJECTS, EXTRA_TEXTURES, OBJECTS, TEXTURES,
-                       _stable_id, make_base)
+                       stable_id, make_base)
 
 # Bumped when a product or defect changes what a (category, defect, size, seed) draws:
 # the embedded checkpoint's provenance records the version it was trained on.
@@ -44,7 +44,7 @@ def make_sample(category: str, defect: str | None = None, size: int = 256, seed:
     image, fg = make_base(category, size, seed)
     if defect is None or defect == "good":
         return image, np.zeros((size, size), np.uint8)
-    rng = np.random.default_rng([seed, _stable_id(category), _stable_id(defect)])
+    rng = np.random.default_rng([seed, stable_id(category), stable_id(defect)])
     return add_defect(image, fg, defect, rng)
 
 
@@ -59,12 +59,12 @@ def encode_png(array: np.ndarray, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
-def _sub_seed(seed: int, *parts) -> int:
-    key = [seed] + [p if isinstance(p, int) else _stable_id(p) for p in parts]
+def sub_seed(seed: int, *parts) -> int:
+    key = [seed] + [p if isinstance(p, int) else stable_id(p) for p in parts]
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
-class _Writer:
+class FileWriter:
     """Buffers files and writes them with fs.pipe in chunks (concurrent on object stores)."""
 
     def __init__(self, root: str, storage_options: dict | None, chunk: int = 128):
@@ -101,18 +101,18 @@ def write_mvtec_tree(root: str, categories=CATEGORIES, n_good: int = 10, n_defec
     <cat>/test/<defect>/NNN.png (n_defect per defect type),
     <cat>/ground_truth/<defect>/NNN_mask.png (single channel, {0,255}).
     """
-    out = _Writer(root, storage_options)
+    out = FileWriter(root, storage_options)
     n_train = n_good if n_train is None else n_train
     for cat in categories:
         for i in range(n_train):
-            img, _ = make_sample(cat, None, size, _sub_seed(seed, "train", i))
+            img, _ = make_sample(cat, None, size, sub_seed(seed, "train", i))
             out.put(f"{cat}/train/good/{i:03d}.png", encode_png(img))
         for i in range(n_good):
-            img, _ = make_sample(cat, None, size, _sub_seed(seed, "test/good", i))
+            img, _ = make_sample(cat, None, size, sub_seed(seed, "test/good", i))
             out.put(f"{cat}/test/good/{i:03d}.png", encode_png(img))
         for defect in defects:
             for i in range(n_defect):
-                img, mask = make_sample(cat, defect, size, _sub_seed(seed, f"test/{defect}", i))
+                img, mask = make_sample(cat, defect, size, sub_seed(seed, f"test/{defect}", i))
                 out.put(f"{cat}/test/{defect}/{i:03d}.png", encode_png(img))
                 out.put(f"{cat}/ground_truth/{defect}/{i:03d}_mask.png", encode_png(mask))
     out.flush()
@@ -133,17 +133,17 @@ def write_lake(root: str, n_images: int, defect_fraction: float = 0.2, size: int
     """
     if fmt not in ("png", "jpg", "jpeg"):
         raise ValueError(f"fmt must be png or jpg, not {fmt!r}")
-    rng = np.random.default_rng([seed, _stable_id("lake")])
+    rng = np.random.default_rng([seed, stable_id("lake")])
     is_defect = rng.random(n_images) < defect_fraction
     defect_ids = rng.integers(0, len(defects), n_images)
-    out = _Writer(root, storage_options)
-    masks = _Writer(mask_root, storage_options) if mask_root else None
+    out = FileWriter(root, storage_options)
+    masks = FileWriter(mask_root, storage_options) if mask_root else None
     records = []
     for i in range(n_images):
         k = i % len(categories)
         cat = categories[k]
         defect = defects[defect_ids[i]] if is_defect[i] else None
-        img, mask = make_sample(cat, defect, size, _sub_seed(seed, "lake", i))
+        img, mask = make_sample(cat, defect, size, sub_seed(seed, "lake", i))
         day = (i // len(categories)) % n_days + 1
         rel = f"line{k}/day{day:02d}/img_{i:05d}.{fmt}" if nested else f"img_{i:05d}.{fmt}"
         out.put(rel, encode_png(img, fmt))
