@@ -158,9 +158,13 @@ def evaluate(
 
     from vip2scan.model.checkpoint import save_thresholds
     from vip2scan.model.data.readers import read_dataset
+    from vip2scan.model.embedded import embedded_checkpoint, is_embedded
     from vip2scan.model.factory import ModelSpec, load_detector
     from vip2scan.model.training import checkpoints, evaluation
 
+    if calibrate and is_embedded(checkpoint):
+        raise UsageError(f"--calibrate writes thresholds into the checkpoint, and the embedded one ships with "
+                         f"vip2scan: copy {embedded_checkpoint()} to a folder of your own and calibrate that")
     so = storage_options_from_flags(storage_option) or None
     wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     samples = read_dataset(data, split=split, categories=wanted, storage_options=so)

@@ -54,6 +54,8 @@ def test_explorer_overlay_and_marker_sit_on_the_defect(browser, scanned, tmp_pat
     assert ran.exit_code == 0, ran.stderr
     explorer = out / "reports" / "explorer"
     browser.open((explorer / "index.html").as_uri())
+    browser.evaluate("location.hash = '#images'")  # the table view loads the index (lazily)
+    browser.wait_for("window.V2S.timing.tableMs !== undefined")
     shots = artifacts_dir(tmp_path / "screenshots")
     marker_hits, heat_hits, defective = 0, 0, [c for c in cases.values() if c.defective]
     for case in defective:

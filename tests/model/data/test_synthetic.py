@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vip2scan.model.data import synthetic
-from vip2scan.model.data.synthetic import (CATEGORIES, DEFECT_TYPES, MIN_DELTA, make_base,
+from vip2scan.model.data.synthetic import (ALL_CATEGORIES, ALL_DEFECTS, CATEGORIES, DEFECT_TYPES, MIN_DELTA, make_base,
                                       make_sample, write_lake, write_mvtec_tree)
 
 
@@ -27,9 +27,9 @@ def test_catalogue():
     assert DEFECT_TYPES == ("scratch", "blob", "cutpaste", "colour")
 
 
-@pytest.mark.parametrize("defect", (None,) + DEFECT_TYPES)
+@pytest.mark.parametrize("defect", (None,) + ALL_DEFECTS)
 def test_same_seed_same_bytes(defect):
-    for cat in CATEGORIES:
+    for cat in ALL_CATEGORIES:
         a_img, a_mask = make_sample(cat, defect, size=48, seed=7)
         b_img, b_mask = make_sample(cat, defect, size=48, seed=7)
         assert synthetic.encode_png(a_img) == synthetic.encode_png(b_img)
@@ -51,9 +51,9 @@ def test_shapes_and_types():
         make_sample("disc", "nope")
 
 
-@pytest.mark.parametrize("defect", DEFECT_TYPES)
+@pytest.mark.parametrize("defect", ALL_DEFECTS)
 def test_mask_is_exactly_the_changed_pixels(defect):
-    for cat in CATEGORIES:
+    for cat in ALL_CATEGORIES:
         for seed in range(3):
             base, fg = make_base(cat, size=64, seed=seed)
             img, mask = make_sample(cat, defect, size=64, seed=seed)
@@ -138,3 +138,26 @@ def test_writers_to_s3(s3_server, s3_bucket, tmp_path):
     write_mvtec_tree(f"s3://{s3_bucket}/mvtec", categories=("tile",), n_good=1, n_defect=1,
                      size=24, storage_options=opts)
     assert fs.exists(f"{s3_bucket}/mvtec/tile/ground_truth/colour/000_mask.png")
+
+
+def test_the_held_out_split_is_disjoint_from_training():
+    from vip2scan.model.data import splits
+
+    assert set(splits.HELD_OUT_CATEGORIES).isdisjoint(splits.TRAIN_CATEGORIES)
+    assert set(splits.HELD_OUT_DEFECTS).isdisjoint(splits.TRAIN_DEFECTS)
+    assert set(splits.HELD_OUT_CATEGORIES) | set(splits.TRAIN_CATEGORIES) == set(ALL_CATEGORIES)
+    assert set(splits.HELD_OUT_DEFECTS) | set(splits.TRAIN_DEFECTS) == set(ALL_DEFECTS)
+
+
+def test_lake_masks_are_kept_aside(tmp_path):
+    from PIL import Image
+
+    records = synthetic.write_lake(str(tmp_path / "lake"), 12, defect_fraction=0.5, size=48,
+                                   mask_root=str(tmp_path / "masks"))
+    for r in records:
+        if r["label"]:
+            mask = np.asarray(Image.open(r["mask_uri"]))
+            assert mask.shape == (48, 48) and mask.max() == 255
+        else:
+            assert r["mask_uri"] is None
+    assert not list((tmp_path / "lake").rglob("*mask*"))
