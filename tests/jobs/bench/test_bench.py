@@ -126,3 +126,15 @@ def test_bench_null_model_ceiling_with_ray(tmp_path, ray_local):
     assert set(report["targets"]) == {"ceiling_steady_images_per_s_local", "ceiling_first_rows_s_local",
                                       "ceiling_overhead_cpu_ms_local"}
     assert report["incremental"]["local"]["counts"]["unchanged"] == 160
+
+
+@pytest.mark.slow
+def test_bench_with_the_embedded_checkpoint(tmp_path):
+    """`--model embedded`: the shipped model, at its own size (vip2-synth, 112 px)."""
+    out = tmp_path / "bench.json"
+    _run(["bench", "--model", "embedded", "--engine", "local", "--source", "local", "--images", "32",
+          "--batch-size", "16", "--bare-seconds", "0.5", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["settings"]["model"] == "embedded"
+    assert report["environment"]["backbone"] == "vip2-synth" and report["environment"]["image_size"] == 112
+    _assert_source_measured(report, "local", 32)
