@@ -61,32 +61,33 @@ class HeadSettings:
 
 
 @dataclass
-class CalibrationSettings:
-    """A labelled set of the *training* products and defects (new seeds) on which the shipped
-    image and pixel thresholds are set at F1-max, as ``vip2scan eval --calibrate`` does."""
+class GeneratedSet:
+    """A labelled MVTec-style set drawn from the generator: per product, normal images and
+    images of each defect kind, at one size, from one seed."""
 
-    good_per_category: int = 8
-    defects_per_kind: int = 3
+    good_per_category: int
+    defects_per_kind: int
     size: int = 224
-    seed: int = 55
+    seed: int = 0
 
 
-@dataclass
-class EvalSettings:
-    """The held-out lake: unseen products, defective images carry only unseen defect kinds."""
+def calibration_set() -> GeneratedSet:
+    """Training products and defects (new seeds): the shipped image and pixel thresholds are set
+    on it at F1-max, as ``vip2scan eval --calibrate`` does."""
+    return GeneratedSet(good_per_category=8, defects_per_kind=3, seed=55)
 
-    good_per_category: int = 20
-    defects_per_kind: int = 10
-    size: int = 224
-    seed: int = 99
+
+def held_out_set() -> GeneratedSet:
+    """The held-out lake: unseen products, whose defective images carry only unseen defect kinds."""
+    return GeneratedSet(good_per_category=20, defects_per_kind=10, seed=99)
 
 
 @dataclass
 class RecipeSettings:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     head: HeadSettings = field(default_factory=HeadSettings)
-    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    calibration: GeneratedSet = field(default_factory=calibration_set)
+    eval: GeneratedSet = field(default_factory=held_out_set)
     threads: int = 2
 
     def to_dict(self) -> dict:
@@ -94,7 +95,7 @@ class RecipeSettings:
                 "calibration": asdict(self.calibration), "eval": asdict(self.eval), "threads": self.threads}
 
 
-def write_held_out_lake(root: str, settings: EvalSettings) -> str:
+def write_held_out_lake(root: str, settings: GeneratedSet) -> str:
     """The held-out evaluation set as an MVTec-style tree (what ``vip2scan eval`` reads)."""
     return write_mvtec_tree(root, categories=HELD_OUT_CATEGORIES, defects=HELD_OUT_DEFECTS,
                             n_good=settings.good_per_category, n_defect=settings.defects_per_kind,
@@ -117,7 +118,7 @@ def peak_rates(detector: Detector, records: list) -> dict[str, float]:
             "peak_near_defect": float(np.mean(near)) if near else nan}
 
 
-def calibrate(detector: Detector, root: str, settings: CalibrationSettings) -> dict:
+def calibrate(detector: Detector, root: str, settings: GeneratedSet) -> dict:
     """Set the detector's image and pixel thresholds at F1-max on a labelled calibration set."""
     write_mvtec_tree(root, categories=TRAIN_CATEGORIES, defects=TRAIN_DEFECTS, n_good=settings.good_per_category,
                      n_defect=settings.defects_per_kind, n_train=0, size=settings.size, seed=settings.seed)
