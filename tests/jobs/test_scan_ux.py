@@ -127,7 +127,9 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path, tiny_checkpoi
     try:
         first = proc.stderr.readline()  # blocks until the plan is saved and Ray is starting
         assert first == "starting Ray (local) and 1 inference actor...\n", first
-        time.sleep(2)
+        # Soon after: on a quick machine Ray starts and scores 12 tiny images in about 2 s,
+        # and a Ctrl-C after the scan ended would test nothing (it once did, in CI).
+        time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
