@@ -15,6 +15,7 @@ never got a map): use ``nanmean`` or keep slots whose scores row has ``status = 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Sequence
 
@@ -136,7 +137,10 @@ def cached_maps_array(out: Location, store_name: str, read_only: bool = True):
     """The ``maps`` array of a store, cached per process (each worker opens it once)."""
     import zarr
 
-    key = (os.getpid(), out.uri, store_name, read_only)
+    # The options are part of the key: the same OUT reached through another endpoint (or
+    # other credentials) must not reuse a store bound to the first one.
+    options = json.dumps(dict(out.storage_options), sort_keys=True, default=repr)
+    key = (os.getpid(), out.uri, options, store_name, read_only)
     array = _open_arrays.get(key)
     if array is None:
         array = zarr.open_array(zarr_store(out, store_name, read_only=read_only),

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from .. import faults
 from ..deadline import step
+from ..storage.arrow_fs import with_native_read_retries
 from ..storage.location import Location
 from ..storage.retries import with_retries
 from .paths import LATEST, partition_date, snapshot_dir, snapshot_file_name
@@ -100,7 +101,10 @@ def commit_snapshot(out: Location, run: dict[str, Any],
                                if Snapshot.from_record(r.get("latest")) is None)
                 select = history_select(con, out, [*records, run])
                 last_run = max(_run_key(r) for r in [*records, run])
-            files, rows, newest = _write(con, select, out, run["run_id"], workdir, fence)
+            # A stream cannot resume mid-way: a transient read failure writes the files again
+            # (_write starts by removing what an earlier try left).
+            files, rows, newest = with_native_read_retries(
+                _write, con, select, out, run["run_id"], workdir, fence)
         finally:
             con.close()
     if built == "incremental":

@@ -27,7 +27,9 @@ from vip2scan.model.files import is_uri
 
 from ..deadline import step
 from ..storage.location import Location, normalise_uri
+from ..storage.arrow_fs import with_native_read_retries
 from .map_store import read_map_array, resize_map
+from .read_retries import RetryingReads
 from .paths import RUNS, SCORES, vanished_name
 from .records import committed_records
 from .schema import (RUN_COUNT_FIELDS, RUNS_SCHEMA, SCORES_SCHEMA, UTC_US, VANISHED_SCHEMA,
@@ -76,9 +78,10 @@ def duckdb_connect(workdir: str) -> Any:
     $VIP2SCAN_DUCKDB_MEMORY says otherwise, spilling to ``workdir``."""
     import duckdb
 
-    return duckdb.connect(config={"temp_directory": os.path.join(workdir, "duckdb.tmp"),
-                                  "memory_limit": os.environ.get(MEMORY_ENV, "1GB"),
-                                  "preserve_insertion_order": "false", "threads": "2"})
+    return RetryingReads(duckdb.connect(config={
+        "temp_directory": os.path.join(workdir, "duckdb.tmp"),
+        "memory_limit": os.environ.get(MEMORY_ENV, "1GB"),
+        "preserve_insertion_order": "false", "threads": "2"}))
 
 
 def sql_str(value: str) -> str:
@@ -124,7 +127,7 @@ def read_scores(out: str, storage_options: Mapping[str, Any] | None = None,
     dataset = outputs.scores_dataset(outputs.run_records())
     if isinstance(dataset, pa.Table):  # no complete run yet
         return dataset.select(columns) if columns else dataset
-    return dataset.to_table(filter=filter, columns=columns)
+    return with_native_read_retries(dataset.to_table, filter=filter, columns=columns)
 
 
 def _row_fields(row: Any) -> dict[str, Any]:
@@ -269,14 +272,16 @@ class Outputs:
 
     def connect(self, memory_limit: str | None = None) -> Any:
         """A DuckDB connection with views ``runs``, ``scores`` (complete runs only), ``latest``,
-        ``vanished``; bounded by :func:`query_memory_limit`, spilling to the system temp dir."""
+        ``vanished``; bounded by :func:`query_memory_limit`, spilling to the system temp dir.
+        Its statements rerun after a transient S3 read failure (read_retries.py; ``.raw`` is
+        the plain ``duckdb`` connection)."""
         import duckdb
 
         with step("opening the output location"):
             self.require_exists()
-        con = duckdb.connect(config={
+        con = RetryingReads(duckdb.connect(config={
             "memory_limit": query_memory_limit(memory_limit),
-            "temp_directory": os.path.join(tempfile.gettempdir(), f"vip2scan-duckdb-{os.getpid()}")})
+            "temp_directory": os.path.join(tempfile.gettempdir(), f"vip2scan-duckdb-{os.getpid()}")}))
         con.execute("SET TimeZone = 'UTC'")
         # No progress bar: DuckDB draws it on stdout, inside `query --format csv` output.
         con.execute("SET enable_progress_bar = false")

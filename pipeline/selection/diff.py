@@ -31,6 +31,7 @@ from ..output.schema import SCORES_SCHEMA, VANISHED_SCHEMA
 from ..output.snapshot_ref import SNAPSHOT_SCHEMA, Snapshot, current_snapshot
 from ..output.views import duckdb_connect, register_parquet, sql_str
 from ..specs import SelectionSpec
+from ..storage.arrow_fs import with_native_read_retries
 from ..storage.location import Location
 from ..storage.retries import with_retries
 from .keyfilter import keys_kept
@@ -242,19 +243,29 @@ def _classify(con: Any, workdir: str, object_filter: ObjectFilter, source_uri: s
     """)
 
     # Vanished: known and not deleted before, absent now, and inside this run's selection
-    # (an object outside the current include/exclude filters has not vanished).
+    # (an object outside the current include/exclude filters has not vanished). A stream
+    # cannot resume mid-way: a transient read failure writes the file again.
     vanished_path = os.path.join(workdir, "vanished.parquet")
+    counts.vanished = with_native_read_retries(_write_vanished, con, vanished_path, source_uri,
+                                               object_filter, run_id)
+    con.close()
+    return DiffResult(todo_path=todo_path, vanished_path=vanished_path, counts=counts)
+
+
+def _write_vanished(con: Any, path: str, source_uri: str, object_filter: ObjectFilter,
+                    run_id: str) -> int:
+    """Write the ``prev`` URIs the listing no longer has to ``path``; returns how many."""
     root = source_uri.rstrip("/") + "/"
-    writer = pq.ParquetWriter(vanished_path, VANISHED_SCHEMA)
+    vanished = 0
+    writer = pq.ParquetWriter(path, VANISHED_SCHEMA)
     reader = con.sql("SELECT p.image_uri FROM prev p ANTI JOIN listing l USING (image_uri) "
                      "WHERE p.status <> 'vanished' ORDER BY p.image_uri").to_arrow_reader(50_000)
     for batch in reader:
         under = batch.column(0).filter(pc.starts_with(batch.column(0), root))
         uris = under.filter(keys_kept(object_filter, pc.utf8_slice_codeunits(under, len(root))))
         uris = uris.cast(pa.string())
-        counts.vanished += len(uris)
+        vanished += len(uris)
         writer.write_table(pa.table({"image_uri": uris, "run_id": [run_id] * len(uris)},
                                     schema=VANISHED_SCHEMA))
     writer.close()
-    con.close()
-    return DiffResult(todo_path=todo_path, vanished_path=vanished_path, counts=counts)
+    return vanished

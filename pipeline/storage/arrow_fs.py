@@ -13,13 +13,22 @@ pyarrow's LocalFileSystem; other protocols (gcs, memory, ...) keep the fsspec ha
 filesystem is built once per process and options (like get_filesystem's), and a Location's
 fsspec ``wrapper`` never sees these reads: a native reader has no Python calls to wrap.
 Credentials are passed to the C++ client only, never put into a message.
+
+One gap of the C++ client needs a layer above it. A ranged read smaller than an S3 error answer
+(a Parquet column chunk of a few rows is a few dozen bytes; a ``503 SlowDown`` body is ~250)
+makes the AWS SDK write the error body into a buffer sized for the range; the stream turns bad
+and the SDK reports a client-side ``INTERNAL_FAILURE`` it marks not retryable, so a single 5xx
+fails the read (apache/doris#66557 describes the same SDK path). :func:`is_transient_native_error`
+recognises those failures, and the readers run again the statement or the step that met one
+(output/read_retries.py): reads have no side effects, and a statement that fails is rolled back.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -33,8 +42,18 @@ if TYPE_CHECKING:
 # A reader must fail, not wait forever, when the store stops answering mid-body.
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 60.0
+T = TypeVar("T")
 ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+# Arrow reports an S3 failure as text only: "... AWS Error <NAME> [(HTTP status <N>)] during
+# <Operation> operation: ...". The key is quoted earlier in the same message, so only the last
+# match is Arrow's own words (a key may well contain "AWS Error SLOW_DOWN").
+_AWS_ERROR = re.compile(r"AWS Error ([A-Z_]+)(?: \(HTTP status (\d{3})\))? during \w+ operation")
+TRANSIENT_AWS_ERRORS = frozenset({
+    "INTERNAL_FAILURE",  # client side, e.g. an error body that overflowed a small read's buffer
+    "NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "THROTTLING",
+})
 
 _cache: dict[tuple, pafs.FileSystem] = {}
 _cache_lock = threading.Lock()
@@ -57,6 +76,24 @@ def reader_filesystem(location: "Location") -> pafs.FileSystem:
         if fs is None:
             fs = _cache[key] = pafs.S3FileSystem(**s3_arguments(options, bucket))
         return fs
+
+
+def is_transient_native_error(exc: BaseException) -> bool:
+    """True when ``exc`` (an Arrow or DuckDB error) reports a native S3 read that failed for a
+    reason worth one more try: throttling, a 5xx, a dropped connection, or the SDK's
+    client-side failure on an error body (the module's doc)."""
+    found = _AWS_ERROR.findall(str(exc))
+    if not found:
+        return False
+    name, status = found[-1]
+    return name in TRANSIENT_AWS_ERRORS or (status != "" and (int(status) >= 500 or status == "429"))
+
+
+def with_native_read_retries(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, run again (bounded backoff, counted as retries) while it fails
+    with :func:`is_transient_native_error`. Only for calls without side effects outside the
+    process, or that start over cleanly."""
+    return with_retries(fn, *args, retry_if=is_transient_native_error, **kwargs)
 
 
 def s3_arguments(options: Mapping[str, Any], bucket: str | None = None) -> dict[str, Any]:

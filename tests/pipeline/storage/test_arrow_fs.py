@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from vip2scan.pipeline.output.views import duckdb_connect, register_parquet
-from vip2scan.pipeline.storage.arrow_fs import RetryingFSSpecHandler, s3_arguments
+from tests.helpers.fault_proxy import FaultProxy
+from vip2scan.pipeline.storage.arrow_fs import (RetryingFSSpecHandler, is_transient_native_error,
+                                                s3_arguments)
 from vip2scan.pipeline.storage.location import Location
-from vip2scan.pipeline.storage.retries import CLIENT_MAX_ATTEMPTS
+from vip2scan.pipeline.storage.retries import CLIENT_MAX_ATTEMPTS, RETRIES
 
 SECRET = "SENTINEL-arrow-secret-5c1d"
 KEY_ID = "AKIASENTINELARROW001"
@@ -91,3 +93,55 @@ def test_duckdb_reads_s3_parquet_natively_and_no_secret_is_logged_or_raised(
     text = caplog.text + str(missing.value) + repr(missing.value)
     assert SECRET not in text and KEY_ID not in text
     assert "nope.parquet" in str(missing.value)
+
+
+# What Arrow 26 raises for a ranged read that met a 5xx (seen through tests/helpers/fault_proxy.py)
+FLUSH_FAILURE = ("Invalid Input Error: reading the stream registered as 't_arrow' failed: IOError: "
+                 "AWS Error INTERNAL_FAILURE during GetObject operation: Failed to flush response "
+                 "stream (eof: 0, bad: 1)")
+
+
+@pytest.mark.parametrize(("message", "transient"), [
+    (FLUSH_FAILURE, True),
+    ("When reading information for key 'a' in bucket 'b': AWS Error UNKNOWN (HTTP status 503) "
+     "during HeadObject operation: No response body.", True),
+    ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 28, Timeout was reached", True),
+    ("AWS Error SLOW_DOWN (HTTP status 503) during GetObject operation: Please reduce", True),
+    ("When reading information for key 'x' in bucket 'b': AWS Error ACCESS_DENIED (HTTP status 403) "
+     "during HeadObject operation: No response body.", False),
+    # a key may spell a transient error: only Arrow's own words, the last match, count
+    ("When reading key 'AWS Error SLOW_DOWN (HTTP status 503) during GetObject operation' in bucket "
+     "'b': AWS Error NO_SUCH_KEY (HTTP status 404) during GetObject operation: not found", False),
+    ("Parser Error: syntax error at or near \"SELEC\"", False),
+])
+def test_which_native_read_failures_are_retried(message, transient) -> None:
+    assert is_transient_native_error(OSError(message)) is transient
+
+
+@pytest.mark.slow  # six statements through the fault proxy, with the SDK's backoff: ~15 s
+def test_a_small_read_that_meets_a_5xx_is_retried_by_the_readers(s3_server, s3_bucket, tmp_path):
+    """A 503 on a ranged read smaller than its error body fails inside the AWS SDK as a
+    non-retryable INTERNAL_FAILURE; the readers' connection runs the statement again."""
+    out = Location.of(f"s3://{s3_bucket}/flaky", s3_server.storage_options)
+    names = [f"p{i}.parquet" for i in range(4)]
+    for i, name in enumerate(names):
+        out.write_bytes(_parquet(4 + i), name)
+    schema = pa.schema([("image_uri", pa.string()), ("n", pa.int64())])
+    plain_failures, retried = [], 0
+    for seed in range(6):
+        with FaultProxy(s3_server.endpoint_url, seed=seed, fault_rate=0.2, kinds=("503",),
+                        methods=("GET",)) as proxy:
+            flaky = Location.of(out.uri, {**s3_server.storage_options,
+                                          "endpoint_url": proxy.endpoint_url})
+            con = duckdb_connect(str(tmp_path))
+            register_parquet(con, "t", flaky, names, ["image_uri", "n"], schema)
+            before = RETRIES.total
+            assert con.execute("SELECT count(*), sum(n) FROM t").fetchone() == (22, 6 + 10 + 15 + 21)
+            retried += RETRIES.total - before
+            try:  # the same statement on the plain connection, without the retry layer
+                con.raw.execute("SELECT count(*), sum(n) FROM t").fetchone()
+            except Exception as exc:  # noqa: BLE001 - what the layer exists for
+                plain_failures.append(exc)
+            con.close()
+    assert plain_failures and all(is_transient_native_error(e) for e in plain_failures)
+    assert retried >= 1
