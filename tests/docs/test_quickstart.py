@@ -17,7 +17,7 @@ from vip2scan.model.data.synthetic import write_lake
 
 README = ROOT / "README.md"
 QUICKSTART = re.compile(r"<!-- quickstart:[^>]*-->\s*```bash\n(.*?)```", re.S)
-FIRST_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
+BASH_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
 
 
 def fresh_shell(home: Path) -> dict[str, str]:
@@ -34,7 +34,7 @@ def run_block(block: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 
 def test_the_two_commands_are_make_targets_that_use_the_venv() -> None:
-    two = FIRST_BLOCK.search(README.read_text())[1]
+    two = BASH_BLOCK.search(README.read_text())[1]
     targets = [line.split()[1] for line in two.splitlines() if line.startswith("make ")]
     assert targets == ["demo", "test"]
     for target, runs in (("demo", ".venv/bin/vip2scan demo"), ("test", ".venv/bin/python -m pytest")):
@@ -65,3 +65,10 @@ def test_the_readme_quickstart_runs_as_written_in_a_fresh_shell(tmp_path) -> Non
     ran = run_block(demo_next_step, clone, env)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
     assert "(3 rows)" in ran.stdout and "image_score" in ran.stdout, ran.stdout
+
+
+def test_the_docs_home_shows_the_same_quickstart_the_readme_runs() -> None:
+    # The site's home repeats the first scan; it must stay the block this file runs.
+    home = (ROOT / "docs" / "index.md").read_text()
+    shown = [b for b in BASH_BLOCK.findall(home) if b.startswith("source .venv/bin/activate")]
+    assert shown and all(b in QUICKSTART.findall(README.read_text()) for b in shown)
