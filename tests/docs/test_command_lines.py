@@ -50,3 +50,24 @@ def test_command_line_parses_with_the_real_cli(page: str, argv: list[str]) -> No
         argv = argv[argv.index("--") + 1:]
     ctx = parse_command_line(argv)
     assert ctx.command.name == (argv[1] if argv[0] == "jobs" else argv[0])
+
+
+def test_the_documented_config_file_fills_each_commands_options() -> None:
+    import tomllib
+
+    import typer
+
+    from vip2scan.jobs.cli import app
+    from vip2scan.jobs.config import catalog_of, config_to_defaults
+
+    page = (ROOT / "docs" / "reference" / "configuration.md").read_text()
+    (example,) = re.findall(r"^```toml\n(.*?)^```", page, re.S | re.M)
+    data = tomllib.loads(example)
+    root = typer.main.get_command(app)
+    catalog = catalog_of(root)
+    sections = [name for name, value in data.items() if isinstance(value, dict) and name in root.commands]
+    assert sections == ["scan", "report"]
+    filled = {name: config_to_defaults(data, root.commands[name], name, catalog) for name in sections}
+    assert filled["scan"]["checkpoint"] == data["scan"]["checkpoint"] and filled["scan"]["out"] == data["out"]
+    assert filled["scan"]["storage_option"] == ["endpoint_url=http://minio:9000"]
+    assert filled["report"]["top"] == 24
