@@ -34,7 +34,7 @@ from typer.core import TyperGroup
 
 from vip2scan.jobs.errors import BadParameter, UsageError, click, is_secret_name, register_secret
 
-SECTION_HELP = "TOML or YAML file of option values; flags win (README: Configuration)."
+SECTION_HELP = "TOML or YAML file of option values; flags win (docs/reference/configuration.md)."
 PARSE_ONLY = "vip2scan.parse_only"  # ctx.meta key: parse the command line, run nothing
 
 

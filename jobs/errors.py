@@ -1,6 +1,6 @@
 """How the CLI reports failures: one line on stderr, secrets blanked, a fixed exit code.
 
-Exit codes (documented in the README):
+Exit codes (documented in docs/reference/exit-codes.md):
   0  success (also a scan where some images became error rows, unless --strict)
   1  runtime error: unreachable store, bad credentials, missing checkpoint file, job failed
   2  usage error: bad flag, missing argument, missing --checkpoint, bad config file, a setting's bad value

@@ -15,7 +15,7 @@ Large photos take a shortcut that changes pixels only within resampling noise: a
 (1/2, 1/4 or 1/8, never below ``size``), and every resize by more than ``REDUCING_GAP`` first
 reduces by an integer factor (box filter) before the bicubic step. On 5-megapixel JPEGs this
 cuts decode + resize to 518 px several-fold; the effect on scores is measured by
-``vip2scan bench`` and documented in the README (Decoding large photos).
+``vip2scan bench`` and documented in docs/guide/scanning.md and docs/design/scale.md (Decoding large photos).
 
 No torch at import time: CPU decode workers import this module and should not pay for it.
 """

@@ -1,4 +1,4 @@
-"""The package layout and the dependency rules the architecture promises (see README, Layout).
+"""The package layout and the dependency rules the architecture promises (see docs/design/architecture.md, Layout).
 
 Every import counts, top-level or inside a function (a lazy import is still a dependency);
 only ``if TYPE_CHECKING:`` blocks are exempt, since they never run. ``importlib.import_module``

@@ -19,6 +19,6 @@ TRAIN_DEFECTS = tuple(d for d in ALL_DEFECTS if d not in HELD_OUT_DEFECTS)
 
 
 def describe() -> dict[str, list[str]]:
-    """The split as JSON-able lists (for provenance files and the README)."""
+    """The split as JSON-able lists (for provenance files and the docs)."""
     return {"train_categories": list(TRAIN_CATEGORIES), "train_defects": list(TRAIN_DEFECTS),
             "held_out_categories": list(HELD_OUT_CATEGORIES), "held_out_defects": list(HELD_OUT_DEFECTS)}

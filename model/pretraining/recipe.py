@@ -8,7 +8,7 @@
 4. write ``backbone.safetensors`` (float16), ``head/`` and ``provenance.json`` into OUT.
 
 Everything is seeded; on the same torch build and thread count the rebuild repeats its
-numbers (the tests run a few steps of it; the README says how long the full one takes).
+numbers (the tests run a few steps of it; docs/guide/embedded-model.md says how long the full one takes).
 """
 
 from __future__ import annotations

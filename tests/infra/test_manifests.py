@@ -149,22 +149,20 @@ def _command_lines() -> list[tuple[str, list[str]]]:
         for container in _containers(obj):
             if container.get("args") and container["image"].split("/")[-1].startswith("vip2scan"):
                 lines.append((f"{name}/{container['name']}", list(container["args"])))
-    lines += _readme_cluster_lines()
+    lines += _docs_cluster_lines()
     return lines
 
 
-def _readme_cluster_lines() -> list[tuple[str, list[str]]]:
-    text = (ROOT / "README.md").read_text()
-    match = re.search(r"^## Running on a cluster\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    assert match, "README has no 'Running on a cluster' section"
+def _docs_cluster_lines() -> list[tuple[str, list[str]]]:
+    text = (ROOT / "docs" / "guide" / "cluster.md").read_text()
     lines = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", match.group(1), re.S):
+    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S):
         joined = block.replace("\\\n", " ")
         for line in joined.splitlines():
             line = line.split(" #")[0].strip()
             if line.startswith("vip2scan "):
-                lines.append(("README", shlex.split(line)[1:]))
-    assert lines, "README's cluster section names no vip2scan command"
+                lines.append(("docs/guide/cluster.md", shlex.split(line)[1:]))
+    assert lines, "docs/guide/cluster.md names no vip2scan command"
     return lines
 
 

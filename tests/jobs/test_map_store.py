@@ -54,7 +54,7 @@ def test_xarray_opens_the_store_without_warnings_and_slots_name_their_rows(scann
             assert np.isfinite(maps[slot].values).all()
         else:  # an error row has no map: its planned slot stays NaN (documented)
             assert row["map_index"] is None and np.isnan(maps[slot].values).all()
-    # float16 sums overflow: averages go through float32 (as the README says)
+    # float16 sums overflow: averages go through float32 (as docs/reference/map-store.md says)
     assert 0.0 <= float(maps.astype("float32").mean(skipna=True)) <= 1.0
 
 

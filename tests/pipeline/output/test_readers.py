@@ -1,6 +1,7 @@
-"""The README's reader recipes, run as written, agree on every column's type.
+"""The documentation's reader recipes, run as written, agree on every column's type.
 
-Each fenced block after a ``<!-- reader: NAME -->`` marker in README.md is executed against a
+Each fenced block after a ``<!-- reader: NAME -->`` marker in the docs (docs/guide/analysts.md,
+"Reading the files directly"; found in whichever page holds it) is executed against a
 real OUT (two nights, one object vanished in between), with the documentation's OUT path
 swapped for the local one. DuckDB, pyarrow, pandas, polars and the package's ``read_scores``
 must return the same columns with the same types (``scan_date`` a date everywhere); the Spark
@@ -21,13 +22,16 @@ from vip2scan.model.data.synthetic import write_lake
 from vip2scan.pipeline import ScanOptions, scan
 from vip2scan.pipeline.output.schema import SCORES_SCHEMA
 
-README = ROOT / "README.md"
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
 DOC_OUT = "s3://results/vip2scan"
 MARKER = re.compile(r"<!-- reader: ([\w-]+) -->\s*```(\w+)\n(.*?)```", re.S)
 
 
 def recipes() -> dict[str, tuple[str, str]]:
-    return {name: (lang, code) for name, lang, code in MARKER.findall(README.read_text())}
+    found = [(name, lang, code, page) for page in PAGES for name, lang, code in MARKER.findall(page.read_text())]
+    names = [name for name, *_ in found]
+    assert len(names) == len(set(names)), f"a reader recipe is in the docs twice: {sorted(names)}"
+    return {name: (lang, code) for name, lang, code, _ in found}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def run_recipe(name: str, out: Path) -> pa.Table:
     if lang == "sql":
         return duckdb.sql(code).fetch_arrow_table()
     scope: dict = {}
-    exec(compile(code, f"README:{name}", "exec"), scope)  # noqa: S102 - our own README
+    exec(compile(code, f"docs:{name}", "exec"), scope)  # noqa: S102 - our own docs
     result = scope.get("df", scope.get("table"))
     if hasattr(result, "to_arrow"):  # polars
         return result.to_arrow()
