@@ -147,6 +147,15 @@ def test_alerts_over_six_nights(tmp_path: Path, tiny_checkpoint: str, hook: Hook
     assert since.exit_code == 0 and since.stdout.count("alert:") == 1
     assert "line2/ error rows" in since.stdout and since.stdout.count("changed:") == 2
 
+    # the explorer's per-night chart marks the two nights; its overview lists the alerts
+    assert invoke("explore", str(out), "--max-images", "0").exit_code == 0
+    meta_js = (out / "reports" / "explorer" / "data" / "meta.js").read_text()
+    meta = json.loads(meta_js[meta_js.index("(") + 1:meta_js.rindex(")")])
+    assert [(d["night"], d.get("alerts", 0)) for d in meta["per_night"]] == [
+        (r["scan_date"], int(i in (3, 4))) for i, r in enumerate(records)]
+    assert [(a["group"], a["kind"]) for a in meta["alerts"] if a["alert"]] == [
+        ("line1/", "flagged"), ("line2/", "errors")]
+
     # a failing and a hanging webhook: the run commits, the failure is one line
     hook.status = 500
     failing = scan(NEW_THRESHOLD, "--notify", hook.url)
