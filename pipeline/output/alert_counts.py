@@ -23,6 +23,7 @@ from .views import duckdb_connect, register_parquet
 log = logging.getLogger(__name__)
 
 TOP_LEVEL = "(top level)"  # objects right under a run's source (the explorer's name too)
+NO_MATCH = "(no match)"  # objects under no prefix matching a --by glob (calibrate's name too)
 COUNT_SQL = """
 SELECT run_id, regexp_replace(image_uri, '/[^/]*$', '') AS folder, count(*) AS rows,
        count(*) FILTER (status = 'ok') AS ok,
@@ -42,7 +43,9 @@ def folder_group(folder: str, roots: Sequence[str], by: str) -> tuple[str, str]:
     """(group, absolute prefix) of the objects in ``folder``."""
     root, key = relative_key(folder + "/", roots)
     group = group_of(key, by)
-    return (group, root + group) if group is not None else (TOP_LEVEL, root)
+    if group is None:  # right under the source, or (with a --by glob) under no match
+        return (TOP_LEVEL if by == DEFAULT_BY else NO_MATCH), root
+    return group, root + group
 
 
 def count_files(out: Location, records: Sequence[dict[str, Any]], roots: Sequence[str],
