@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "explore",
     "map",
     "verify",
+    "alerts",
     "calibrate",
     "train",
     "train_embedded",

@@ -41,6 +41,7 @@ __all__ = ["click", "UsageError", "BadParameter", "JobError", "OUTCOMES", "repor
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
+EXIT_ALERT = 4  # scan --fail-on-alert: the run committed, and raised an anomaly-rate alert
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; a SIGTERM (pipeline.run.holder.Terminated) carries 143
 
 

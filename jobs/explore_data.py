@@ -182,6 +182,9 @@ def gather(outputs: "Outputs") -> LakeState:
             for name in ("n", "ok", "anomalous", "errors"):
                 night[name] += int(item[name])
             night["runs"] += 1
+    alerts = run_alerts(records)
+    for item in alerts:
+        per_night[item["night"]]["alerts"] = per_night[item["night"]].get("alerts", 0) + item["alert"]
     errors = [(i, str(rows.column("error")[i].as_py() or "")) for i in np.flatnonzero(is_error)]
     meta = {
         "out": outputs.location.display(),
@@ -200,9 +203,18 @@ def gather(outputs: "Outputs") -> LakeState:
         "error_reasons": [{"reason": r, "n": n} for r, n in
                           Counter(reason for _, reason in errors).most_common(MAX_REASONS)],
         "errors": [[int(i), reason] for i, reason in errors[:MAX_ERRORS_LISTED]],
-        "n_rows": rows.num_rows, "chunk_rows": CHUNK_ROWS,
+        "n_rows": rows.num_rows, "chunk_rows": CHUNK_ROWS, "alerts": alerts,
     }
     return LakeState(meta=meta, index=index, rows=rows, history=history, run_ids=run_ids)
+
+
+def run_alerts(records: dict[str, dict]) -> list[dict[str, Any]]:
+    """The anomaly-rate alerts (``alert``: 1) and model or threshold changes (0) the runs
+    recorded at their commits (pipeline/output/alerts.py), oldest first, by night."""
+    return [{"night": night_of(record), "run": run_id, "group": item.get("group"),
+             "kind": item.get("kind"), "alert": int(key == "alerts"), "line": item.get("line")}
+            for run_id, record in records.items() for key in ("alerts", "alert_changes")
+            for item in record.get(key) or [] if isinstance(item, dict)]
 
 
 def group_history(uris: list[str], hist_rows: "pa.Table", run_index: dict[str, int],

@@ -87,6 +87,12 @@ def engine_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
+def alert_lines(summary: RunSummary) -> list[str]:
+    """One line per anomaly-rate alert and per model or threshold change of a group."""
+    return ([f"  alert: {a.get('line', '')}" for a in getattr(summary, "alerts", None) or []]
+            + [f"  changed: {c.get('line', '')}" for c in getattr(summary, "alert_changes", None) or []])
+
+
 def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     """Counts, failures, speed, where the outputs are, and what to run next."""
     counts = dict(summary.counts or {})
@@ -111,6 +117,7 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
         shown_skipped = ", ".join(f"{k} {n}" for k, n in skipped.items())
         lines.append(f"  not scanned, no image suffix: {shown_skipped} (add formats with --suffixes)")
     lines += [f"  warning: {w}" for w in summary.warnings]
+    lines += alert_lines(summary)
     failed = int(counts.get("failed", 0) or 0)
     if failed:
         lines.append(f"  {failed} image(s) could not be scored (status='error' rows, with the reason)")

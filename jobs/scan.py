@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
+from vip2scan.jobs.errors import EXIT_ALERT, EXIT_PARTIAL, BadParameter, UsageError, register_secret
 from vip2scan.jobs.formatting import format_summary
 from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.storage import StorageOption
@@ -112,6 +112,15 @@ def scan(
         default_of(LimitSpec, "max_image_pixels"),
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when some images became error rows.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    fail_on_alert: Annotated[bool, typer.Option(
+        "--fail-on-alert", help="Exit 4 when the committed run raised an anomaly-rate alert "
+                                "(see `vip2scan alerts`).")] = False,
+    notify: Annotated[Optional[str], typer.Option(
+        metavar="URL", callback=check_notify_url,
+        help="POST the run's alerts as JSON to this http(s) URL after the commit (retried; "
+             "a failure is one warning line).")] = None,
+    notify_timeout: Annotated[float, typer.Option(
+        metavar="S", min=0.1, hidden=True, help="Seconds --notify may take, all tries.")] = 20.0,
     config: ConfigOption = None,
 ) -> None:
     """Score every new or changed image under SOURCE into Parquet rows and Zarr anomaly maps."""
@@ -157,8 +166,31 @@ def scan(
         bar.close()
         terminal.close()
     typer.echo(format_summary(summary, out, storage_options))
+    if notify and summary.run_id:
+        from vip2scan.pipeline.output.paths import REPORTS
+        from vip2scan.pipeline.run.webhook import post_json, run_payload
+
+        explorer = f"{summary.out.rstrip('/')}/{REPORTS}/explorer/index.html"
+        typer.echo(post_json(notify, run_payload(summary, explorer), budget_s=notify_timeout).line)
+    if fail_on_alert and summary.alerts:
+        raise typer.Exit(EXIT_ALERT)
     if strict and int((summary.counts or {}).get("failed", 0) or 0) > 0:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def check_notify_url(value: Optional[str]) -> Optional[str]:
+    """An http(s) URL; remembered as a secret, so no message ever quotes its token."""
+    if value is None:
+        return None
+    from vip2scan.pipeline.run.webhook import WebhookError, check_webhook_url
+    from vip2scan.pipeline.storage.redaction import register_uri_secrets
+
+    register_secret(value)
+    register_uri_secrets(value)
+    try:
+        return check_webhook_url(value)
+    except WebhookError as exc:
+        raise BadParameter(str(exc)) from None
 
 
 def parse_maps_mode(value: str | None) -> str | None:

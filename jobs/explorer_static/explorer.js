@@ -276,7 +276,7 @@
       var bar = svg("g", {}, [
         svg("title", { text: d.title }),
         svg("text", { x: labelW - 6, y: y + 12, "text-anchor": "end", text: d.label }),
-        svg("rect", { x: labelW, y: y + 2, width: w, height: rowH - 5, "class": "bar" + (d.hot ? " hot" : "") }),
+        svg("rect", { x: labelW, y: y + 2, width: w, height: rowH - 5, "class": "bar" + (d.hot ? " hot" : "") + (d.alert ? " alert" : "") }),
         svg("text", { x: labelW + w + 4, y: y + 12, text: d.text })
       ]);
       if (d.onclick) { bar.style.cursor = "pointer"; bar.addEventListener("click", d.onclick); }
@@ -338,13 +338,20 @@
                text: rateText(d),
                title: d.prefix + ": " + d.anomalous + " anomalous of " + d.ok + " ok, " + d.errors + " errors" };
     }), 420));
+    var alertsOf = function (night) { return (meta.alerts || []).filter(function (a) { return a.night === night; }); };
     clear($("chart-night")).appendChild(hbars(meta.per_night.map(function (d) {
-      return { label: d.night, value: rate(d), hot: d.anomalous > 0,
+      var marks = alertsOf(d.night).map(function (a) { return "\n" + (a.alert ? "alert: " : "changed: ") + a.line; }).join("");
+      return { label: (d.alerts ? "\u26a0 " : "") + d.night, value: rate(d), hot: d.anomalous > 0, alert: d.alerts > 0,
                text: rateText(d),
                title: d.night + ": " + d.n + " rows in " + d.runs + " run(s), " + d.anomalous +
-                 " anomalous, " + d.errors + " errors" };
+                 " anomalous, " + d.errors + " errors" + marks };
     }), 420));
     clear($("chart-hist")).appendChild(histogramChart(meta.histogram, meta.thresholds));
+    var shown = (meta.alerts || []).filter(function (a) { return a.alert; }), box = clear($("alerts"));
+    if (shown.length) {
+      box.appendChild(el("p", { className: "warning", text: shown.length + " anomaly-rate alert(s) (vip2scan alerts OUT lists them):" }));
+      box.appendChild(el("ul", {}, shown.map(function (a) { return el("li", { text: a.night + "  " + a.line }); })));
+    }
     $("render-note").textContent = "Pre-rendered pictures: " + meta.rendered + " of " + meta.n_rows +
       " images (the most anomalous half of --max-images " + meta.max_images + ", then a fixed sample" +
       " of the rest). Any other image's map: vip2scan map " + meta.out + " IMAGE_URI --png map.png. " +

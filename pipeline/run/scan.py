@@ -25,6 +25,7 @@ from .. import faults
 from ..engines import EngineChoice, choose_engine
 from ..errors import ScanError, one_line, write_failure
 from ..options import ScanOptions, TodoCallback
+from ..output.alert_counts import alert_fields
 from ..output.calibration import CalibrationError, resolve_thresholds
 from ..output.paths import new_run_id, record_name, scores_partition
 from ..output.schema import STATUS_COMPLETE
@@ -96,6 +97,10 @@ class RunSummary:
     engine_reason: str = ""
     engine_log: str | None = None
     pending: PendingRun | None = None  # dry run: the interrupted run the next scan resumes
+    # Anomaly-rate shifts against the groups' recent nights, and model/threshold changes
+    # (pipeline/output/alerts.py); as in the run record.
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alert_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -318,6 +323,11 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         latest = commit_snapshot(out, {"run_id": plan.run_id, "model_id": plan.model_id,
                                        "started_at": plan.started_at, "files": result.files,
                                        "vanished_file": vanished_file}, fence)
+        alerting = alert_fields(out, {
+            "run_id": plan.run_id, "source": plan.source, "model_id": plan.model_id,
+            "scan_date": plan.scan_date, "files": result.files,
+            "image_threshold": plan.thresholds.image_threshold,
+            "image_thresholds": plan.thresholds.image_thresholds})
         wall_s = stats.wall_s()
         images_per_s = stats.rows_staged / wall_s if wall_s > 0 else 0.0
         finished = dt.datetime.now(dt.timezone.utc)
@@ -329,7 +339,7 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         images_per_s=images_per_s, stage_s=stats.stage_s, io_counts=stats.io(),
         inference_started=stats.inference_started),
         "skipped_by_suffix": plan.skipped_by_suffix, "warnings": plan.warnings,
-        "latest": latest})
+        "latest": latest, **alerting})
     return RunSummary(
         run_id=plan.run_id, status=STATUS_COMPLETE, counts=counts, wall_s=wall_s,
         images_per_s=images_per_s, out=out.display(),
@@ -343,4 +353,5 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         threshold_source=plan.thresholds.threshold_source,
         image_thresholds=dict(plan.thresholds.image_thresholds),
         threshold_note=model.thresholds.note
-        if plan.thresholds.threshold_source == model.thresholds.threshold_source else "")
+        if plan.thresholds.threshold_source == model.thresholds.threshold_source else "",
+        alerts=alerting["alerts"], alert_changes=alerting["alert_changes"])
