@@ -11,6 +11,7 @@ from vip2scan.jobs.errors import EXIT_PARTIAL, BadParameter, UsageError
 from vip2scan.jobs.formatting import format_summary
 from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.storage import StorageOption
+from vip2scan.jobs.terminal import printable
 from vip2scan.pipeline.options import ScanOptions
 from vip2scan.pipeline.specs import EngineSpec, LimitSpec, MapSpec, default_of
 
@@ -39,7 +40,7 @@ def parse_actors(value: Optional[str]) -> Optional[tuple[int, int]]:
 
 def print_todo(reason: str, image_uri: str) -> None:
     """One line per object a dry run would score: the reason, then the URI (cut -c11-)."""
-    typer.echo(f"{reason:<9} {image_uri}")
+    typer.echo(f"{reason:<9} {printable(image_uri)}")
 
 
 def scan(
