@@ -33,7 +33,7 @@ class Terminal:
         self.stream, self._owned = terminal_stream()
 
     def say(self, line: str) -> None:
-        self.stream.write(printable(line) + "\n")
+        self.stream.write("\n".join(printable(part) for part in line.split("\n")) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
