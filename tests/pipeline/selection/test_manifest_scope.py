@@ -54,3 +54,21 @@ def test_an_entry_outside_source_needs_the_flag(places, tiny_checkpoint):
     allowed = dry_run(places, tiny_checkpoint, ["a.png", other], "--manifest-any-source")
     assert allowed.exit_code == 0, allowed.stderr
     assert "listed 2," in allowed.stdout
+
+
+@pytest.mark.parametrize("entry, refused", [
+    ("file:///home/me/secret.png", "1 manifest entry lies outside SOURCE s3://lake/line3/"),
+    ("s3://bucket/out/reports/explorer/img/0.png", "1 manifest entry lies inside OUT s3://bucket/out/"),
+])
+def test_an_s3_scan_refuses_a_local_entry_and_one_in_its_out(tmp_path, entry, refused):
+    from vip2scan.pipeline.errors import ScanError
+    from vip2scan.pipeline.selection.listing import ObjectFilter
+    from vip2scan.pipeline.selection.manifest import read_manifest
+    from vip2scan.pipeline.storage.location import Location
+
+    manifest = tmp_path / "inventory.csv"
+    manifest.write_text(f"image_uri\ns3://lake/line3/a.png\n{entry}\n")
+    src, out = Location.of("s3://lake/line3"), Location.of("s3://bucket/out")
+    with pytest.raises(ScanError, match=refused):
+        read_manifest(Location.of(str(manifest)), src, str(tmp_path / "m.parquet"), ObjectFilter(),
+                      out=out, any_source="outside" not in refused)
