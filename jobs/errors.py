@@ -102,7 +102,10 @@ def headline(exc: BaseException) -> str:
     Unlike the pipeline's ``one_line`` (an error *record*: always 'Name: message', whole text
     on one line, cut to a length), this keeps a ScanError's own sentence as it is written.
     """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    from vip2scan.jobs.terminal import printable
+
+    # split on newlines only: a CR inside an object key is part of the line, shown escaped
+    lines = [printable(line.strip()) for line in str(exc).split("\n") if line.strip()]
     text = lines[0] if lines else ""
     name = type(exc).__name__
     if not text:
@@ -114,8 +117,10 @@ def headline(exc: BaseException) -> str:
 
 
 def report_usage_error(message: str, command_path: str | None) -> None:
+    from vip2scan.jobs.terminal import printable
+
     hint = f" (see '{command_path} --help')" if command_path else ""
-    sys.stderr.write(redact(f"usage error: {message}{hint}") + "\n")
+    sys.stderr.write(redact(printable(f"usage error: {message}{hint}")) + "\n")
 
 
 def report_runtime_error(exc: BaseException, debug: bool) -> None:
@@ -169,7 +174,9 @@ def _say_setting(exc: BaseException, command_path: str, debug: bool) -> None:
 
 def _say_click_error(exc: BaseException, command_path: str, debug: bool) -> None:
     assert isinstance(exc, click.exceptions.ClickException)
-    sys.stderr.write(redact(f"error: {exc.format_message()}") + "\n")
+    from vip2scan.jobs.terminal import printable
+
+    sys.stderr.write(redact(printable(f"error: {exc.format_message()}")) + "\n")
 
 
 def _say_aborted(exc: BaseException, command_path: str, debug: bool) -> None:

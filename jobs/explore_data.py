@@ -60,6 +60,7 @@ class LakeState:
     history: list[list[list]]  # per row: [night, run, status code, score, anomalous] entries
     run_ids: list[str]
     rendered: dict[int, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def chunk(self, k: int) -> list[list]:
         """Details of rows [k * CHUNK_ROWS, (k + 1) * CHUNK_ROWS): [error, width, height, run
@@ -121,11 +122,36 @@ def thresholds_in_force(records: dict[str, dict], run_ids: set[str]) -> list[dic
     return [{"value": v, "label": label} for v, label in seen]
 
 
+def drop_non_finite_thresholds(records: dict[str, dict]) -> list[str]:
+    """Blank, in place, the thresholds of run records that are not finite numbers (older
+    versions accepted `--threshold nan`): JSON, and so the page, cannot hold them. Returns one
+    warning per such run."""
+    import math
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
+    warnings = []
+    for run_id, record in records.items():
+        bad = [name for name in ("image_threshold", "pixel_threshold")
+               if record.get(name) is not None and not finite(record[name])]
+        by_prefix = record.get("image_thresholds") or {}
+        kept = {p: v for p, v in by_prefix.items() if finite(v)} if isinstance(by_prefix, dict) else {}
+        if len(kept) != len(by_prefix):
+            bad.append("image_thresholds")
+        for name in bad:
+            record[name] = kept if name == "image_thresholds" else None
+        if bad:
+            warnings.append(f"run {run_id} recorded a non-finite {', '.join(bad)}: shown as none")
+    return warnings
+
+
 def gather(outputs: "Outputs") -> LakeState:
     """Read the lake's current state and its history into the explorer's JSON shapes."""
     from vip2scan.pipeline.output.calibration import relative_key
 
     records = {r["run_id"]: r for r in outputs.run_records()}
+    warnings = drop_non_finite_thresholds(records)
     roots = sorted({str(r.get("source")) for r in records.values() if r.get("source")}, key=len)
     con = outputs.connect()
     try:
@@ -205,7 +231,8 @@ def gather(outputs: "Outputs") -> LakeState:
         "errors": [[int(i), reason] for i, reason in errors[:MAX_ERRORS_LISTED]],
         "n_rows": rows.num_rows, "chunk_rows": CHUNK_ROWS, "alerts": alerts,
     }
-    return LakeState(meta=meta, index=index, rows=rows, history=history, run_ids=run_ids)
+    return LakeState(meta=meta, index=index, rows=rows, history=history, run_ids=run_ids,
+                     warnings=warnings)
 
 
 def run_alerts(records: dict[str, dict]) -> list[dict[str, Any]]:

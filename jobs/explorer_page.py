@@ -15,8 +15,10 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import typer
 
 from vip2scan.jobs.storage import read_object
+from vip2scan.jobs.terminal import printable
 
 if TYPE_CHECKING:
     from vip2scan.jobs.explore_data import LakeState
@@ -107,6 +109,8 @@ def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[st
     outputs = Outputs(out, storage_options)
     with step("reading the lake's state"):
         state = gather(outputs)
+    for line in state.warnings:
+        typer.echo(printable(f"warning: {line}"), err=True)
     fs = outputs.fs
     folder = outputs.path(REPORTS, EXPLORER_DIR)
     if fs.exists(folder):  # ours alone: a rebuild must not leave stale chunks or pictures

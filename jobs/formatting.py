@@ -5,8 +5,9 @@ The scan command, the demo and the report page say these the same way, from here
 
 from __future__ import annotations
 
-import shlex
 from typing import TYPE_CHECKING
+
+from vip2scan.jobs.terminal import printable, shell_word
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +30,7 @@ def threshold_lines(threshold: float | None, source: str, by_prefix: dict[str, f
     if source == UNCALIBRATED:
         why = f" ({note})" if note else ""
         return [f"warning: image threshold {threshold:g} is not calibrated{why}; run "
-                f"`vip2scan calibrate {shlex.quote(out)} --expected-rate 0.01` (the fraction of "
+                f"`vip2scan calibrate {shell_word(out)} --expected-rate 0.01` (the fraction of "
                 "defective images you expect) or `vip2scan eval --calibrate` with labels"]
     per = f", {len(by_prefix)} per-prefix" if by_prefix else ""
     return [f"image threshold {threshold:.5g} ({source}{per})"]
@@ -66,12 +67,12 @@ def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
 
 def follow_up_commands(summary: RunSummary, out: str, storage_options: dict) -> list[str]:
     """Ready-to-paste query and report lines for this run (secrets never included)."""
-    flags = "".join(f" -s {shlex.quote(f'{k}={v}')}" for k, v in storage_options.items()
+    flags = "".join(f" -s {shell_word(f'{k}={v}')}" for k, v in storage_options.items()
                     if k in _PUBLIC_STORAGE_OPTIONS)
     sql = f"SELECT status, is_anomalous, count(*) AS n FROM scores WHERE run_id = '{summary.run_id}' GROUP BY ALL"
     return [
-        f"vip2scan query {shlex.quote(out)} \"{sql}\"{flags}",  # run ids are [0-9A-Za-z-]: safe in "..."
-        f"vip2scan report {shlex.quote(out)} --run {summary.run_id}{flags}",
+        f"vip2scan query {shell_word(out)} \"{sql}\"{flags}",  # run ids are [0-9A-Za-z-]: safe in "..."
+        f"vip2scan report {shell_word(out)} --run {summary.run_id}{flags}",
     ]
 
 
@@ -134,4 +135,5 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     elif summary.record_uri:  # a dry run writes no record: nothing to query yet
         lines.append("next:")
         lines += [f"  {cmd}" for cmd in follow_up_commands(summary, out, storage_options)]
-    return "\n".join(lines)
+    # Keys and URIs reach these lines (warnings, locations): no raw control character may.
+    return "\n".join(printable(line) for line in lines)

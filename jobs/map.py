@@ -15,6 +15,7 @@ import typer
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.errors import JobError
 from vip2scan.jobs.storage import StorageOption, read_object, write_object
+from vip2scan.jobs.terminal import printable
 
 EXAMPLE = ("Example: vip2scan map s3://bucket/vip2scan-out s3://bucket/lake/line3/img_00042.png "
            "--png map.png --overlay")
@@ -43,7 +44,7 @@ def map_command(
         raise JobError(str(exc.args[0]) if exc.args else str(exc)) from None
     height, width = amap.shape
     x, y = peak_position(amap)
-    typer.echo(f"map of {image_uri}: {width} x {height} px, values {float(amap.min()):.4f} to "
+    typer.echo(f"map of {printable(image_uri)}: {width} x {height} px, values {float(amap.min()):.4f} to "
                f"{float(amap.max()):.4f}, maximum at x={int(x * width)} y={int(y * height)}")
     if npy:
         buffer = io.BytesIO()
@@ -60,7 +61,7 @@ def map_command(
 
             data = read_object(image_uri, storage_options)
             if data is None:
-                raise JobError(f"{image_uri} is gone: write the map alone (drop --overlay)")
+                raise JobError(f"{printable(image_uri)} is gone: write the map alone (drop --overlay)")
             image = upright_thumbnail(data, width, height, max(width, height))
             picture = Image.blend(image, picture.resize(image.size), OVERLAY_ALPHA)
         write_object(png_bytes(picture), png, storage_options)

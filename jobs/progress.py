@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from vip2scan.jobs.terminal import printable
+
 
 def terminal_stream() -> tuple[TextIO, bool]:
     """(a stream on the terminal's stderr, whether we opened it and must close it)."""
@@ -31,7 +33,7 @@ class Terminal:
         self.stream, self._owned = terminal_stream()
 
     def say(self, line: str) -> None:
-        self.stream.write(line + "\n")
+        self.stream.write("\n".join(printable(part) for part in line.split("\n")) + "\n")
         self.stream.flush()
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.errors import BadParameter, UsageError
 from vip2scan.jobs.storage import StorageOption, write_object
+from vip2scan.jobs.terminal import printable
 
 EXAMPLE = (
     "Example: vip2scan query ./demo-out/out "
@@ -35,6 +36,7 @@ def format_table(table: Any, max_rows: int) -> str:
     shown = table.slice(0, max_rows).to_pylist()
     names = table.column_names
     cells = [[_cell(row[name]) for name in names] for row in shown]
+    names = [printable(n) for n in names]
     widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths)),
              "  ".join("-" * w for w in widths)]
@@ -49,7 +51,7 @@ def _cell(value: Any) -> str:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
-    text = str(value)
+    text = printable(value)  # object keys may carry terminal escapes
     return text if len(text) <= 80 else text[:77] + "..."
 
 

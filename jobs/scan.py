@@ -11,6 +11,7 @@ from vip2scan.jobs.errors import EXIT_ALERT, EXIT_PARTIAL, BadParameter, UsageEr
 from vip2scan.jobs.formatting import format_summary
 from vip2scan.jobs.progress import ProgressBar, Terminal
 from vip2scan.jobs.storage import StorageOption
+from vip2scan.jobs.terminal import printable
 from vip2scan.pipeline.options import ScanOptions
 from vip2scan.pipeline.specs import EngineSpec, LimitSpec, MapSpec, default_of
 
@@ -39,7 +40,7 @@ def parse_actors(value: Optional[str]) -> Optional[tuple[int, int]]:
 
 def print_todo(reason: str, image_uri: str) -> None:
     """One line per object a dry run would score: the reason, then the URI (cut -c11-)."""
-    typer.echo(f"{reason:<9} {image_uri}")
+    typer.echo(f"{reason:<9} {printable(image_uri)}")
 
 
 def scan(
@@ -91,6 +92,9 @@ def scan(
         "--retry-errors", help="Also rescan objects whose last row was an error.")] = False,
     manifest: Annotated[Optional[str], typer.Option(
         metavar="FILE", help="Parquet/CSV of image_uri (e.g. S3 Inventory) instead of a listing.")] = None,
+    manifest_any_source: Annotated[bool, typer.Option(
+        "--manifest-any-source", help="Accept --manifest entries outside SOURCE (entries inside "
+                                      "OUT are always refused).")] = False,
     include: Annotated[Optional[list[str]], typer.Option(
         metavar="GLOB", help="Keys to scan, relative to SOURCE, any case; * also matches / "
                              "(repeatable).")] = None,
@@ -137,7 +141,8 @@ def scan(
         maps="none" if no_maps else parse_maps_mode(maps), map_dtype=map_dtype,
         maps_per_shard=maps_per_shard, image_threshold=image_threshold,
         pixel_threshold=pixel_threshold, full=full or None, limit=limit, dry_run=dry_run or None,
-        retry_errors=retry_errors or None, manifest=manifest, include=tuple(include or ()) or None,
+        retry_errors=retry_errors or None, manifest=manifest,
+        manifest_any_source=manifest_any_source or None, include=tuple(include or ()) or None,
         exclude=tuple(exclude or ()) or None, suffixes=tuple(suffixes or ()) or None,
         ray_address=ray_address, wait=wait or None, max_image_pixels=max_image_pixels,
         engine=engine)

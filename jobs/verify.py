@@ -9,6 +9,7 @@ import typer
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.storage import StorageOption
+from vip2scan.jobs.terminal import printable
 
 EXAMPLE = ("Example: vip2scan verify s3://bucket/vip2scan-out   (exit 0: consistent; 1: problems, "
            "listed one per line; add --fix to remove abandoned staging data)")
@@ -45,7 +46,7 @@ def verify(
     typer.echo(f"{report.out}: {len(report.problems)} problem(s) ({scope}, "
                f"{report.rows_checked} rows, {report.maps_checked} maps checked)")
     for problem in report.problems:
-        typer.echo(f"  {problem.line()}")
+        typer.echo(f"  {printable(problem.line())}")
     raise typer.Exit(1)
 
 

@@ -90,6 +90,12 @@ def default_fgp_heads(width: int) -> int:
     return heads
 
 
+def is_unit_number(value: Any) -> bool:
+    """Whether ``value`` is a finite number in [0, 1], as scores and their thresholds are."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0.0 <= value <= 1.0)
+
+
 @dataclass
 class DetectorConfig:
     """What a detector computes. ``None`` fields get the spec's defaults in resolve_config."""
@@ -125,6 +131,11 @@ class DetectorConfig:
             raise ConfigError(f"score_variant must be one of {SCORE_VARIANTS}, got {self.score_variant!r}")
         if self.n_ctx < 0 or self.n_cls < 1:
             raise ConfigError("n_ctx must be >= 0 and n_cls >= 1")
+        for name in ("image_threshold", "pixel_threshold"):
+            value = getattr(self, name)
+            # A NaN threshold flags nothing and makes every later record unserialisable as JSON.
+            if value is not None and not is_unit_number(value):
+                raise ConfigError(f"{name} must be a number from 0 to 1, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

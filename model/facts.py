@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from .config import is_unit_number
 from .errors import ModelError
 from .files import join_uri
 
@@ -128,6 +129,9 @@ def read_checkpoint_facts(uri: str, storage_options: dict | None = None) -> Chec
 
     def threshold(name: str) -> float | None:
         value = meta.get(name)
+        if value is not None and not is_unit_number(value):
+            raise CheckpointFactsError(f"{uri}: {CONFIG_FILE} has {name} {value!r}, not a number "
+                                       "from 0 to 1 (rerun `vip2scan eval --calibrate`)")
         return None if value is None else float(value)
 
     return CheckpointFacts(model_id=model_id, backbone=backbone, image_size=image_size,

@@ -67,8 +67,9 @@ class SelectionSpec:
 
     ``include``/``exclude``: globs on the key relative to SOURCE, any case, ``*`` also matches
     ``/``; ``suffixes``: image suffixes beyond the defaults (Pillow must open them); ``manifest``:
-    a Parquet/CSV listing instead of listing SOURCE; ``limit``: score at most this many (the rest
-    is deferred); ``full``: rescore unchanged objects too; ``retry_errors``: rescore unchanged
+    a Parquet/CSV listing instead of listing SOURCE; ``manifest_any_source``: accept its entries
+    outside SOURCE (never inside OUT); ``limit``: score at most this many (the rest is
+    deferred); ``full``: rescore unchanged objects too; ``retry_errors``: rescore unchanged
     objects whose last row was an error.
     """
 
@@ -76,6 +77,7 @@ class SelectionSpec:
     exclude: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()
     manifest: str | None = None
+    manifest_any_source: bool = False
     limit: int | None = None
     full: bool = False
     retry_errors: bool = False
@@ -87,6 +89,7 @@ class SelectionSpec:
         object.__setattr__(self, "exclude", texts("exclude", self.exclude))
         object.__setattr__(self, "suffixes", extra_suffixes(self.suffixes))
         text("manifest", self.manifest)
+        flag("manifest_any_source", self.manifest_any_source)
         object.__setattr__(self, "limit", whole("limit", self.limit, 1, optional=True))
         flag("full", self.full)
         flag("retry_errors", self.retry_errors)

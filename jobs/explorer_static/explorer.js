@@ -77,9 +77,33 @@
 
   function uriOf(i) { return V2S.meta.roots[V2S.index.root[i]] + V2S.index.k[i]; }
 
+  // An object's URI as a link: each path segment percent-encoded, so '#', '?' and '%3C' in a
+  // key stay part of the file name instead of starting a fragment, a query or an escape.
+  function linkTarget(uri) {
+    var m = /^([a-z][a-z0-9+.-]*:\/\/[^\/]*)(.*)$/i.exec(uri);
+    if (!m) return uri;
+    return m[1] + m[2].split("/").map(encodeURIComponent).join("/");
+  }
+
   function objectLink(uri) {
     if (!SAFE_LINK.test(uri)) return el("span", { className: "uri-title", text: uri });
-    return el("a", { href: uri, className: "uri-title", text: uri, rel: "noopener" });
+    return el("a", { href: linkTarget(uri), className: "uri-title", text: uri, rel: "noopener" });
+  }
+
+  // One shell word that bash or zsh reads back as s, as jobs/terminal.py shell_word does:
+  // 'single quotes', or $'...' with escapes when s holds control characters.
+  var SHELL_SAFE = /^[A-Za-z0-9_@%+=:,.\/-]+$/;
+  var SHELL_UNSAFE = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+  var SHELL_NAMED = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+  function shellWord(s) {
+    if (s === "") return "''";
+    if (SHELL_SAFE.test(s)) return s;
+    if (!SHELL_UNSAFE.test(s)) return "'" + s.replace(/'/g, "'\"'\"'") + "'";
+    return "$'" + s.replace(/[\\']/g, "\\$&").replace(new RegExp(SHELL_UNSAFE.source, "g"), function (c) {
+      var code = c.charCodeAt(0), hex = code.toString(16);
+      if (SHELL_NAMED[c]) return SHELL_NAMED[c];
+      return code < 0x80 ? "\\x" + ("0" + hex).slice(-2) : "\\u" + ("000" + hex).slice(-4);
+    }) + "'";
   }
 
   // ------------------------------------------------------------------ index
@@ -354,7 +378,7 @@
     }
     $("render-note").textContent = "Pre-rendered pictures: " + meta.rendered + " of " + meta.n_rows +
       " images (the most anomalous half of --max-images " + meta.max_images + ", then a fixed sample" +
-      " of the rest). Any other image's map: vip2scan map " + meta.out + " IMAGE_URI --png map.png. " +
+      " of the rest). Any other image's map: vip2scan map " + shellWord(meta.out) + " IMAGE_URI --png map.png. " +
       "Colours: " + meta.scaling + ".";
     var reasons = clear($("error-reasons")), list = clear($("error-list"));
     if (!meta.errors.length) { reasons.appendChild(el("p", { text: "No error rows among the current objects." })); return; }
@@ -452,8 +476,8 @@
           " (ticks: the run's pixel threshold when in range, and this map's maximum " + render.peak.toFixed(4) + "). " + meta.scaling + "." })]));
     } else {
       box.appendChild(el("p", { className: "legend", text: f & ERROR ? "No map: this row is an error." :
-        "Not pre-rendered (the explorer renders the most anomalous images and a sample). Its map: vip2scan map " +
-        meta.out + " '" + uri + "' --png map.png" }));
+        "Not pre-rendered (the explorer renders the most anomalous images and a sample). Its map: " +
+        ["vip2scan", "map", meta.out, uri, "--png", "map.png"].map(shellWord).join(" ") }));
     }
     box.appendChild(el("div", {}, [stats, el("h3", { text: "History across nights" }), historyBlock(meta, detail[4])]));
     view.appendChild(box);

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vip2scan.model.config import is_unit_number
 from vip2scan.model.factory import ModelFacts
 
 from ..errors import PipelineError
@@ -40,6 +41,10 @@ SOURCE_DEFAULT = "default (uncalibrated)"
 
 class CalibrationError(PipelineError):
     """Calibration cannot run or OUT's calibration file cannot be used (one line)."""
+
+
+class BadThreshold(ValueError):
+    """A calibration file's threshold that is not a number from 0 to 1."""
 
 
 def label_free_source(rate: float, by: str | None = None) -> str:
@@ -107,6 +112,12 @@ class Calibration:
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
         values["groups"] = tuple(GroupThreshold(**g) for g in values.get("groups") or ())
+        # A NaN or out-of-range threshold would flag nothing (or everything) without a word.
+        for name, value in [("image_threshold", values.get("image_threshold")),
+                            *((f"{g.group!r} threshold", g.image_threshold) for g in values["groups"]
+                              if g.image_threshold is not None)]:
+            if not is_unit_number(value):
+                raise BadThreshold(f"{name} {value!r} is not a number from 0 to 1")
         return cls(**values)
 
 
@@ -122,7 +133,8 @@ def read_calibrations(out: Location) -> dict[str, Calibration]:
         models = (content or {})["models"]
         return {model_id: Calibration.from_dict(entry) for model_id, entry in models.items()}
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise CalibrationError(f"{out.join(CALIBRATION)} is unreadable ({type(exc).__name__}); "
+        why = str(exc) if isinstance(exc, BadThreshold) else type(exc).__name__
+        raise CalibrationError(f"{out.join(CALIBRATION)} is unreadable ({why}); "
                                "rerun `vip2scan calibrate` to rewrite it") from None
 
 

@@ -11,7 +11,9 @@ Checks:
 - the ``latest`` snapshot the newest record names holds exactly what the window over every
   committed run gives (snapshot.py);
 - no staging leftover (a run's staging folder, half-written temp files) is older than the lock
-  expiry, unless the live lease belongs to that run.
+  expiry, unless the live lease belongs to that run;
+- every score file is readable Parquet (garbage is listed, not fatal), and OUT's
+  calibration.json, which every scan reads first, is usable.
 
 ``fix=True`` takes OUT's lease (so it never races a scan) and removes abandoned staging data:
 an abandoned run's staging folder and, when that run never committed, the half-written map
@@ -58,7 +60,7 @@ class VerifyError(PipelineError, RuntimeError):
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # record | files | counts | duplicates | maps | orphan | snapshot | staging | fix
+    kind: str  # record, files, unreadable, counts, duplicates, maps, orphan, snapshot, calibration, …
     run_id: str | None
     message: str
 
@@ -124,12 +126,15 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
         for rid, record in records.items():
             with step(f"checking run {rid}"):
                 _check_run(loc, con, report, rid, record, score_files.get(rid, []))
-        if only is None:  # the `latest` snapshot against the runs' own rows
+        unreadable = any(p.kind == "unreadable" for p in report.problems)
+        if only is None and not unreadable:  # the `latest` snapshot against the runs' own rows
             with step("checking the latest snapshot"):
                 for message in check_snapshot(loc, con, committed_records(loc)):
                     report.add("snapshot", None, message)
     finally:
         con.close()
+    if only is None:
+        _check_calibration(loc, report)
     for rid, files in sorted(score_files.items()):
         if rid not in records and rid not in staged and only in (None, rid):
             report.add("orphan", rid, f"{len(files)} score file(s) without a run record or "
@@ -207,6 +212,13 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
     if record.get("vanished_file") and not loc.exists(record["vanished_file"]):
         report.add("files", rid, f"vanished list {record['vanished_file']} is missing")
     with step(f"reading scores of run {rid}"):
+        broken = [f for f in files if not _readable_parquet(loc, f)]
+    if broken:
+        # Every later check reads these rows: name the files instead of failing on them.
+        report.add("unreadable", rid, f"{len(broken)} score file(s) are not readable Parquet, "
+                   f"e.g. {broken[0]}; the run's rows cannot be checked")
+        return
+    with step(f"reading scores of run {rid}"):
         register_parquet(con, "run_rows", loc, files, ["image_uri", "status", "is_anomalous",
                                                        "map_store", "map_index", "run_id"],
                          SCORES_SCHEMA)
@@ -232,6 +244,26 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
                    + ", ".join(d[0] for d in dupes[:MAX_LISTED]))
     with step(f"checking the maps of run {rid}"):
         _check_maps(loc, con, report, rid, record, total)
+
+
+def _readable_parquet(loc: Location, rel: str) -> bool:
+    """Whether ``rel`` has a Parquet footer that reads (a file of garbage has none)."""
+    import pyarrow.parquet as pq
+    try:
+        with loc.fs.open(loc.fs_path(rel), "rb") as fh:
+            pq.read_metadata(fh)
+    except Exception:  # noqa: BLE001 - any failure to read is the problem to report
+        return False
+    return True
+
+
+def _check_calibration(loc: Location, report: VerifyReport) -> None:
+    """OUT's calibration.json, which every later scan of OUT reads first, must be usable."""
+    from .calibration import CalibrationError, read_calibrations
+    try:
+        read_calibrations(loc)
+    except CalibrationError as exc:
+        report.add("calibration", None, f"{exc}; every scan of OUT stops on it")
 
 
 def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record: dict,

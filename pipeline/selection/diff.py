@@ -76,7 +76,8 @@ def list_and_diff(src: Location, out: Location, selection: SelectionSpec,
     object_filter = selection.object_filter()
     try:
         if manifest is not None:
-            tally = read_manifest(manifest, src, manifest_path, object_filter)
+            tally = read_manifest(manifest, src, manifest_path, object_filter, out=out,
+                                  any_source=selection.manifest_any_source)
         else:
             # A listing that fails midway on a transient error starts over (it rewrites the
             # manifest from scratch, so a repeat is harmless); on S3 the client retries each

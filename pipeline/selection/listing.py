@@ -58,6 +58,7 @@ class ObjectFilter:
 
 NO_SUFFIX = "(none)"
 OTHER_SUFFIXES = "(other)"
+SLASH_KEY = "(key ends in /)"
 MAX_SUFFIX_KEYS = 30  # a lake of odd names must not grow the tally (it goes into the record)
 
 
@@ -218,8 +219,15 @@ def list_prefix(source: Location, manifest_path: str, object_filter: ObjectFilte
             for page in _iter_s3(source.fs, root, page_rows):
                 for info in page:
                     name = info["name"]
-                    if info.get("type") != "file" or name.endswith("/"):
-                        continue  # folder markers are not objects of the lake
+                    if info.get("type") != "file":
+                        continue
+                    if name.endswith("/"):
+                        # An empty one is a folder marker; one with bytes ('dir.png/') is an
+                        # object no reader fetches by that name: shown as skipped, not lost.
+                        if info.get("size"):
+                            tally.seen += 1
+                            tally.count_skipped(SLASH_KEY)
+                        continue
                     rel = name[len(root):].lstrip("/")
                     if tally.keep(object_filter, rel):
                         writer.add(f"s3://{name}", info.get("size"), info.get("ETag"),

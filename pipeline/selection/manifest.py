@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from vip2scan.model.files import is_uri
 
 from .. import faults
+from ..errors import ScanError
 from ..output.schema import MANIFEST_SCHEMA, utc_timestamp
 from ..storage.location import Location, normalise_uri, split_protocol
 from .keyfilter import EXCLUDED, KEEP, key_verdicts
@@ -218,12 +219,33 @@ def _pass_listing_point(kept: int) -> None:
             faults.driver_point("listing")
 
 
+def check_scope(uris: pa.Array, source_root: str, out_root: str | None, any_source: bool) -> None:
+    """Refuse entries inside OUT (the tool's own pictures would be scored) and, unless the
+    manifest may span sources, entries outside SOURCE (a file:// entry in an S3 scan would be
+    read from this machine's disk, and explore would copy it into OUT)."""
+    if out_root is not None:
+        inside = uris.filter(pc.starts_with(uris, out_root))
+        if len(inside):
+            raise ScanError(f"{len(inside)} manifest entr{'y lies' if len(inside) == 1 else 'ies lie'}"
+                            f" inside OUT {out_root} (first: {inside[0].as_py()}): OUT holds the "
+                            "tool's own outputs; drop them from the manifest")
+    if not any_source:
+        outside = uris.filter(pc.invert(pc.starts_with(uris, source_root)))
+        if len(outside):
+            raise ScanError(f"{len(outside)} manifest entr{'y lies' if len(outside) == 1 else 'ies lie'}"
+                            f" outside SOURCE {source_root} (first: {outside[0].as_py()}): pass "
+                            "--manifest-any-source to scan entries anywhere (OUT stays excluded)")
+
+
 def read_manifest(manifest: Location, source: Location, manifest_path: str,
-                  object_filter: ObjectFilter, batch_rows: int = BATCH_ROWS) -> ListingTally:
+                  object_filter: ObjectFilter, batch_rows: int = BATCH_ROWS,
+                  out: Location | None = None, any_source: bool = False) -> ListingTally:
     """Stream an explicit listing (Parquet/CSV with image_uri [+ size_bytes, etag, mtime])
     through the filter into our Parquet manifest. Entries may be absolute URIs, absolute
-    paths or keys relative to the source; empty ones are ignored."""
+    paths or keys relative to the source; empty ones are ignored. Entries inside ``out``, and
+    unless ``any_source`` entries outside ``source``, are refused (:func:`check_scope`)."""
     root = source.uri.rstrip("/") + "/"
+    out_root = out.uri.rstrip("/") + "/" if out is not None else None
     tally = ListingTally()
     with ManifestWriter(manifest_path) as writer:
         for batch in _manifest_batches(manifest, batch_rows):
@@ -234,6 +256,7 @@ def read_manifest(manifest: Location, source: Location, manifest_path: str,
             if not len(raw):
                 continue
             uris = resolve_uris(raw, source)
+            check_scope(uris, root, out_root, any_source)
             codes, skipped = key_verdicts(object_filter, relative_keys(uris, root))
             keep = codes == KEEP
             kept = int(keep.sum())
