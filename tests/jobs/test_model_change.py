@@ -1,0 +1,67 @@
+"""A night scanned with another model than OUT's last run: one warning line, with how many
+objects it rescores, in the scan's summary and in `--dry-run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.helpers.cli_runner import Ran, invoke
+
+IMAGES = 3
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory) -> str:
+    """A second tiny model (another seed: another model_id)."""
+    from vip2scan.model.config import DetectorConfig
+    from vip2scan.model.detector import Detector
+
+    path = str(tmp_path_factory.mktemp("other") / "vip2-tiny-seed1")
+    Detector.from_config(DetectorConfig(seed=1)).save_checkpoint(path)
+    return path
+
+
+def _write_images(folder: Path, count: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = (np.random.default_rng(i).random((32, 32, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"img_{i:02d}.png")
+
+
+def _scan(lake: Path, out: Path, checkpoint: str, *extra: str) -> Ran:
+    ran = invoke("scan", str(lake), "--out", str(out), "--checkpoint", checkpoint,
+                 "--engine", "local", "--batch-size", "4", "--map-size", "16", "--no-progress",
+                 *extra)
+    assert ran.exit_code == 0, ran.stdout + ran.stderr
+    return ran
+
+
+def _model_lines(ran: Ran) -> list[str]:
+    return [line for line in ran.stdout.splitlines() if "model changed" in line]
+
+
+@pytest.mark.slow
+def test_a_scan_with_another_model_warns_and_counts_the_rescore(tmp_path, tiny_checkpoint,
+                                                                  other_checkpoint) -> None:
+    lake, out = tmp_path / "lake", tmp_path / "out"
+    _write_images(lake, IMAGES)
+    first = _scan(lake, out, tiny_checkpoint)
+    assert not _model_lines(first)
+    old_id = first.stdout.split("  model ", 1)[1].split()[0]
+
+    dry = _scan(lake, out, other_checkpoint, "--dry-run")
+    lines = _model_lines(dry)
+    assert len(lines) == 1, dry.stdout
+    assert old_id in lines[0] and f"{IMAGES} object(s) scored by {old_id}" in lines[0], lines
+
+    second = _scan(lake, out, other_checkpoint)
+    lines = _model_lines(second)
+    assert len(lines) == 1 and f"{IMAGES} object(s)" in lines[0], second.stdout
+    assert f"new {IMAGES}" in second.stdout
+
+    # The next night with the same (new) model: nothing changed, nothing said.
+    assert not _model_lines(_scan(lake, out, other_checkpoint))
