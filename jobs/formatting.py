@@ -94,6 +94,9 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     rate = f", {summary.images_per_s:.1f} images/s" if summary.images_per_s else ""
     title = f"run {summary.run_id}: {summary.status}" if summary.run_id else summary.status.replace("_", " ")
     lines = [f"{title} in {summary.wall_s:.1f} s{rate}", f"  {shown}"]
+    if counts.get("scored") and summary.flagged is not None:
+        lines.append(f"  flagged {summary.flagged} of {counts['scored']} scored images "
+                     "(is_anomalous: image_score at or above the image threshold)")
     if summary.model_id:
         lines.append(f"  model {summary.model_id}")
     lines += engine_lines(summary)

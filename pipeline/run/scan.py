@@ -96,6 +96,7 @@ class RunSummary:
     engine_reason: str = ""
     engine_log: str | None = None
     pending: PendingRun | None = None  # dry run: the interrupted run the next scan resumes
+    flagged: int | None = None  # ok rows at or above the image threshold (None: a dry run)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,7 +337,7 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         scores_uri=out.join(scores_partition(plan.scan_date)),
         maps_uri=out.join(plan.map_store) if plan.map_store else None,
         record_uri=out.join(record_name(plan.run_id)), model_id=plan.model_id,
-        scan_date=plan.scan_date, inference_started=stats.inference_started,
+        scan_date=plan.scan_date, flagged=result.flagged, inference_started=stats.inference_started,
         stage_s=dict(stats.stage_s), io=stats.io(), files=result.files,
         skipped_by_suffix=plan.skipped_by_suffix, warnings=plan.warnings,
         image_threshold=plan.thresholds.image_threshold,

@@ -1,5 +1,6 @@
-"""A night scanned with another model than OUT's last run: one warning line, with how many
-objects it rescores, in the scan's summary and in `--dry-run`."""
+"""What a scan's summary says: how many images it flagged; a night scanned with another model
+than OUT's last run gets one warning line, with how many objects it rescores (in `--dry-run`
+too)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ def _model_lines(ran: Ran) -> list[str]:
     return [line for line in ran.stdout.splitlines() if "model changed" in line]
 
 
+def _flagged_in(out: Path) -> int:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(out / "scores"), format="parquet").to_table(columns=["is_anomalous"])
+    return sum(bool(v) for v in table.column(0).to_pylist())
+
+
 @pytest.mark.slow
 def test_a_scan_with_another_model_warns_and_counts_the_rescore(tmp_path, tiny_checkpoint,
                                                                   other_checkpoint) -> None:
@@ -51,6 +59,8 @@ def test_a_scan_with_another_model_warns_and_counts_the_rescore(tmp_path, tiny_c
     _write_images(lake, IMAGES)
     first = _scan(lake, out, tiny_checkpoint)
     assert not _model_lines(first)
+    # The summary says how many images were flagged (what `query` would count).
+    assert f"  flagged {_flagged_in(out)} of {IMAGES} scored images" in first.stdout, first.stdout
     old_id = first.stdout.split("  model ", 1)[1].split()[0]
 
     dry = _scan(lake, out, other_checkpoint, "--dry-run")
