@@ -70,6 +70,8 @@ class OneLineErrorsGroup(TyperGroup):
         global _debug, _command_path
         _debug = os.environ.get("VIP2SCAN_DEBUG", "") not in ("", "0")
         _command_path = None
+        args, anywhere = without_debug_flag(sys.argv[1:] if args is None else list(args))
+        _debug = _debug or anywhere
         prog_name = prog_name or "vip2scan"
         try:
             result = super().main(args=args, prog_name=prog_name,
@@ -80,6 +82,15 @@ class OneLineErrorsGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def without_debug_flag(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` without ``--debug``, and whether it was there: every error line says "run with
+    --debug", so it is taken anywhere on the line (after the command too), up to a ``--``
+    (what follows is another command's, e.g. `submit -- scan ...`)."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [a for a in args[:end] if a != "--debug"] + args[end:]
+    return kept, len(kept) != len(args)
 
 
 app = typer.Typer(

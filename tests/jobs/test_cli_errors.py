@@ -70,6 +70,17 @@ def test_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(cli, tmp
     assert "Traceback" in debug.stderr
 
 
+def test_debug_after_the_command_shows_the_traceback_too(cli, tmp_path) -> None:
+    # Every error line says "run with --debug": where a user adds it, at the end, it works.
+    missing = str(tmp_path / "no-such-out")
+    debug = cli("query", missing, "SELECT 1", "--debug")
+    assert debug.exit_code == 1 and "No such option" not in debug.stderr
+    assert "Traceback" in debug.stderr
+    # After `--` it is the submitted command's own argument, not ours.
+    submitted = cli("submit", "--", "scan", "lake/", "--debug")
+    assert submitted.exit_code == 2 and "No such option: --debug" in submitted.stderr
+
+
 def test_error_messages_never_show_secret_values(cli, tmp_path) -> None:
     secret = "sentinel-secret-value-4242"
     ran = cli("query", str(tmp_path / secret), "SELECT 1", env={"MY_SERVICE_TOKEN": secret})
