@@ -121,6 +121,25 @@ def thresholds_in_force(records: dict[str, dict], run_ids: set[str]) -> list[dic
     return [{"value": v, "label": label} for v, label in seen]
 
 
+def mark_threshold_changes(per_night: list[dict[str, Any]], records: dict[str, dict],
+                           run_night: dict[str, int]) -> None:
+    """Give each night the image thresholds its runs used and, where they differ from the
+    previous night's, a ``threshold_change`` note: a jump in the flagged rate there is the
+    threshold's, not the lake's."""
+    used: dict[int, set[float]] = {}
+    for run_id, record in records.items():
+        if record.get("image_threshold") is not None and run_id in run_night:
+            used.setdefault(run_night[run_id], set()).add(round(float(record["image_threshold"]), 4))
+    before: set[float] | None = None
+    for j, night in enumerate(per_night):
+        now = used.get(j)
+        night["thresholds"] = sorted(now or ())
+        if now and before and now != before:
+            night["threshold_change"] = (f"threshold {', '.join(f'{v:g}' for v in sorted(before))}"
+                                         f" \u2192 {', '.join(f'{v:g}' for v in sorted(now))}")
+        before = now or before
+
+
 def gather(outputs: "Outputs") -> LakeState:
     """Read the lake's current state and its history into the explorer's JSON shapes."""
     from vip2scan.pipeline.output.calibration import relative_key
@@ -169,6 +188,10 @@ def gather(outputs: "Outputs") -> LakeState:
         "ar": scaled(float_column(rows, "anomalous_area_fraction"), 1e5),
     }
     history = group_history(uris, hist_rows, run_index, run_night)
+    # The night filter matches an object scanned that night even when a later night (a
+    # --full rescan) wrote its current row: [row, [its other nights]], only for such rows.
+    index["hn"] = [[j, others] for j, entries in enumerate(history)
+                   if (others := sorted({e[0] for e in entries} - {index["night"][j]}))]
 
     pre_arr = np.asarray(pre, dtype=np.int64)
     per_prefix = [{"prefix": p, "n": int((pre_arr == i).sum()),
@@ -182,6 +205,7 @@ def gather(outputs: "Outputs") -> LakeState:
             for name in ("n", "ok", "anomalous", "errors"):
                 night[name] += int(item[name])
             night["runs"] += 1
+    mark_threshold_changes(list(per_night.values()), records, run_night)
     errors = [(i, str(rows.column("error")[i].as_py() or "")) for i in np.flatnonzero(is_error)]
     meta = {
         "out": outputs.location.display(),

@@ -97,6 +97,8 @@
         ix.mp[i] = raw.mp[i] === null ? NaN : raw.mp[i] / 1e4;
         ix.ar[i] = raw.ar[i] === null ? NaN : raw.ar[i] / 1e5;
       }
+      ix.hn = {};  // row -> the other nights it was scanned on (its current row is newer)
+      (raw.hn || []).forEach(function (pair) { ix.hn[pair[0]] = pair[1]; });
       V2S.rawIndex = null;
       V2S.index = ix;
       V2S.timing.indexMs = performance.now() - V2S.timing.start;
@@ -112,7 +114,8 @@
     if (state.status === "normal" && (f & (ERROR | ANOMALOUS))) return false;
     if (state.rendered && !(f & RENDERED)) return false;
     if (state.prefix !== "" && ix.pre[i] !== +state.prefix) return false;
-    if (state.night !== "" && ix.night[i] !== +state.night) return false;
+    if (state.night !== "" && ix.night[i] !== +state.night &&
+        !(ix.hn[i] && ix.hn[i].indexOf(+state.night) >= 0)) return false;
     if (state.model !== "" && ix.model[i] !== +state.model) return false;
     if (state.smin !== null && !(ix.sc[i] >= state.smin)) return false;
     if (state.smax !== null && !(ix.sc[i] <= state.smax)) return false;
@@ -267,8 +270,8 @@
   }
 
   // ------------------------------------------------------------------ overview charts
-  function hbars(items, width) {
-    var rowH = 18, labelW = 130, plotW = width - labelW - 120, h = items.length * rowH + 6;
+  function hbars(items, width, markW) {
+    var rowH = 18, labelW = 130, plotW = width - labelW - 120 - (markW || 0), h = items.length * rowH + 6;
     var top = Math.max.apply(null, items.map(function (d) { return d.value; }).concat([1e-9]));
     var root = svg("svg", { width: width, height: h, role: "img" });
     items.forEach(function (d, j) {
@@ -280,6 +283,11 @@
         svg("text", { x: labelW + w + 4, y: y + 12, text: d.text })
       ]);
       if (d.onclick) { bar.style.cursor = "pointer"; bar.addEventListener("click", d.onclick); }
+      if (d.mark) {  // e.g. the image threshold changed here: the bars either side do not compare
+        bar.appendChild(svg("line", { x1: 0, x2: width, y1: y + 0.5, y2: y + 0.5, "class": "threshold-change" }));
+        bar.appendChild(svg("text", { x: width - 2, y: y + 12, "text-anchor": "end", "class": "threshold-change",
+                                      text: "\u25C6 " + d.mark }));
+      }
       root.appendChild(bar);
     });
     return root;
@@ -338,12 +346,19 @@
                text: rateText(d),
                title: d.prefix + ": " + d.anomalous + " anomalous of " + d.ok + " ok, " + d.errors + " errors" };
     }), 420));
+    var changes = meta.per_night.filter(function (d) { return d.threshold_change; }).length, markW = changes ? 190 : 0;
     clear($("chart-night")).appendChild(hbars(meta.per_night.map(function (d) {
       return { label: d.night, value: rate(d), hot: d.anomalous > 0,
-               text: rateText(d),
+               text: rateText(d), mark: d.threshold_change,
                title: d.night + ": " + d.n + " rows in " + d.runs + " run(s), " + d.anomalous +
-                 " anomalous, " + d.errors + " errors" };
-    }), 420));
+                 " anomalous, " + d.errors + " errors" +
+                 ((d.thresholds || []).length ? ", image threshold " + d.thresholds.join(", ") : "") };
+    }), 420 + markW, markW));
+    if (changes) {
+      $("chart-night").appendChild(el("p", { className: "legend", id: "threshold-change-note",
+        text: "\u25C6 the image threshold changed that night (e.g. after vip2scan calibrate): the flagged " +
+              "rates before and after it were set by different thresholds and do not compare." }));
+    }
     clear($("chart-hist")).appendChild(histogramChart(meta.histogram, meta.thresholds));
     $("render-note").textContent = "Pre-rendered pictures: " + meta.rendered + " of " + meta.n_rows +
       " images (the most anomalous half of --max-images " + meta.max_images + ", then a fixed sample" +
