@@ -73,5 +73,22 @@ def test_a_scan_with_another_model_warns_and_counts_the_rescore(tmp_path, tiny_c
     assert len(lines) == 1 and f"{IMAGES} object(s)" in lines[0], second.stdout
     assert f"new {IMAGES}" in second.stdout
 
-    # The next night with the same (new) model: nothing changed, nothing said.
-    assert not _model_lines(_scan(lake, out, other_checkpoint))
+    # The next night with the same (new) model: nothing changed, nothing said, and no
+    # scores folder named (it wrote none).
+    quiet = _scan(lake, out, other_checkpoint)
+    assert not _model_lines(quiet)
+    assert "nothing new or changed" in quiet.stdout and "scores:" not in quiet.stdout, quiet.stdout
+
+
+def test_a_resumed_runs_counts_keep_the_summary_order() -> None:
+    from vip2scan.jobs.formatting import format_summary
+    from vip2scan.pipeline import RunSummary
+
+    # A resumed run's counts come back from its plan file, keys sorted.
+    counts = dict(sorted({"listed": 5, "new": 5, "changed": 0, "unchanged": 0, "vanished": 0,
+                          "to_scan": 5, "scored": 5, "failed": 0}.items()))
+    summary = RunSummary(run_id="r1", status="complete", counts=counts, wall_s=1.0,
+                         images_per_s=5.0, out="o", scores_uri=None, maps_uri=None,
+                         record_uri=None, resumed=True)
+    line = format_summary(summary, "o", {}).splitlines()[1]
+    assert line == "  listed 5, new 5, changed 0, unchanged 0, vanished 0, to_scan 5, scored 5, failed 0"
