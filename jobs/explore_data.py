@@ -207,6 +207,7 @@ def gather(outputs: "Outputs") -> LakeState:
             night["runs"] += 1
     mark_threshold_changes(list(per_night.values()), records, run_night)
     errors = [(i, str(rows.column("error")[i].as_py() or "")) for i in np.flatnonzero(is_error)]
+    index["er"] = [[int(i), reason] for i, reason in errors]  # for the table's reason column
     meta = {
         "out": outputs.location.display(),
         "roots": root_names, "prefixes": prefixes, "nights": nights, "models": models,
@@ -223,7 +224,7 @@ def gather(outputs: "Outputs") -> LakeState:
         "thresholds": thresholds_in_force(records, set(row_runs)),
         "error_reasons": [{"reason": r, "n": n} for r, n in
                           Counter(reason for _, reason in errors).most_common(MAX_REASONS)],
-        "errors": [[int(i), reason] for i, reason in errors[:MAX_ERRORS_LISTED]],
+        "errors": [[int(i), reason, keyed[i][1]] for i, reason in errors[:MAX_ERRORS_LISTED]],
         "n_rows": rows.num_rows, "chunk_rows": CHUNK_ROWS,
     }
     return LakeState(meta=meta, index=index, rows=rows, history=history, run_ids=run_ids)
