@@ -127,10 +127,41 @@ def root(
     _debug = _debug or debug
 
 
+# The one line `vip2scan --help` lists per command: click cuts a longer docstring's first
+# sentence mid-way at 80 columns ("Score every new or changed image under SOURCE into...").
+# At most SHORT_HELP_WIDTH characters, so the list fits 80 columns whole.
+SHORT_HELP_WIDTH = 58
+SHORT_HELP = {
+    "scan": "Score new or changed images: Parquet rows, Zarr maps.",
+    "query": "Run SQL (DuckDB) over a scan's outputs.",
+    "report": "Write a static HTML report of one run.",
+    "explore": "Write a static explorer of the lake's current state.",
+    "map": "Print or save one image's anomaly map.",
+    "verify": "Check that every run under OUT is complete.",
+    "calibrate": "Set the image threshold from the lake's own scores.",
+    "train": "Train the ViP2-CLIP head on labelled images.",
+    "train-embedded": "Rebuild the embedded checkpoint from generated data.",
+    "eval": "Evaluate a checkpoint on labelled data.",
+    "convert": "Convert released CLIP or ViP2-CLIP weights.",
+    "bench": "Measure the scan pipeline against the bare model.",
+    "submit": "Submit a vip2scan command to a Ray cluster as a job.",
+    "demo": "Run the whole product offline on a generated lake.",
+    "jobs": "Inspect Ray Jobs started with `vip2scan submit`.",
+    "jobs status": "Print a submitted job's status and message.",
+    "jobs logs": "Print a submitted job's logs.",
+}
+
+
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
         module_name = f"vip2scan.jobs.{name}"
         importlib.import_module(module_name).register(app)
+    for info in app.registered_commands:
+        info.short_help = info.short_help or SHORT_HELP.get(info.name or "")
+    for group in app.registered_groups:
+        group.short_help = group.short_help or SHORT_HELP.get(group.name or "")
+        for info in group.typer_instance.registered_commands:
+            info.short_help = info.short_help or SHORT_HELP.get(f"{group.name} {info.name}")
 
 
 _register_commands()

@@ -70,6 +70,15 @@ def test_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(cli, tmp
     assert "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize("group", [[], ["jobs"]], ids=["root", "jobs"])
+def test_command_lists_fit_80_columns_without_cut_sentences(cli, group) -> None:
+    ran = cli(*group, "--help", env={"COLUMNS": "80"})
+    listed = ran.stdout.split("Commands:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert len(listed) >= 2, ran.stdout
+    for line in listed:
+        assert len(line) <= 80 and not line.rstrip().endswith("...") and line.rstrip().endswith("."), line
+
+
 def test_debug_after_the_command_shows_the_traceback_too(cli, tmp_path) -> None:
     # Every error line says "run with --debug": where a user adds it, at the end, it works.
     missing = str(tmp_path / "no-such-out")
