@@ -33,7 +33,7 @@ def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
     pad = max(1e-3, 0.05 * (high - low))
     ax.hist(scores, bins=40, range=(low - pad, high + pad), color="#4477aa")
     if threshold is not None:
-        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:g}")
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.5g}")
         ax.legend()
     ax.set_xlabel("image_score")
     ax.set_ylabel("images")
@@ -87,7 +87,7 @@ code {{ word-break: break-all; }}
 </style></head><body>
 <h1>vip2scan run <code>{esc(record["run_id"])}</code></h1>
 <p>Source <code>{esc(str(record.get("source", "")))}</code>, model <code>{esc(str(record.get("model_id", "")))}</code>,
-started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(threshold))}.</p>
+started {esc(str(record.get("started_at", "")))}, image threshold {"none" if threshold is None else f"{threshold:.5g}"}.</p>
 {"".join(f'<p class="{"warning" if n.startswith("warning:") else "note"}">{esc(n)}</p>'
          for n in threshold_notes)}
 <h2>Counts</h2>
