@@ -509,7 +509,8 @@
           el("div", { className: "marker", style: markerPlace(render) })]),
         colourBar(meta, render, run ? run.pixel_threshold : null, dw),
         el("p", { className: "legend", text: "Colour bar: map values from " + render.lo.toFixed(4) + " to " + render.hi.toFixed(4) +
-          " (ticks: the run's pixel threshold when in range, and this map's maximum " + render.peak.toFixed(4) + "). " + meta.scaling + "." })]));
+          " (ticks: the run's pixel threshold when in range, and this map's maximum " + render.peak.toFixed(4) + "). " + meta.scaling +
+          ". The same colours from the command line: vip2scan map with --png and --range " + render.lo + ":" + render.hi + "." })]));
     } else {
       box.appendChild(el("p", { className: "legend", text: f & ERROR ? "No map: this row is an error." :
         "Not pre-rendered (the explorer renders the most anomalous images and a sample). Its map: vip2scan map " +

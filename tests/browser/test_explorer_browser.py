@@ -97,6 +97,28 @@ def test_explorer_renders_only_a_bounded_set(lake, tmp_path):
     assert len(list((copy / "reports" / "explorer" / "img").glob("*-map.png"))) == 10
 
 
+def test_vip2scan_map_with_the_explorers_range_draws_the_explorers_colours(lake, explorer, tmp_path):
+    meta, = load_data(explorer, "meta.js")
+    index, = load_data(explorer, "index.js")
+    _, details = load_data(explorer, "chunk-00000.js")
+    row = next(j for j, d in enumerate(details) if d[5] and d[5]["img"])
+    render = details[row][5]
+    uri = meta["roots"][index["root"][row]] + index["k"][row]
+    theirs = np.asarray(Image.open(explorer / "img" / f"{row}-map.png").convert("RGB"), dtype=int)
+
+    def drawn(*extra: str) -> np.ndarray:
+        ran = invoke("map", str(lake.out), uri, "--png", str(tmp_path / "map.png"), *extra)
+        assert ran.exit_code == 0, ran.stderr
+        ours = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"), dtype=int)
+        assert ours.shape == theirs.shape
+        return np.abs(ours - theirs)
+
+    # The page's range is rounded to 6 decimals: a pixel may fall into the next colour step.
+    same = drawn("--range", f"{render['lo']}:{render['hi']}")
+    assert same.mean() < 0.5 and same.max() <= 8
+    assert drawn().mean() > 5 * max(same.mean(), 0.1)  # its own range: other colours
+
+
 # ------------------------------------------------------------------ in the browser
 def test_explorer_in_headless_chromium(browser, explorer, lake, latest, tmp_path):
     shots = artifacts_dir(tmp_path / "screenshots")
