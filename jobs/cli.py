@@ -50,6 +50,12 @@ class OneLineErrorsGroup(TyperGroup):
     see exactly what a shell user sees. Which line and which code: :data:`errors.OUTCOMES`.
     """
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            upper_case_arguments(command)
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         global _command_path
         try:
@@ -82,6 +88,16 @@ class OneLineErrorsGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def upper_case_arguments(command: click.Command) -> None:
+    """Name positional arguments in capitals, as the help texts do: typer shows an argument
+    without a metavar by its Python name ({out}, {image_uri}) beside ones with one ({SOURCE})."""
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = (param.name or "").upper()
+    for sub in getattr(command, "commands", {}).values():
+        upper_case_arguments(sub)
 
 
 def without_debug_flag(args: list[str]) -> tuple[list[str], bool]:

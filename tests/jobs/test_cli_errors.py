@@ -70,6 +70,17 @@ def test_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(cli, tmp
     assert "Traceback" in debug.stderr
 
 
+def test_usage_lines_name_every_argument_in_capitals(cli) -> None:
+    import re
+
+    named = {}
+    for command in (["scan"], ["query"], ["map"], ["verify"], ["convert"], ["jobs", "status"]):
+        usage = cli(*command, "--help").stdout.splitlines()[0]
+        named[" ".join(command)] = [n for n in re.findall(r"[{\[]([A-Za-z_]+)[}\]]", usage) if n != "OPTIONS"]
+    assert named["query"] == ["OUT", "SQL"] and named["map"] == ["OUT", "IMAGE_URI"], named
+    assert all(name == name.upper() for names in named.values() for name in names), named
+
+
 @pytest.mark.parametrize("group", [[], ["jobs"]], ids=["root", "jobs"])
 def test_command_lists_fit_80_columns_without_cut_sentences(cli, group) -> None:
     ran = cli(*group, "--help", env={"COLUMNS": "80"})
