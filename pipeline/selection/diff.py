@@ -93,9 +93,9 @@ def list_and_diff(src: Location, out: Location, selection: SelectionSpec,
     last = last_related_run(records, src.uri, manifest is not None)
     changed_from = None
     if last is not None and last.get("model_id") and last["model_id"] != model_id:
-        changed_from = ModelChange(str(last["run_id"]), str(last["model_id"]),
-                                   state_runs(out, src.uri, str(last["model_id"]),
-                                              manifest is not None))
+        changed_from = ModelChange(str(last["run_id"]), str(last["model_id"]), [] if snapshot else [
+            r for r in records if r.get("model_id") == last["model_id"]
+            and is_related(r, src.uri, manifest is not None)])
     result = diff_listing(manifest_path, out, previous, workdir, object_filter,
                           src.uri, run_id, full=selection.full,
                           retry_errors=selection.retry_errors, limit=selection.limit,
