@@ -51,6 +51,12 @@ class OneLineErrorsGroup(TyperGroup):
     see exactly what a shell user sees. Which line and which code: :data:`errors.OUTCOMES`.
     """
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            upper_case_arguments(command)
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         global _command_path
         try:
@@ -71,6 +77,8 @@ class OneLineErrorsGroup(TyperGroup):
         global _debug, _command_path
         _debug = os.environ.get("VIP2SCAN_DEBUG", "") not in ("", "0")
         _command_path = None
+        args, anywhere = without_debug_flag(sys.argv[1:] if args is None else list(args))
+        _debug = _debug or anywhere
         prog_name = prog_name or "vip2scan"
         try:
             result = super().main(args=args, prog_name=prog_name,
@@ -81,6 +89,25 @@ class OneLineErrorsGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def upper_case_arguments(command: click.Command) -> None:
+    """Name positional arguments in capitals, as the help texts do: typer shows an argument
+    without a metavar by its Python name ({out}, {image_uri}) beside ones with one ({SOURCE})."""
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = (param.name or "").upper()
+    for sub in getattr(command, "commands", {}).values():
+        upper_case_arguments(sub)
+
+
+def without_debug_flag(args: list[str]) -> tuple[list[str], bool]:
+    """``args`` without ``--debug``, and whether it was there: every error line says "run with
+    --debug", so it is taken anywhere on the line (after the command too), up to a ``--``
+    (what follows is another command's, e.g. `submit -- scan ...`)."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [a for a in args[:end] if a != "--debug"] + args[end:]
+    return kept, len(kept) != len(args)
 
 
 app = typer.Typer(
@@ -117,10 +144,41 @@ def root(
     _debug = _debug or debug
 
 
+# The one line `vip2scan --help` lists per command: click cuts a longer docstring's first
+# sentence mid-way at 80 columns ("Score every new or changed image under SOURCE into...").
+# At most SHORT_HELP_WIDTH characters, so the list fits 80 columns whole.
+SHORT_HELP_WIDTH = 58
+SHORT_HELP = {
+    "scan": "Score new or changed images: Parquet rows, Zarr maps.",
+    "query": "Run SQL (DuckDB) over a scan's outputs.",
+    "report": "Write a static HTML report of one run.",
+    "explore": "Write a static explorer of the lake's current state.",
+    "map": "Print or save one image's anomaly map.",
+    "verify": "Check that every run under OUT is complete.",
+    "calibrate": "Set the image threshold from the lake's own scores.",
+    "train": "Train the ViP2-CLIP head on labelled images.",
+    "train-embedded": "Rebuild the embedded checkpoint from generated data.",
+    "eval": "Evaluate a checkpoint on labelled data.",
+    "convert": "Convert released CLIP or ViP2-CLIP weights.",
+    "bench": "Measure the scan pipeline against the bare model.",
+    "submit": "Submit a vip2scan command to a Ray cluster as a job.",
+    "demo": "Run the whole product offline on a generated lake.",
+    "jobs": "Inspect Ray Jobs started with `vip2scan submit`.",
+    "jobs status": "Print a submitted job's status and message.",
+    "jobs logs": "Print a submitted job's logs.",
+}
+
+
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
         module_name = f"vip2scan.jobs.{name}"
         importlib.import_module(module_name).register(app)
+    for info in app.registered_commands:
+        info.short_help = info.short_help or SHORT_HELP.get(info.name or "")
+    for group in app.registered_groups:
+        group.short_help = group.short_help or SHORT_HELP.get(group.name or "")
+        for info in group.typer_instance.registered_commands:
+            info.short_help = info.short_help or SHORT_HELP.get(f"{group.name} {info.name}")
 
 
 _register_commands()

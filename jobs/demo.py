@@ -115,7 +115,7 @@ def demo(
     import pyarrow.csv as pacsv
 
     from vip2scan.jobs.explorer_page import build_explorer
-    from vip2scan.jobs.formatting import format_summary
+    from vip2scan.jobs.formatting import cli_command, format_summary
     from vip2scan.jobs.progress import ProgressBar, Terminal
     from vip2scan.jobs.report_page import build_report
     from vip2scan.model.data.synthetic import write_lake
@@ -138,6 +138,10 @@ def demo(
     if checkpoint == DEFAULT_CHECKPOINT:
         typer.echo("  the embedded model: a small CLIP trained on generated images, not real CLIP weights;"
                    " its thresholds were set on labelled generated images")
+    # The demo writes no checkpoint: every run scans with the same one (the same model id), so
+    # an OUT scanned before is never rescored by a checkpoint swapped underneath it.
+    typer.echo(f"  the demo writes no checkpoint of its own: every demo run scans with {checkpoint} "
+               "as it is, the same model id each time")
     terminal = Terminal()
     bar = ProgressBar(True, terminal)
     try:
@@ -147,7 +151,8 @@ def demo(
     finally:
         bar.close()
         terminal.close()
-    typer.echo(format_summary(summary, out, {}))
+    program = cli_command()  # the printed commands work pasted from this directory
+    typer.echo(format_summary(summary, out, {}, program))
 
     typer.echo("[3/4] writing the report and the explorer")
     report_uri = build_report(out, summary.run_id, top, {})
@@ -166,11 +171,13 @@ def demo(
     typer.echo(f"  scores:    {out}/{layout.SCORES}/   maps: {out}/{layout.MAPS}/   "
                f"run records: {out}/{layout.RUNS}/")
     q = shlex.quote
-    typer.echo("  try:")
-    typer.echo(f"    vip2scan query {q(out)} "
+    typer.echo("  try (from this directory, as printed):")
+    typer.echo(f"    {program} query {q(out)} "
                f"{q('SELECT image_uri, image_score FROM latest ORDER BY image_score DESC LIMIT 10')}")
-    typer.echo(f"    vip2scan scan {q(lake)} --out {q(out)} --checkpoint {q(checkpoint)}   "
+    typer.echo(f"    {program} scan {q(lake)} --out {q(out)} --checkpoint {q(checkpoint)}   "
                "# again: nothing new, finishes at once")
+    if program.endswith("/vip2scan"):
+        typer.echo(f"  (or put vip2scan on PATH first: source {q(str(Path(program).parent / 'activate'))})")
 
 
 def register(app: typer.Typer) -> None:

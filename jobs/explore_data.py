@@ -146,6 +146,25 @@ def drop_non_finite_thresholds(records: dict[str, dict]) -> list[str]:
     return warnings
 
 
+def mark_threshold_changes(per_night: list[dict[str, Any]], records: dict[str, dict],
+                           run_night: dict[str, int]) -> None:
+    """Give each night the image thresholds its runs used and, where they differ from the
+    previous night's, a ``threshold_change`` note: a jump in the flagged rate there is the
+    threshold's, not the lake's."""
+    used: dict[int, set[float]] = {}
+    for run_id, record in records.items():
+        if record.get("image_threshold") is not None and run_id in run_night:
+            used.setdefault(run_night[run_id], set()).add(round(float(record["image_threshold"]), 4))
+    before: set[float] | None = None
+    for j, night in enumerate(per_night):
+        now = used.get(j)
+        night["thresholds"] = sorted(now or ())
+        if now and before and now != before:
+            night["threshold_change"] = (f"threshold {', '.join(f'{v:g}' for v in sorted(before))}"
+                                         f" \u2192 {', '.join(f'{v:g}' for v in sorted(now))}")
+        before = now or before
+
+
 def gather(outputs: "Outputs") -> LakeState:
     """Read the lake's current state and its history into the explorer's JSON shapes."""
     from vip2scan.pipeline.output.calibration import relative_key
@@ -195,6 +214,10 @@ def gather(outputs: "Outputs") -> LakeState:
         "ar": scaled(float_column(rows, "anomalous_area_fraction"), 1e5),
     }
     history = group_history(uris, hist_rows, run_index, run_night)
+    # The night filter matches an object scanned that night even when a later night (a
+    # --full rescan) wrote its current row: [row, [its other nights]], only for such rows.
+    index["hn"] = [[j, others] for j, entries in enumerate(history)
+                   if (others := sorted({e[0] for e in entries} - {index["night"][j]}))]
 
     pre_arr = np.asarray(pre, dtype=np.int64)
     per_prefix = [{"prefix": p, "n": int((pre_arr == i).sum()),
@@ -211,7 +234,9 @@ def gather(outputs: "Outputs") -> LakeState:
     alerts = run_alerts(records)
     for item in alerts:
         per_night[item["night"]]["alerts"] = per_night[item["night"]].get("alerts", 0) + item["alert"]
+    mark_threshold_changes(list(per_night.values()), records, run_night)
     errors = [(i, str(rows.column("error")[i].as_py() or "")) for i in np.flatnonzero(is_error)]
+    index["er"] = [[int(i), reason] for i, reason in errors]  # for the table's reason column
     meta = {
         "out": outputs.location.display(),
         "roots": root_names, "prefixes": prefixes, "nights": nights, "models": models,
@@ -228,7 +253,7 @@ def gather(outputs: "Outputs") -> LakeState:
         "thresholds": thresholds_in_force(records, set(row_runs)),
         "error_reasons": [{"reason": r, "n": n} for r, n in
                           Counter(reason for _, reason in errors).most_common(MAX_REASONS)],
-        "errors": [[int(i), reason] for i, reason in errors[:MAX_ERRORS_LISTED]],
+        "errors": [[int(i), reason, keyed[i][1]] for i, reason in errors[:MAX_ERRORS_LISTED]],
         "n_rows": rows.num_rows, "chunk_rows": CHUNK_ROWS, "alerts": alerts,
     }
     return LakeState(meta=meta, index=index, rows=rows, history=history, run_ids=run_ids,

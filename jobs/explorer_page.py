@@ -63,7 +63,7 @@ def render(outputs: "Outputs", state: "LakeState", picked: list[int], write: Any
     """PNGs of the picked rows (image, heat map) written through ``write(name, bytes)``; their
     rendering info goes into ``state.rendered``. Returns how many were rendered."""
     from vip2scan.jobs.imaging import (DETAIL_SIDE, display_range, fit_size, heat_image, peak_position,
-                                       png_bytes, upright_thumbnail)
+                                       png_bytes, raised_to_peak, upright_thumbnail)
     from vip2scan.model.images import DecodeError
     from vip2scan.pipeline.output.map_store import read_map_array
 
@@ -88,9 +88,9 @@ def render(outputs: "Outputs", state: "LakeState", picked: list[int], write: Any
         size = image.size if image is not None else fit_size(width, height, DETAIL_SIDE)
         if image is not None:
             write(f"img/{i}.png", png_bytes(image))
-        write(f"img/{i}-map.png", png_bytes(heat_image(amap, size, ranges[runs[i]])))
+        low, high = raised_to_peak(ranges[runs[i]], amap)
+        write(f"img/{i}-map.png", png_bytes(heat_image(amap, size, (low, high))))
         x, y = peak_position(amap)
-        low, high = ranges[runs[i]]
         state.rendered[i] = {"img": image is not None, "w": size[0], "h": size[1],
                              "x": round(x, 4), "y": round(y, 4), "lo": round(low, 6),
                              "hi": round(high, 6), "peak": round(float(np.nanmax(amap)), 6)}
@@ -100,7 +100,7 @@ def render(outputs: "Outputs", state: "LakeState", picked: list[int], write: Any
 def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[str, int, int]:
     """Write OUT/reports/explorer/; return (URI of its index.html, objects, images rendered)."""
     from vip2scan.jobs.explore_data import FLAG_IMAGE, FLAG_RENDERED, gather
-    from vip2scan.jobs.imaging import SCALING_RULE, colour_stops
+    from vip2scan.jobs.imaging import PEAK_RULE, SCALING_RULE, colour_stops
     from vip2scan.pipeline.output.paths import REPORTS
     from vip2scan.pipeline.output.views import Outputs
 
@@ -127,7 +127,7 @@ def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[st
     for i, info in state.rendered.items():
         state.index["f"][i] |= FLAG_RENDERED | (FLAG_IMAGE if info["img"] else 0)
     state.meta.update({
-        "scaling": SCALING_RULE, "colours": colour_stops(), "rendered": rendered,
+        "scaling": f"{SCALING_RULE}; {PEAK_RULE}", "colours": colour_stops(), "rendered": rendered,
         "max_images": max_images, "generated_by": "vip2scan explore"})
     for name in STATIC_FILES:
         write(name, static_file(name))

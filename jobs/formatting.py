@@ -65,14 +65,36 @@ def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
     return lines
 
 
-def follow_up_commands(summary: RunSummary, out: str, storage_options: dict) -> list[str]:
+def cli_command() -> str:
+    """How to call this installation's ``vip2scan`` from the working directory, pasted as is:
+    ``vip2scan`` when that is what PATH finds, else its script's path (relative when under the
+    working directory: ``.venv/bin/vip2scan`` after ``make demo``)."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "vip2scan"
+    found = shutil.which("vip2scan")
+    if not script.exists():  # not an installed script (python -m): this interpreter, then
+        return f"{shlex.quote(sys.executable)} -m vip2scan.jobs" if not found else "vip2scan"
+    if found and os.path.realpath(found) == os.path.realpath(script):
+        return "vip2scan"
+    try:
+        return shlex.quote(str(script.absolute().relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script.absolute()))
+
+
+def follow_up_commands(summary: RunSummary, out: str, storage_options: dict,
+                       program: str = "vip2scan") -> list[str]:
     """Ready-to-paste query and report lines for this run (secrets never included)."""
     flags = "".join(f" -s {shell_word(f'{k}={v}')}" for k, v in storage_options.items()
                     if k in _PUBLIC_STORAGE_OPTIONS)
     sql = f"SELECT status, is_anomalous, count(*) AS n FROM scores WHERE run_id = '{summary.run_id}' GROUP BY ALL"
     return [
-        f"vip2scan query {shell_word(out)} \"{sql}\"{flags}",  # run ids are [0-9A-Za-z-]: safe in "..."
-        f"vip2scan report {shell_word(out)} --run {summary.run_id}{flags}",
+        f"{program} query {shell_word(out)} \"{sql}\"{flags}",  # run ids are [0-9A-Za-z-]: safe in "..."
+        f"{program} report {shell_word(out)} --run {summary.run_id}{flags}",
     ]
 
 
@@ -94,13 +116,29 @@ def alert_lines(summary: RunSummary) -> list[str]:
             + [f"  changed: {c.get('line', '')}" for c in getattr(summary, "alert_changes", None) or []])
 
 
-def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
-    """Counts, failures, speed, where the outputs are, and what to run next."""
-    counts = dict(summary.counts or {})
+# The order a summary lists a run's counts in (a resumed run's come back from its plan file,
+# whose keys are sorted); any others follow in their own order.
+COUNT_ORDER = ("listed", "new", "changed", "unchanged", "retried", "vanished", "deferred",
+               "to_scan", "skipped", "excluded", "scored", "failed")
+
+
+def in_count_order(counts: dict) -> dict:
+    ordered = {k: counts[k] for k in COUNT_ORDER if k in counts}
+    return {**ordered, **{k: v for k, v in counts.items() if k not in ordered}}
+
+
+def format_summary(summary: RunSummary, out: str, storage_options: dict,
+                   program: str = "vip2scan") -> str:
+    """Counts, failures, speed, where the outputs are, and what to run next (``program``: how
+    the next commands call vip2scan)."""
+    counts = in_count_order(summary.counts or {})
     shown = ", ".join(f"{k} {v}" for k, v in counts.items())
     rate = f", {summary.images_per_s:.1f} images/s" if summary.images_per_s else ""
     title = f"run {summary.run_id}: {summary.status}" if summary.run_id else summary.status.replace("_", " ")
     lines = [f"{title} in {summary.wall_s:.1f} s{rate}", f"  {shown}"]
+    if counts.get("scored") and summary.flagged is not None:
+        lines.append(f"  flagged {summary.flagged} of {counts['scored']} scored images "
+                     "(is_anomalous: image_score at or above the image threshold)")
     if summary.model_id:
         lines.append(f"  model {summary.model_id}")
     lines += engine_lines(summary)
@@ -122,7 +160,9 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
     failed = int(counts.get("failed", 0) or 0)
     if failed:
         lines.append(f"  {failed} image(s) could not be scored (status='error' rows, with the reason)")
-    for label, where in (("scores", summary.scores_uri), ("maps", summary.maps_uri), ("record", summary.record_uri)):
+    # A night that wrote no rows has no scores folder of its own to point at.
+    scores_uri = summary.scores_uri if summary.files else None
+    for label, where in (("scores", scores_uri), ("maps", summary.maps_uri), ("record", summary.record_uri)):
         if where:
             lines.append(f"  {label}: {where}")
     vanished = int(counts.get("vanished", 0) or 0)
@@ -134,6 +174,6 @@ def format_summary(summary: RunSummary, out: str, storage_options: dict) -> str:
         lines.append("  nothing new or changed since the last run: no inference ran")
     elif summary.record_uri:  # a dry run writes no record: nothing to query yet
         lines.append("next:")
-        lines += [f"  {cmd}" for cmd in follow_up_commands(summary, out, storage_options)]
+        lines += [f"  {cmd}" for cmd in follow_up_commands(summary, out, storage_options, program)]
     # Keys and URIs reach these lines (warnings, locations): no raw control character may.
     return "\n".join(printable(line) for line in lines)

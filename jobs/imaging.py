@@ -51,6 +51,17 @@ def display_range(maps: Iterable[np.ndarray]) -> tuple[float, float]:
     return low, high
 
 
+PEAK_RULE = ("a map whose maximum lies above its run's range is coloured up to that maximum "
+             "(its colour bar ends there), so its hottest spot never saturates")
+
+
+def raised_to_peak(value_range: tuple[float, float], anomaly_map: np.ndarray) -> tuple[float, float]:
+    """The run's display range, its top raised to this map's maximum when that is higher: the
+    most anomalous images would otherwise saturate over their whole defect."""
+    peak = float(np.nanmax(np.asarray(anomaly_map, dtype=np.float32)))
+    return value_range[0], max(value_range[1], peak) if np.isfinite(peak) else value_range[1]
+
+
 def stretch(anomaly_map: np.ndarray, value_range: Optional[tuple[float, float]]) -> np.ndarray:
     """Map values -> [0, 1] for colouring (None: the absolute [0, 1] scale)."""
     low, high = value_range if value_range is not None else (0.0, 1.0)

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
-from vip2scan.jobs.errors import JobError
+from vip2scan.jobs.errors import BadParameter, JobError
 from vip2scan.jobs.storage import StorageOption, read_object, write_object
 from vip2scan.jobs.terminal import printable
 
@@ -28,6 +28,10 @@ def map_command(
     overlay: Annotated[bool, typer.Option(
         "--overlay", help="With --png: blend the map onto the image (needs the object).")] = False,
     npy: Annotated[Optional[str], typer.Option("--npy", metavar="FILE", help="Write the float32 map (numpy .npy) here.")] = None,
+    value_range: Annotated[Optional[str], typer.Option(
+        "--range", metavar="LO:HI",
+        help="With --png: colour LO..HI (the explorer's colour bar under the map gives its range), "
+             "not the map's own range.")] = None,
     storage_option: StorageOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -38,6 +42,7 @@ def map_command(
     from vip2scan.pipeline import read_map
 
     storage_options = storage_options_from_flags(storage_option)
+    chosen_range = parse_range(value_range)
     try:
         amap = read_map(image_uri, out, storage_options=storage_options)
     except KeyError as exc:  # no ok row with a map: the reason, in one line
@@ -52,8 +57,8 @@ def map_command(
         write_object(buffer.getvalue(), npy, storage_options)
         typer.echo(f"wrote {npy}")
     if png:
-        value_range = display_range([amap])
-        picture = heat_image(amap, (width, height), value_range)
+        colours = chosen_range or display_range([amap])
+        picture = heat_image(amap, (width, height), colours)
         if overlay:
             from PIL import Image
 
@@ -65,8 +70,23 @@ def map_command(
             image = upright_thumbnail(data, width, height, max(width, height))
             picture = Image.blend(image, picture.resize(image.size), OVERLAY_ALPHA)
         write_object(png_bytes(picture), png, storage_options)
-        rule = SCALING_RULE.replace("that run's rendered maps", "this map")
-        typer.echo(f"wrote {png} (colours: {value_range[0]:.4f} to {value_range[1]:.4f}; {rule})")
+        rule = ("the range given by --range" if chosen_range else
+                SCALING_RULE.replace("that run's rendered maps", "this map") +
+                "; the explorer colours by the run's range: pass its colour bar's ends as --range LO:HI")
+        typer.echo(f"wrote {png} (colours: {colours[0]:.4f} to {colours[1]:.4f}; {rule})")
+
+
+def parse_range(value: Optional[str]) -> Optional[tuple[float, float]]:
+    """``--range LO:HI`` -> (LO, HI); None when not given."""
+    if value is None:
+        return None
+    low, sep, high = value.partition(":")
+    try:
+        if sep and float(low) < float(high):
+            return float(low), float(high)
+    except ValueError:
+        pass
+    raise BadParameter(f"expected LO:HI with LO < HI, got {value!r}", param_hint="'--range'")
 
 
 def register(app: typer.Typer) -> None:

@@ -33,7 +33,7 @@ def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
     pad = max(1e-3, 0.05 * (high - low))
     ax.hist(scores, bins=40, range=(low - pad, high + pad), color="#4477aa")
     if threshold is not None:
-        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:g}")
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.5g}")
         ax.legend()
     ax.set_xlabel("image_score")
     ax.set_ylabel("images")
@@ -87,7 +87,7 @@ code {{ word-break: break-all; }}
 </style></head><body>
 <h1>vip2scan run <code>{esc(record["run_id"])}</code></h1>
 <p>Source <code>{esc(str(record.get("source", "")))}</code>, model <code>{esc(str(record.get("model_id", "")))}</code>,
-started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(threshold))}.</p>
+started {esc(str(record.get("started_at", "")))}, image threshold {"none" if threshold is None else f"{threshold:.5g}"}.</p>
 {"".join(f'<p class="{"warning" if n.startswith("warning:") else "note"}">{esc(n)}</p>'
          for n in threshold_notes)}
 <h2>Counts</h2>
@@ -102,6 +102,27 @@ started {esc(str(record.get("started_at", "")))}, image threshold {esc(str(thres
 {more_html}
 </body></html>
 """
+
+
+def threshold_change_note(records: list[dict], record: dict) -> Optional[str]:
+    """A note when this run's image threshold differs from the previous run's of its source:
+    the nights before and after were flagged by different thresholds."""
+    key = (str(record.get("started_at", "")), str(record["run_id"]))
+    earlier = [r for r in records if r.get("source") == record.get("source")
+               and (str(r.get("started_at", "")), str(r["run_id"])) < key
+               and r.get("image_threshold") is not None]
+    new = record.get("image_threshold")
+    if not earlier or new is None:
+        return None
+    old = earlier[-1]
+    if round(float(old["image_threshold"]), 6) == round(float(new), 6):
+        return None
+
+    def named(r: dict) -> str:
+        return f"{float(r['image_threshold']):.5g} ({r.get('threshold_source') or 'no source recorded'})"
+    return (f"threshold changed: the previous run of this source, {old['run_id']}, flagged with "
+            f"image threshold {named(old)}, this one with {named(record)}; flagged counts before "
+            "and after this run do not compare")
 
 
 def stored_map(row: dict, out: str, storage_options: dict) -> Optional[np.ndarray]:
@@ -169,6 +190,9 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
             fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
     ok_uris = [u for u, good in zip(rows.column("image_uri").to_pylist(), ok) if good]
     notes = report_threshold_lines(outputs, record, ok_uris, scores)
+    change = threshold_change_note(outputs.run_records(), record)
+    if change:
+        notes.append(change)
     scaling = f"{SCALING_RULE}; here {value_range[0]:.4g} (blue) to {value_range[1]:.4g} (dark red)"
     page = render_html(record, counts, threshold, top, errors, tuple(notes), scaling)
     fs.pipe(outputs.path(folder, "report.html"), page.encode("utf-8"))

@@ -23,7 +23,7 @@ EXAMPLE = (
 MISSING_CHECKPOINT = (
     "missing --checkpoint (or VIP2SCAN_CHECKPOINT, or `checkpoint` in --config). Get one by: "
     "training (vip2scan train DATA --out CKPT), converting a released ViP2-CLIP .pth "
-    "(vip2scan convert model.pth CKPT), or running the demo (vip2scan demo; it writes demo-out/checkpoint)"
+    "(vip2scan convert model.pth CKPT), or the small embedded model `vip2scan demo` scans with (--checkpoint embedded)"
 )
 
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vip2scan.jobs.config import ConfigOption, parse_key_values, parse_only
-from vip2scan.jobs.errors import UsageError, click, is_secret_name
+from vip2scan.jobs.errors import JobError, UsageError, click, is_secret_name, redact
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -63,11 +63,22 @@ def enable_token_auth_if_available() -> None:
         pass
 
 
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+
+
 def job_client(address: Optional[str]) -> Any:
+    """A client of the cluster at ``address``, else $RAY_ADDRESS, else the local dashboard; a
+    cluster that does not answer is one line naming the address tried and where it came from."""
     enable_token_auth_if_available()
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    chosen, how = ((address, "--address") if address else
+                   (os.environ["RAY_ADDRESS"], "$RAY_ADDRESS") if os.environ.get("RAY_ADDRESS") else
+                   (DEFAULT_DASHBOARD, "the default; set --address or $RAY_ADDRESS"))
+    try:
+        return JobSubmissionClient(chosen)
+    except ConnectionError as exc:
+        raise JobError(f"no Ray cluster answers at {chosen} ({how}): {redact(str(exc))}") from None
 
 
 def check_command_line(root: click.Command, argv: list[str]) -> None:

@@ -23,6 +23,7 @@ No torch at import time: CPU decode workers import this module and should not pa
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import TYPE_CHECKING
 
@@ -145,7 +146,7 @@ def decode_upright(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"image too large (decompression-bomb guard): {exc}") from exc
+        raise DecodeError(bomb_message(str(exc), max_image_pixels)) from exc
     except Image.UnidentifiedImageError as exc:
         raise DecodeError("not a recognised image format") from exc
     except MemoryError as exc:
@@ -153,6 +154,20 @@ def decode_upright(data: bytes, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason, not a crash
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise DecodeError(f"cannot decode: {detail}") from exc
+
+
+def bomb_message(pil_message: str, max_image_pixels: int) -> str:
+    """PIL's refusal (at open, before our own check can run) in our terms: it cites its own
+    limit (178956970, or twice that), which is not the ``--max-image-pixels`` in force."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", pil_message)
+    if found is None:
+        return f"image too large (decompression-bomb guard, limit {max_image_pixels} pixels)"
+    pixels, library_limit = int(found.group(1)), int(found.group(2))
+    if pixels > max_image_pixels:
+        return (f"image too large: {pixels} pixels exceeds the limit of {max_image_pixels} "
+                "(decompression-bomb guard)")
+    return (f"image too large: {pixels} pixels exceeds the image library's own limit of "
+            f"{library_limit} (decompression-bomb guard), above --max-image-pixels {max_image_pixels}")
 
 
 def decode_image(data: bytes, size: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS

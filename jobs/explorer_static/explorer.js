@@ -55,6 +55,7 @@
   function fixed(x, digits) { return isNaN(x) ? "" : x.toFixed(digits); }
   function percent(x, digits) { return isNaN(x) ? "" : (100 * x).toFixed(digits) + " %"; }
   function pad5(k) { return ("0000" + k).slice(-5); }
+  function sig(x) { return x === null || x === undefined ? "" : String(+(+x).toPrecision(5)); } // 0.5067054569 -> 0.50671
   function say(text) { $("status-line").textContent = text; }
 
   function loadScript(src) {
@@ -121,6 +122,10 @@
         ix.mp[i] = raw.mp[i] === null ? NaN : raw.mp[i] / 1e4;
         ix.ar[i] = raw.ar[i] === null ? NaN : raw.ar[i] / 1e5;
       }
+      ix.er = {};  // error row -> its reason
+      (raw.er || []).forEach(function (pair) { ix.er[pair[0]] = pair[1]; });
+      ix.hn = {};  // row -> the other nights it was scanned on (its current row is newer)
+      (raw.hn || []).forEach(function (pair) { ix.hn[pair[0]] = pair[1]; });
       V2S.rawIndex = null;
       V2S.index = ix;
       V2S.timing.indexMs = performance.now() - V2S.timing.start;
@@ -136,7 +141,8 @@
     if (state.status === "normal" && (f & (ERROR | ANOMALOUS))) return false;
     if (state.rendered && !(f & RENDERED)) return false;
     if (state.prefix !== "" && ix.pre[i] !== +state.prefix) return false;
-    if (state.night !== "" && ix.night[i] !== +state.night) return false;
+    if (state.night !== "" && ix.night[i] !== +state.night &&
+        !(ix.hn[i] && ix.hn[i].indexOf(+state.night) >= 0)) return false;
     if (state.model !== "" && ix.model[i] !== +state.model) return false;
     if (state.smin !== null && !(ix.sc[i] >= state.smin)) return false;
     if (state.smax !== null && !(ix.sc[i] <= state.smax)) return false;
@@ -198,6 +204,38 @@
     $("f-rendered").checked = state.rendered;
   }
 
+  // The filters and the sort live in the URL (#images?status=error&night=0...): a reload or a
+  // shared link shows the same list. Prefix, night and model are indexes into meta's lists.
+  var URL_KEYS = ["smin", "smax", "status", "prefix", "night", "model", "rendered", "sort", "dir"];
+
+  function filterQuery() {
+    var parts = [];
+    URL_KEYS.forEach(function (key) {
+      var value = key === "sort" ? (state.sortKey === "score" ? "" : state.sortKey)
+        : key === "dir" ? (state.sortDir === -1 ? "" : String(state.sortDir))
+        : key === "rendered" ? (state.rendered ? "1" : "") : state[key];
+      if (value !== null && value !== "") parts.push(key + "=" + encodeURIComponent(value));
+    });
+    return parts.length ? "?" + parts.join("&") : "";
+  }
+
+  function readQuery(query) {
+    var values = {};
+    query.split("&").forEach(function (pair) {
+      var at = pair.indexOf("=");
+      if (at > 0) values[pair.slice(0, at)] = decodeURIComponent(pair.slice(at + 1));
+    });
+    function num(v) { return v === undefined || v === "" || isNaN(+v) ? null : +v; }
+    state.smin = num(values.smin);
+    state.smax = num(values.smax);
+    ["status", "prefix", "night", "model"].forEach(function (key) { state[key] = values[key] || ""; });
+    state.rendered = values.rendered === "1";
+    state.sortKey = values.sort || "score";
+    state.sortDir = values.dir ? (+values.dir > 0 ? 1 : -1) : -1;
+  }
+
+  function keepInUrl() { history.replaceState(null, "", "#images" + filterQuery()); }
+
   function thumb(i) {
     var f = V2S.index.f[i];
     if (f & HAS_IMAGE) return el("img", { src: "img/" + i + ".png", alt: "image " + i });
@@ -226,7 +264,8 @@
         el("td", { className: "num", text: fixed(ix.sc[i], 4) }),
         el("td", { className: "num", text: fixed(ix.mp[i], 3) }),
         el("td", { className: "num", text: percent(ix.ar[i], 2) }),
-        el("td", { text: meta.models[ix.model[i]] })
+        el("td", { text: meta.models[ix.model[i]] }),
+        el("td", { className: "reason", text: ix.er[i] || "" })
       ]);
       frag.appendChild(row);
     }
@@ -260,7 +299,7 @@
     var timer = null;
     function changed() {
       clearTimeout(timer);
-      timer = setTimeout(function () { readFilters(); refreshTable(true).catch(fail); }, 150);
+      timer = setTimeout(function () { readFilters(); keepInUrl(); refreshTable(true).catch(fail); }, 150);
     }
     $("filters").addEventListener("input", changed);
     $("filters").addEventListener("change", changed);
@@ -281,6 +320,7 @@
         var key = th.getAttribute("data-sort");
         if (key === state.sortKey) state.sortDir = -state.sortDir;
         else { state.sortKey = key; state.sortDir = /score|mp|area/.test(key) ? -1 : 1; }
+        keepInUrl();
         refreshTable(true).catch(fail);
       });
     });
@@ -291,8 +331,8 @@
   }
 
   // ------------------------------------------------------------------ overview charts
-  function hbars(items, width) {
-    var rowH = 18, labelW = 130, plotW = width - labelW - 120, h = items.length * rowH + 6;
+  function hbars(items, width, markW) {
+    var rowH = 18, labelW = 130, plotW = width - labelW - 120 - (markW || 0), h = items.length * rowH + 6;
     var top = Math.max.apply(null, items.map(function (d) { return d.value; }).concat([1e-9]));
     var root = svg("svg", { width: width, height: h, role: "img" });
     items.forEach(function (d, j) {
@@ -304,6 +344,11 @@
         svg("text", { x: labelW + w + 4, y: y + 12, text: d.text })
       ]);
       if (d.onclick) { bar.style.cursor = "pointer"; bar.addEventListener("click", d.onclick); }
+      if (d.mark) {  // e.g. the image threshold changed here: the bars either side do not compare
+        bar.appendChild(svg("line", { x1: 0, x2: width, y1: y + 0.5, y2: y + 0.5, "class": "threshold-change" }));
+        bar.appendChild(svg("text", { x: width - 2, y: y + 12, "text-anchor": "end", "class": "threshold-change",
+                                      text: "\u25C6 " + d.mark }));
+      }
       root.appendChild(bar);
     });
     return root;
@@ -334,10 +379,10 @@
     root.appendChild(svg("text", { x: W / 2, y: H - 1, "text-anchor": "middle", text: "image_score" }));
     var outside = [];
     thresholds.forEach(function (t, j) {
-      if (t.value < hist.lo || t.value > hist.hi) { outside.push(t.label + " " + t.value); return; }
+      if (t.value < hist.lo || t.value > hist.hi) { outside.push(t.label + " " + sig(t.value)); return; }
       root.appendChild(svg("line", { x1: x(t.value), x2: x(t.value), y1: 10, y2: 10 + plotH, "class": "threshold" },
         [svg("title", { text: t.label + " " + t.value })]));
-      root.appendChild(svg("text", { x: x(t.value) + 3, y: 22 + 12 * j, text: t.label + " " + t.value }));
+      root.appendChild(svg("text", { x: x(t.value) + 3, y: 22 + 12 * j, text: t.label + " " + sig(t.value) }));
     });
     var box = el("div", {}, [root]);
     if (outside.length) box.appendChild(el("p", { className: "muted", text: "Outside the range shown: " + outside.join(", ") }));
@@ -363,13 +408,20 @@
                title: d.prefix + ": " + d.anomalous + " anomalous of " + d.ok + " ok, " + d.errors + " errors" };
     }), 420));
     var alertsOf = function (night) { return (meta.alerts || []).filter(function (a) { return a.night === night; }); };
+    var changes = meta.per_night.filter(function (d) { return d.threshold_change; }).length, markW = changes ? 190 : 0;
     clear($("chart-night")).appendChild(hbars(meta.per_night.map(function (d) {
       var marks = alertsOf(d.night).map(function (a) { return "\n" + (a.alert ? "alert: " : "changed: ") + a.line; }).join("");
       return { label: (d.alerts ? "\u26a0 " : "") + d.night, value: rate(d), hot: d.anomalous > 0, alert: d.alerts > 0,
-               text: rateText(d),
+               text: rateText(d), mark: d.threshold_change,
                title: d.night + ": " + d.n + " rows in " + d.runs + " run(s), " + d.anomalous +
-                 " anomalous, " + d.errors + " errors" + marks };
-    }), 420));
+                 " anomalous, " + d.errors + " errors" +
+                 ((d.thresholds || []).length ? ", image threshold " + d.thresholds.join(", ") : "") + marks };
+    }), 420 + markW, markW));
+    if (changes) {
+      $("chart-night").appendChild(el("p", { className: "legend", id: "threshold-change-note",
+        text: "\u25C6 the image threshold changed that night (e.g. after vip2scan calibrate): the flagged " +
+              "rates before and after it were set by different thresholds and do not compare." }));
+    }
     clear($("chart-hist")).appendChild(histogramChart(meta.histogram, meta.thresholds));
     var shown = (meta.alerts || []).filter(function (a) { return a.alert; }), box = clear($("alerts"));
     if (shown.length) {
@@ -388,7 +440,7 @@
       }))));
     list.appendChild(el("p", { text: "Error rows (first " + meta.errors.length + "; all of them: status = error in the Images list):" }));
     list.appendChild(el("ul", {}, meta.errors.map(function (e) {
-      return el("li", {}, [el("a", { href: "#image/" + e[0], text: "object #" + e[0] }), ": " + e[1]]);
+      return el("li", {}, [el("a", { href: "#image/" + e[0], className: "uri", text: e[2] || "object #" + e[0] }), ": " + e[1]]);
     })));
   }
 
@@ -400,11 +452,18 @@
       if (v === null || v === undefined || v < r.lo || v > r.hi) return;
       bar.appendChild(el("div", { className: "tick", title: label, style: "left: " + (100 * (v - r.lo) / (r.hi - r.lo)) + "%" }));
     }
-    tick(pixelThreshold, "pixel threshold " + pixelThreshold);
+    tick(pixelThreshold, "pixel threshold " + sig(pixelThreshold));
     tick(r.peak, "maximum " + r.peak);
     return el("div", { style: "width: " + width + "px" }, [bar, el("div", { className: "cb-labels" }, [
       el("span", { text: r.lo.toFixed(4) }), el("span", { text: ((r.lo + r.hi) / 2).toFixed(4) }),
       el("span", { text: r.hi.toFixed(4) })])]);
+  }
+
+  // The maximum's ring, kept whole inside the picture when the maximum is at its edge.
+  function markerPlace(render) {
+    var r = 13; // the ring's outer radius and its shadow, in px (explorer.css .marker)
+    return "left: clamp(" + r + "px, " + (100 * render.x) + "%, calc(100% - " + r + "px));" +
+           "top: clamp(" + r + "px, " + (100 * render.y) + "%, calc(100% - " + r + "px))";
   }
 
   function historyBlock(meta, entries) {
@@ -414,16 +473,24 @@
     entries.forEach(function (h) {
       table.appendChild(el("tr", {}, [el("td", { text: meta.nights[h[0]] }), el("td", { text: h[1] >= 0 ? meta.runs[h[1]].id : "" }),
         el("td", { text: h[2] ? "error" : "ok" }), el("td", { className: "num", text: h[3] === null ? "" : h[3].toFixed(4) }),
-        el("td", { text: h[4] ? "yes" : "" })]));
+        el("td", { text: h[2] ? "" : (h[4] ? "yes" : "no") })]));
     });
     var scored = entries.filter(function (h) { return h[3] !== null; });
     if (scored.length < 2) return table;
-    var W = 240, H = 60, lo = Math.min.apply(null, scored.map(function (h) { return h[3]; }));
+    // Axes: the score range on the left, the first and last night below.
+    var W = 300, H = 84, left = 50, bottom = 18, plotW = W - left - 8, plotH = H - bottom - 8;
+    var lo = Math.min.apply(null, scored.map(function (h) { return h[3]; }));
     var hi = Math.max.apply(null, scored.map(function (h) { return h[3]; })) + 1e-9;
     var pts = scored.map(function (h, j) {
-      return (6 + (W - 12) * j / (scored.length - 1)).toFixed(1) + "," + (H - 6 - (H - 12) * (h[3] - lo) / (hi - lo)).toFixed(1);
+      return (left + plotW * j / (scored.length - 1)).toFixed(1) + "," + (4 + plotH - plotH * (h[3] - lo) / (hi - lo)).toFixed(1);
     });
-    var line = svg("svg", { width: W, height: H, role: "img" }, [svg("title", { text: "score across nights" }),
+    var line = svg("svg", { width: W, height: H, role: "img", "class": "sparkline" }, [svg("title", { text: "score across nights" }),
+      svg("line", { x1: left - 2, x2: left - 2, y1: 4, y2: 4 + plotH, stroke: "#999" }),
+      svg("line", { x1: left - 2, x2: W - 8, y1: 4 + plotH, y2: 4 + plotH, stroke: "#999" }),
+      svg("text", { x: left - 5, y: 12, "text-anchor": "end", "class": "axis", text: hi.toFixed(4) }),
+      svg("text", { x: left - 5, y: 4 + plotH, "text-anchor": "end", "class": "axis", text: lo.toFixed(4) }),
+      svg("text", { x: left, y: H - 3, "class": "axis", text: meta.nights[scored[0][0]] }),
+      svg("text", { x: W - 8, y: H - 3, "text-anchor": "end", "class": "axis", text: meta.nights[scored[scored.length - 1][0]] }),
       svg("polyline", { points: pts.join(" "), fill: "none", stroke: "#4477aa", "stroke-width": 2 })]);
     return el("div", {}, [line, table]);
   }
@@ -432,7 +499,7 @@
     var meta = V2S.meta, ix = V2S.index, view = clear($("view-image"));
     var uri = uriOf(i), render = detail[5], run = detail[3] >= 0 ? meta.runs[detail[3]] : null;
     var pos = state.order ? Array.prototype.indexOf.call(state.order, i) : -1;
-    var nav = el("p", {}, [el("a", { href: "#images", text: "\u2190 back to the list" })]);
+    var nav = el("p", {}, [el("a", { href: "#images" + filterQuery(), text: "\u2190 back to the list" })]);
     if (pos > 0) nav.appendChild(el("a", { href: "#image/" + state.order[pos - 1], id: "img-prev", style: "margin-left: 1em", text: "\u2039 previous" }));
     if (pos >= 0 && pos < state.order.length - 1) nav.appendChild(el("a", { href: "#image/" + state.order[pos + 1], id: "img-next", style: "margin-left: 1em", text: "next \u203a" }));
     view.appendChild(nav);
@@ -442,7 +509,7 @@
     var f = ix.f[i];
     stat("status", f & ERROR ? "error" : (f & ANOMALOUS ? "anomalous" : "ok, not anomalous"));
     if (f & ERROR) stat("reason", detail[0] || "");
-    stat("image score", fixed(ix.sc[i], 6) + (run && run.threshold !== null ? "  (threshold " + run.threshold + ")" : ""));
+    stat("image score", fixed(ix.sc[i], 6) + (run && run.threshold !== null ? "  (threshold " + sig(run.threshold) + ")" : ""));
     stat("max pixel", fixed(ix.mp[i], 4));
     stat("anomalous area", percent(ix.ar[i], 3));
     stat("size", detail[1] && detail[2] ? detail[1] + " x " + detail[2] + " px" : "");
@@ -459,7 +526,7 @@
       var base = render.img ? el("img", { src: "img/" + i + ".png", alt: "image", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null })
         : el("div", { style: "width:" + dw + "px;height:" + dh + "px;background:#888" });
       var marker = el("div", { className: "marker", id: "peak-marker", title: "maximum of the map",
-                               style: "left:" + (100 * render.x) + "%;top:" + (100 * render.y) + "%" });
+                               style: markerPlace(render) });
       var slider = el("input", { type: "range", min: 0, max: 100, value: 50, id: "opacity" });
       var showMark = el("input", { type: "checkbox", checked: "checked", id: "show-marker" });
       heat.style.opacity = "0.5";
@@ -470,10 +537,11 @@
         el("p", {}, [el("label", {}, ["map opacity ", slider]), " ", el("label", {}, [showMark, " mark the maximum"])])]));
       box.appendChild(el("figure", {}, [el("figcaption", { text: "Anomaly map" }),
         el("div", { className: "stack" }, [el("img", { src: "img/" + i + "-map.png", alt: "anomaly map", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null }),
-          el("div", { className: "marker", style: "left:" + (100 * render.x) + "%;top:" + (100 * render.y) + "%" })]),
+          el("div", { className: "marker", style: markerPlace(render) })]),
         colourBar(meta, render, run ? run.pixel_threshold : null, dw),
         el("p", { className: "legend", text: "Colour bar: map values from " + render.lo.toFixed(4) + " to " + render.hi.toFixed(4) +
-          " (ticks: the run's pixel threshold when in range, and this map's maximum " + render.peak.toFixed(4) + "). " + meta.scaling + "." })]));
+          " (ticks: the run's pixel threshold when in range, and this map's maximum " + render.peak.toFixed(4) + "). " + meta.scaling +
+          ". The same colours from the command line: vip2scan map with --png and --range " + render.lo + ":" + render.hi + "." })]));
     } else {
       box.appendChild(el("p", { className: "legend", text: f & ERROR ? "No map: this row is an error." :
         "Not pre-rendered (the explorer renders the most anomalous images and a sample). Its map: " +
@@ -505,7 +573,10 @@
   function route() {
     var hash = location.hash || "#overview";
     if (hash.indexOf("#image/") === 0) { show("image"); showImage(parseInt(hash.slice(7), 10)).catch(fail); }
-    else if (hash === "#images") { show("images"); writeFilters(); refreshTable(false).catch(fail); }
+    else if (hash === "#images" || hash.indexOf("#images?") === 0) {
+      if (hash.length > 8) readQuery(hash.slice(8));
+      show("images"); writeFilters(); refreshTable(false).catch(fail);
+    }
     else { show("overview"); renderOverview(); say(""); }
   }
 

@@ -33,8 +33,23 @@ def _require_bucket(location: Location, role: str) -> None:
                         "(or is not visible with these credentials)")
 
 
+def missing_dirs(path: str) -> list[str]:
+    """``path`` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
 def check_out(out: Location, writable: bool) -> None:
+    """OUT is reachable and, if ``writable``, takes a write. A local OUT the probe had to
+    create is removed again: a scan that then fails (a bad checkpoint) leaves no empty OUT."""
     probe = probe_name()
+    created = missing_dirs(out.path) if out.is_local and writable else []
     try:
         if not out.is_local:
             _require_bucket(out, "output")
@@ -42,10 +57,11 @@ def check_out(out: Location, writable: bool) -> None:
             out.write_bytes(b"probe", probe)
             out.remove(probe)
             if out.is_local:
-                try:
-                    os.rmdir(out.fs_path(PROBE))  # only once empty: other scans may be probing
-                except OSError:
-                    pass
+                for folder in [out.fs_path(PROBE), *created]:
+                    try:
+                        os.rmdir(folder)  # only once empty: other scans may be probing
+                    except OSError:
+                        break
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001 - access denied or unreachable: either way, unusable

@@ -46,6 +46,7 @@ class CommitResult:
     rows: int
     ok: int
     failed: int
+    flagged: int = 0  # ok rows at or above the image threshold (is_anomalous)
 
 
 class _ScoreFiles:
@@ -151,7 +152,7 @@ def write_score_files(out: Location, run_id: str, scan_date: str, tables: Iterab
     """
     partition = scores_partition(scan_date)
     files = _ScoreFiles(out, run_id, partition, max_rows_per_file, fence)
-    rows = ok = 0
+    rows = ok = flagged = 0
     seen: set[str] = set()
     try:
         # A local disk that fills up (or turns read-only) mid-commit is one line naming the
@@ -164,13 +165,14 @@ def write_score_files(out: Location, run_id: str, scan_date: str, tables: Iterab
                 files.write(table)
                 rows += table.num_rows
                 ok += int(pc.sum(pc.equal(table["status"], "ok")).as_py() or 0)
+                flagged += int(pc.sum(table["is_anomalous"].cast(pa.int64())).as_py() or 0)
             files.close_file()
     finally:
         files.cleanup()
     for name in out.ls_names(partition):
         if is_run_score_file(name, run_id) and f"{partition}/{name}" not in files.files:
             out.remove(partition, name)
-    return CommitResult(files=files.files, rows=rows, ok=ok, failed=rows - ok)
+    return CommitResult(files=files.files, rows=rows, ok=ok, failed=rows - ok, flagged=flagged)
 
 
 def commit_parts(out: Location, run_id: str, scan_date: str,

@@ -101,6 +101,7 @@ class RunSummary:
     # (pipeline/output/alerts.py); as in the run record.
     alerts: list[dict[str, Any]] = field(default_factory=list)
     alert_changes: list[dict[str, Any]] = field(default_factory=list)
+    flagged: int | None = None  # ok rows at or above the image threshold (None: a dry run)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -346,7 +347,7 @@ def commit_run(target: Target, plan: Plan, model: ModelPlan, staged: Remaining,
         scores_uri=out.join(scores_partition(plan.scan_date)),
         maps_uri=out.join(plan.map_store) if plan.map_store else None,
         record_uri=out.join(record_name(plan.run_id)), model_id=plan.model_id,
-        scan_date=plan.scan_date, inference_started=stats.inference_started,
+        scan_date=plan.scan_date, flagged=result.flagged, inference_started=stats.inference_started,
         stage_s=dict(stats.stage_s), io=stats.io(), files=result.files,
         skipped_by_suffix=plan.skipped_by_suffix, warnings=plan.warnings,
         image_threshold=plan.thresholds.image_threshold,

@@ -65,6 +65,7 @@ class DiffResult:
     counts: DiffCounts
     skipped_by_suffix: dict[str, int] = field(default_factory=dict)  # '.gif' -> 3, '(none)' -> 1
     warnings: list[str] = field(default_factory=list)  # e.g. the selection is empty
+    rescored: int = 0  # new for this model but scored by the last run's (another) model
 
 
 def list_and_diff(src: Location, out: Location, selection: SelectionSpec,
@@ -87,20 +88,63 @@ def list_and_diff(src: Location, out: Location, selection: SelectionSpec,
         raise
     except Exception as exc:  # noqa: BLE001
         raise ScanError(one_line(f"cannot list {src.display()}", exc)) from None
-    snapshot = current_snapshot(committed_records(out))
+    records = committed_records(out)
+    snapshot = current_snapshot(records)
     previous = [] if snapshot is not None else \
         state_runs(out, src.uri, model_id, manifest is not None)
+    last = last_related_run(records, src.uri, manifest is not None)
+    changed_from = None
+    if last is not None and last.get("model_id") and last["model_id"] != model_id:
+        changed_from = ModelChange(str(last["run_id"]), str(last["model_id"]), [] if snapshot else [
+            r for r in records if r.get("model_id") == last["model_id"]
+            and is_related(r, src.uri, manifest is not None)])
     result = diff_listing(manifest_path, out, previous, workdir, object_filter,
                           src.uri, run_id, full=selection.full,
                           retry_errors=selection.retry_errors, limit=selection.limit,
                           snapshot=snapshot, model_id=model_id,
-                          listed_under_source=manifest is None)
+                          listed_under_source=manifest is None, changed_from=changed_from)
     result.counts.skipped, result.counts.excluded = tally.skipped_total, tally.excluded
     result.skipped_by_suffix = dict(sorted(tally.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
     result.warnings = selection_warnings(tally, src, manifest)
+    if changed_from is not None:
+        result.warnings.insert(0, model_change_warning(changed_from, model_id,
+                                                       result.rescored))
     for warning in result.warnings:
         log.warning("warning: %s", warning)
     return result
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """The newest committed run of this source, when it scored with another model."""
+
+    run_id: str
+    model_id: str
+    runs: list[dict[str, Any]]  # that model's related runs (their rows, without a snapshot)
+
+
+def last_related_run(records: list[dict[str, Any]], source_uri: str, with_manifest: bool
+                     ) -> dict[str, Any] | None:
+    """The newest complete run whose rows can be objects of ``source_uri``, of any model."""
+    related = [r for r in records if is_related(r, source_uri, with_manifest)]
+    return related[-1] if related else None
+
+
+def model_change_warning(change: ModelChange, model_id: str, rescored: int) -> str:
+    """One line: the model differs from the last run's, and what that costs."""
+    return (f"model changed since the last run ({change.run_id}): {change.model_id} -> "
+            f"{model_id}; {rescored} object(s) scored by {change.model_id} count as new for "
+            "this model and are rescored")
+
+
+def is_related(record: dict[str, Any], source_uri: str, with_manifest: bool) -> bool:
+    """Whether a run's rows can be objects of ``source_uri``: a run of this prefix, of a
+    parent or of a sub-prefix of it, or a run that read a manifest (its URIs may lie
+    anywhere)."""
+    ours = source_uri.rstrip("/") + "/"
+    theirs = str(record.get("source") or "").rstrip("/") + "/"
+    manifest_run = bool((record.get("config") or {}).get("manifest"))
+    return with_manifest or manifest_run or ours.startswith(theirs) or theirs.startswith(ours)
 
 
 def state_runs(out: Location, source_uri: str, model_id: str, with_manifest: bool
@@ -109,14 +153,8 @@ def state_runs(out: Location, source_uri: str, model_id: str, with_manifest: boo
     first: runs of this prefix, of a parent or of a sub-prefix of it, and runs that read a
     manifest (its URIs may lie anywhere). Runs of disjoint prefixes are left out so that a
     shared OUT does not make each line's diff read every other line's rows."""
-    ours = source_uri.rstrip("/") + "/"
-
-    def related(record: dict[str, Any]) -> bool:
-        theirs = str(record.get("source") or "").rstrip("/") + "/"
-        manifest_run = bool((record.get("config") or {}).get("manifest"))
-        return with_manifest or manifest_run or ours.startswith(theirs) or theirs.startswith(ours)
-
-    return [r for r in committed_records(out) if r.get("model_id") == model_id and related(r)]
+    return [r for r in committed_records(out)
+            if r.get("model_id") == model_id and is_related(r, source_uri, with_manifest)]
 
 
 def selection_warnings(tally: ListingTally, src: Location, manifest: Location | None
@@ -149,11 +187,13 @@ def diff_listing(manifest_path: str, out: Location, previous: list[dict[str, Any
                  workdir: str, object_filter: ObjectFilter, source_uri: str, run_id: str, *,
                  full: bool = False, retry_errors: bool = False, limit: int | None = None,
                  snapshot: Snapshot | None = None, model_id: str = "",
-                 listed_under_source: bool = False) -> DiffResult:
+                 listed_under_source: bool = False,
+                 changed_from: ModelChange | None = None) -> DiffResult:
     """Anti-join the new listing against the latest state per URI: ``snapshot``'s rows of
     ``model_id`` when given, else a window over ``previous`` runs' rows and vanished lists.
     ``listed_under_source``: every listed URI lies under ``source_uri`` (no manifest), so
-    only that range of the snapshot is read."""
+    only that range of the snapshot is read. ``changed_from``: the last run's other model,
+    whose objects new to this one are counted as ``rescored``."""
     con = duckdb_connect(workdir)
     con.execute("CREATE OR REPLACE TEMP VIEW listing AS SELECT image_uri, any_value(size_bytes) "
                 "AS size_bytes, any_value(etag) AS etag, any_value(mtime) AS mtime "
@@ -163,8 +203,25 @@ def diff_listing(manifest_path: str, out: Location, previous: list[dict[str, Any
                              source_uri if listed_under_source else None)
     else:
         _state_from_runs(con, out, previous)
-    return _classify(con, workdir, object_filter, source_uri, run_id, full=full,
-                     retry_errors=retry_errors, limit=limit)
+    result = _classify(con, workdir, object_filter, source_uri, run_id, full=full,
+                       retry_errors=retry_errors, limit=limit)
+    if changed_from is not None:
+        result.rescored = _count_rescored(con, out, snapshot, changed_from)
+    con.close()
+    return result
+
+
+def _count_rescored(con: Any, out: Location, snapshot: Snapshot | None,
+                    change: ModelChange) -> int:
+    """Listed objects new to this model that the other model has rows for."""
+    if snapshot is not None:
+        known = f"SELECT image_uri FROM snap WHERE state AND model_id = {sql_str(change.model_id)}"
+    else:
+        register_parquet(con, "other_scores", out, [f for r in change.runs for f in r.get("files", [])],
+                         ["image_uri"], SCORES_SCHEMA)
+        known = "SELECT image_uri FROM other_scores"
+    return int(con.execute(f"SELECT count(*) FROM classified WHERE reason = 'new' AND image_uri IN "
+                           f"({known})").fetchone()[0])
 
 
 def _state_from_snapshot(con: Any, out: Location, snapshot: Snapshot, model_id: str,
@@ -249,7 +306,6 @@ def _classify(con: Any, workdir: str, object_filter: ObjectFilter, source_uri: s
     vanished_path = os.path.join(workdir, "vanished.parquet")
     counts.vanished = with_native_read_retries(_write_vanished, con, vanished_path, source_uri,
                                                object_filter, run_id)
-    con.close()
     return DiffResult(todo_path=todo_path, vanished_path=vanished_path, counts=counts)
 
 

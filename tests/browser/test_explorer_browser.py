@@ -97,6 +97,28 @@ def test_explorer_renders_only_a_bounded_set(lake, tmp_path):
     assert len(list((copy / "reports" / "explorer" / "img").glob("*-map.png"))) == 10
 
 
+def test_vip2scan_map_with_the_explorers_range_draws_the_explorers_colours(lake, explorer, tmp_path):
+    meta, = load_data(explorer, "meta.js")
+    index, = load_data(explorer, "index.js")
+    _, details = load_data(explorer, "chunk-00000.js")
+    row = next(j for j, d in enumerate(details) if d[5] and d[5]["img"])
+    render = details[row][5]
+    uri = meta["roots"][index["root"][row]] + index["k"][row]
+    theirs = np.asarray(Image.open(explorer / "img" / f"{row}-map.png").convert("RGB"), dtype=int)
+
+    def drawn(*extra: str) -> np.ndarray:
+        ran = invoke("map", str(lake.out), uri, "--png", str(tmp_path / "map.png"), *extra)
+        assert ran.exit_code == 0, ran.stderr
+        ours = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"), dtype=int)
+        assert ours.shape == theirs.shape
+        return np.abs(ours - theirs)
+
+    # The page's range is rounded to 6 decimals: a pixel may fall into the next colour step.
+    same = drawn("--range", f"{render['lo']}:{render['hi']}")
+    assert same.mean() < 0.5 and same.max() <= 8
+    assert drawn().mean() > 5 * max(same.mean(), 0.1)  # its own range: other colours
+
+
 # ------------------------------------------------------------------ in the browser
 def test_explorer_in_headless_chromium(browser, explorer, lake, latest, tmp_path):
     shots = artifacts_dir(tmp_path / "screenshots")
@@ -225,4 +247,66 @@ def test_explorer_at_100000_rows(browser, tmp_path):
     size = sum(p.stat().st_size for p in (out / "reports" / "explorer").rglob("*") if p.is_file())
     print(f"100,000 rows: table ready {browser.evaluate('V2S.timing.tableMs'):.0f} ms after the "
           f"page started, explorer {size / 1e6:.1f} MB")
+    assert browser.errors() == []
+
+
+def test_explorer_details_names_reasons_filters_in_the_url_and_map_scales(browser, explorer, lake, latest):
+    """Issue 25's explorer details: error links by name, a reason column, filters kept in the
+    URL across a reload, every map's maximum inside its colour bar, the maximum's ring whole
+    at the picture's edge, ticks clear of the labels, an axis on the history line."""
+    meta, = load_data(explorer, "meta.js")
+    index, = load_data(explorer, "index.js")
+    rendered = []
+    for k in range((meta["n_rows"] + meta["chunk_rows"] - 1) // meta["chunk_rows"]):
+        _, details = load_data(explorer, f"chunk-{k:05d}.js")
+        rendered += [d[5] for d in details if d[5]]
+    assert rendered and all(r["peak"] <= r["hi"] for r in rendered)
+
+    browser.open((explorer / "index.html").as_uri())
+    browser.wait_for("!!document.querySelector('#error-list a')")
+    names = browser.evaluate("Array.from(document.querySelectorAll('#error-list a')).map(a => a.textContent)")
+    assert names and set(names) <= set(index["k"]), names
+
+    browser.evaluate("location.hash = '#images'")
+    browser.wait_for("window.V2S.timing.tableMs !== undefined")
+    browser.set_value("#f-status", "error")
+    matching = f"document.getElementById('p-info').textContent.includes('of {latest['error']} matching')"
+    browser.wait_for(matching)
+    reasons = browser.evaluate(ROWS + ".map(r => r.lastElementChild.textContent)")
+    assert len(reasons) == latest["error"] and all(reasons), reasons
+    assert "status=error" in browser.evaluate("location.hash")
+    browser.evaluate("location.reload()")
+    browser.wait_for("window.V2S && window.V2S.timing.tableMs !== undefined")
+    browser.wait_for(matching)
+    assert browser.evaluate("document.getElementById('f-status').value") == "error"
+
+    # An image scored on two nights: its history line has axes, its table says yes/no.
+    row = index["k"].index("line0/img_0000.png")
+    browser.evaluate(f"location.hash = '#image/{row}'")
+    browser.wait_for("!!document.querySelector('#view-image dl')")
+    assert browser.evaluate("document.querySelectorAll('#view-image svg.sparkline text.axis').length") == 4
+    flags = browser.evaluate("Array.from(document.querySelectorAll('#view-image table tr')).slice(1)"
+                             ".map(r => r.lastElementChild.textContent)")
+    assert len(flags) == 2 and set(flags) <= {"yes", "no"}, flags
+    if browser.evaluate("!!document.querySelector('.colourbar')"):
+        assert browser.evaluate("""(() => {
+            const labels = document.querySelector('.cb-labels').getBoundingClientRect();
+            return Array.from(document.querySelectorAll('.colourbar .tick'))
+                .every(t => t.getBoundingClientRect().bottom <= labels.top + 0.5); })()""")
+
+    # A maximum in the picture's corner: its ring stays inside the picture.
+    row = next(i for i, f in enumerate(index["f"]) if f & 4)  # a rendered row (FLAG_RENDERED)
+    k, j = divmod(row, meta["chunk_rows"])
+    browser.evaluate(f"location.hash = '#image/{row}'")
+    browser.wait_for("!!document.getElementById('peak-marker')")
+    browser.evaluate(f"(() => {{ const r = V2S.chunks[{k}][{j}][5]; r.x = 0.999; r.y = 0.999; "
+                     "location.hash = '#overview'; })()")
+    browser.wait_for("!document.getElementById('view-overview').hidden")
+    browser.evaluate(f"location.hash = '#image/{row}'")
+    browser.wait_for("!!document.getElementById('peak-marker')")
+    inside = browser.evaluate("""(() => {
+        const ring = document.getElementById('peak-marker').getBoundingClientRect();
+        const picture = document.getElementById('peak-marker').parentElement.getBoundingClientRect();
+        return ring.right <= picture.right + 0.5 && ring.bottom <= picture.bottom + 0.5; })()""")
+    assert inside
     assert browser.errors() == []

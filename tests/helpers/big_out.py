@@ -24,7 +24,8 @@ SOURCE = "s3://lake/images"
 MODEL = "synthetic0000000"
 
 
-def rows_for(uris: list[str], run_id: str, when: dt.datetime, rng: np.random.Generator) -> pa.Table:
+def rows_for(uris: list[str], run_id: str, when: dt.datetime, rng: np.random.Generator,
+             threshold: float = 0.52) -> pa.Table:
     n = len(uris)
     error = rng.random(n) < 0.01
     score = rng.normal(0.5, 0.01, n).astype(np.float32)
@@ -33,7 +34,7 @@ def rows_for(uris: list[str], run_id: str, when: dt.datetime, rng: np.random.Gen
         "image_uri": uris, "etag": [f"e{i}" for i in range(n)], "mtime": [when] * n,
         "size_bytes": rng.integers(10_000, 900_000, n), "width": np.full(n, 640, np.int32),
         "height": np.full(n, 480, np.int32),
-        "image_score": pa.array(score, mask=error), "is_anomalous": pa.array(score > 0.52, mask=error),
+        "image_score": pa.array(score, mask=error), "is_anomalous": pa.array(score > threshold, mask=error),
         "max_pixel_score": pa.array(score + 0.01, mask=error),
         "anomalous_area_fraction": pa.array(rng.random(n).astype(np.float32) * 0.1, mask=error),
         "map_store": pa.nulls(n, pa.string()), "map_index": pa.nulls(n, pa.int64()),
@@ -43,15 +44,18 @@ def rows_for(uris: list[str], run_id: str, when: dt.datetime, rng: np.random.Gen
     }, schema=SCORES_SCHEMA)
 
 
-def write_big_out(out: Path, n: int) -> None:
+def write_big_out(out: Path, n: int, thresholds: tuple[float, float, float] = (0.52, 0.52, 0.52),
+                  shares: tuple[float, float, float] = (1.0, 0.05, 0.05)) -> None:
+    """Three nights; ``shares``: the part of the objects each night scores (1.0: all, as a
+    --full rescan), ``thresholds``: each night's image threshold."""
     rng = np.random.default_rng(0)
     uris = [f"{SOURCE}/line{i % 12}/day{(i // 12) % 30:02d}/img_{i:07d}.jpg" for i in range(n)]
     today = dt.datetime.now(dt.timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
-    for night, share in enumerate((1.0, 0.05, 0.05)):
+    for night, (share, threshold) in enumerate(zip(shares, thresholds)):
         when = today - dt.timedelta(days=2 - night)
         run_id = when.strftime("%Y%m%dT%H%M%S000Z") + f"-big{night:03d}"
         picked = uris if share == 1.0 else sorted(rng.choice(uris, int(n * share), replace=False).tolist())
-        table = rows_for(picked, run_id, when, rng)
+        table = rows_for(picked, run_id, when, rng, threshold)
         rel = f"scores/scan_date={when:%Y-%m-%d}/{run_id}-00000.parquet"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out / rel)
@@ -59,7 +63,7 @@ def write_big_out(out: Path, n: int) -> None:
                   "unchanged": n - len(picked), "vanished": 0, "scored": table.num_rows, "failed": 0}
         record = {"run_id": run_id, "status": "complete", "source": SOURCE, "model_id": MODEL,
                   "started_at": when.isoformat(), "finished_at": when.isoformat(), "scan_date": f"{when:%Y-%m-%d}",
-                  "files": [rel], "counts": counts, "image_threshold": 0.52, "pixel_threshold": 0.5,
+                  "files": [rel], "counts": counts, "image_threshold": threshold, "pixel_threshold": 0.5,
                   "map_store": None, "vanished_file": None, "record_version": 1}
         (out / "runs").mkdir(parents=True, exist_ok=True)
         (out / "runs" / f"{run_id}.json").write_text(json.dumps(record, indent=2))

@@ -70,6 +70,37 @@ def test_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(cli, tmp
     assert "Traceback" in debug.stderr
 
 
+def test_usage_lines_name_every_argument_in_capitals(cli) -> None:
+    import re
+
+    named = {}
+    for command in (["scan"], ["query"], ["map"], ["verify"], ["convert"], ["jobs", "status"]):
+        usage = cli(*command, "--help").stdout.splitlines()[0]
+        named[" ".join(command)] = [n for n in re.findall(r"[{\[]([A-Za-z_]+)[}\]]", usage) if n != "OPTIONS"]
+    assert named["query"] == ["OUT", "SQL"] and named["map"] == ["OUT", "IMAGE_URI"], named
+    assert all(name == name.upper() for names in named.values() for name in names), named
+
+
+@pytest.mark.parametrize("group", [[], ["jobs"]], ids=["root", "jobs"])
+def test_command_lists_fit_80_columns_without_cut_sentences(cli, group) -> None:
+    ran = cli(*group, "--help", env={"COLUMNS": "80"})
+    listed = ran.stdout.split("Commands:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    assert len(listed) >= 2, ran.stdout
+    for line in listed:
+        assert len(line) <= 80 and not line.rstrip().endswith("...") and line.rstrip().endswith("."), line
+
+
+def test_debug_after_the_command_shows_the_traceback_too(cli, tmp_path) -> None:
+    # Every error line says "run with --debug": where a user adds it, at the end, it works.
+    missing = str(tmp_path / "no-such-out")
+    debug = cli("query", missing, "SELECT 1", "--debug")
+    assert debug.exit_code == 1 and "No such option" not in debug.stderr
+    assert "Traceback" in debug.stderr
+    # After `--` it is the submitted command's own argument, not ours.
+    submitted = cli("submit", "--", "scan", "lake/", "--debug")
+    assert submitted.exit_code == 2 and "No such option: --debug" in submitted.stderr
+
+
 def test_error_messages_never_show_secret_values(cli, tmp_path) -> None:
     secret = "sentinel-secret-value-4242"
     ran = cli("query", str(tmp_path / secret), "SELECT 1", env={"MY_SERVICE_TOKEN": secret})

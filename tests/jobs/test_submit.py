@@ -75,6 +75,19 @@ def test_a_wrong_token_is_a_one_line_error_that_does_not_echo_it(cli_subprocess,
     assert wrong not in ran.stdout + ran.stderr and ray_head.token not in ran.stdout + ran.stderr
 
 
+@pytest.mark.slow
+def test_submit_without_a_cluster_names_the_address_it_tried(cli, monkeypatch) -> None:
+    import vip2scan.jobs.submit as submit_module
+
+    # Nothing listens on port 9: the default dashboard stands in for a machine without Ray.
+    monkeypatch.setattr(submit_module, "DEFAULT_DASHBOARD", "http://127.0.0.1:9")
+    ran = cli("submit", "--", "scan", "lake/", "--out", "o", "--checkpoint", "c", env={"RAY_ADDRESS": None})
+    assert ran.exit_code == 1 and len(ran.error_lines) == 1, ran.stderr
+    assert "http://127.0.0.1:9 (the default; set --address or $RAY_ADDRESS)" in ran.error_lines[0]
+    from_env = cli("jobs", "status", "raysubmit_x", env={"RAY_ADDRESS": "http://127.0.0.1:9"})
+    assert from_env.exit_code == 1 and "http://127.0.0.1:9 ($RAY_ADDRESS)" in from_env.stderr
+
+
 def test_submit_refuses_an_invalid_command_before_contacting_the_cluster(cli) -> None:
     ran = cli("submit", "--address", "http://127.0.0.1:9", "--", "scan", "lake/", "--out", "o", "--bacth-size", "2")
     assert ran.exit_code == 2 and "No such option: --bacth-size" in ran.stderr

@@ -78,3 +78,16 @@ def test_large_photos_take_the_fast_path_within_resampling_noise(name):
         assert decoded.size == (-(-full[0] // 8), -(-full[1] // 8)) and min(decoded.size) >= size
     else:
         assert decoded.size == full
+
+
+@pytest.mark.parametrize("side", [14_000, 20_000])  # past PIL's warning, past its error
+def test_a_pixel_bomb_is_refused_citing_the_limit_in_force(side):
+    from tests.helpers.hostile_files import png_claiming
+
+    from vip2scan.model.images import DEFAULT_MAX_IMAGE_PIXELS
+
+    with pytest.raises(DecodeError) as refused:
+        decode_upright(png_claiming(side, side))
+    message = str(refused.value)
+    assert f"{side * side} pixels exceeds the limit of {DEFAULT_MAX_IMAGE_PIXELS}" in message
+    assert str(2 * DEFAULT_MAX_IMAGE_PIXELS) not in message

@@ -162,5 +162,6 @@ def test_scan_with_truncated_weights_fails_before_taking_the_lock(tmp_path, chec
     weights.write_bytes(weights.read_bytes()[:-10])
     (tmp_path / "lake").mkdir()
     with pytest.raises(ScanError, match="cannot load checkpoint .*outside the file"):
-        scan(str(tmp_path / "lake"), str(tmp_path / "out"), str(checkpoint_copy), ScanOptions())
-    assert not (tmp_path / "out" / "_lock").exists()
+        scan(str(tmp_path / "lake"), str(tmp_path / "out" / "night"), str(checkpoint_copy), ScanOptions())
+    # Nothing was written: not even the OUT folder (and its parent) that the probe created.
+    assert not (tmp_path / "out").exists()

@@ -116,3 +116,20 @@ def test_commit_compacts_parts_into_few_files_with_schema_version(tmp_path):
     assert meta[b"vip2scan.schema_version"] == SCHEMA_VERSION.encode()
     assert pq.read_schema(os.path.join(part_dir, "run9-00000.parquet")).remove_metadata() == \
         SCORES_SCHEMA.remove_metadata()
+
+
+def test_diff_counts_what_the_last_runs_other_model_scored_as_rescored(tmp_path):
+    """An OUT without a snapshot (runs of an older version): the window over that model's runs."""
+    from vip2scan.pipeline.selection.diff import ModelChange
+
+    out = Location.of(str(tmp_path / "out"))
+    _commit_run(out, "r1", [_row("a.png"), _row("b.png")], started="2025-01-01T00:00:00")
+    listing = _listing(str(tmp_path / "l.parquet"), [
+        {"image_uri": f"{SRC}/{name}", "size_bytes": 10, "etag": None, "mtime": T0}
+        for name in ("a.png", "b.png", "c.png")])
+    work = tmp_path / "w"
+    work.mkdir()
+    change = ModelChange("r1", "m1", committed_records(out))
+    result = diff_listing(listing, out, [], str(work), ObjectFilter(), SRC, "r2", model_id="m2",
+                          changed_from=change)
+    assert (result.counts.new, result.rescored) == (3, 2)  # c.png is new to the lake itself
