@@ -55,7 +55,9 @@ def alerts(
     deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
 ) -> None:
-    """List the anomaly-rate alerts of OUT's runs, and the nights whose model or threshold changed.
+    """List the nights whose anomaly or error rate jumped.
+
+    Also the nights whose model or threshold changed (not compared).
 
     An alert: a group's share of flagged images (or of error rows) on a night is far above its previous nights' (exact one-sided test, false-alarm rate at most 0.1 % per group-night and measure).
     """  # noqa: E501 - one line per paragraph: the help reflows it

@@ -5,6 +5,7 @@ The scan command, the demo and the report page say these the same way, from here
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from vip2scan.jobs.terminal import printable, shell_word

@@ -42,7 +42,9 @@ def _scan(lake: Path, out: Path, checkpoint: str, *extra: str) -> Ran:
 
 
 def _model_lines(ran: Ran) -> list[str]:
-    return [line for line in ran.stdout.splitlines() if "model changed" in line]
+    """The model-change warnings (not the alerts' per-group ``changed:`` notes)."""
+    return [line for line in ran.stdout.splitlines()
+            if "model changed" in line and line.lstrip().startswith("warning:")]
 
 
 def _flagged_in(out: Path) -> int:
