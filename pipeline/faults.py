@@ -20,6 +20,9 @@ In the driver only (never shipped to workers):
 - ``VIP2SCAN_FAULT_KILL_DRIVER_AT=POINT:N``: the driver SIGKILLs itself the N-th time it
   passes the named point (:data:`DRIVER_POINTS`; read at each pass, no marker needed: the
   rerun simply runs without the variable).
+- ``VIP2SCAN_FAULT_PAUSE_DRIVER_AT=POINT:N`` (with the marker dir): the driver creates
+  ``DIR/paused-at-POINT`` the N-th time it passes the point and sleeps there for a day, so a
+  test can send it a signal at that very moment.
 
 Poison objects (comma-separated substrings of an object's URI; they fire on every attempt,
 like a real poison file, and need no marker):
@@ -54,6 +57,7 @@ HANG_READ_ON_ENV = "VIP2SCAN_FAULT_HANG_READ_ON"
 KILL_DECODE_WORKER_ON_ENV = "VIP2SCAN_FAULT_KILL_DECODE_WORKER_ON"
 HANG_S = 24 * 3600.0
 KILL_DRIVER_AT_ENV = "VIP2SCAN_FAULT_KILL_DRIVER_AT"
+PAUSE_DRIVER_AT_ENV = "VIP2SCAN_FAULT_PAUSE_DRIVER_AT"
 CRASH_EXIT_CODE = 87
 DRIVER_CRASH_EXIT_CODE = 86
 
@@ -164,12 +168,21 @@ _driver_passes: dict[str, int] = {}
 
 
 def driver_point(point: str) -> None:
-    """SIGKILL this process on its N-th pass of ``point`` when KILL_DRIVER_AT is ``point:N``:
+    """SIGKILL this process on its N-th pass of ``point`` when KILL_DRIVER_AT is ``point:N``
+    (or pause there when PAUSE_DRIVER_AT is):
     a real SIGKILL (no finally blocks, no lease release, no atexit), like the OOM killer or a
     node going away."""
-    wanted = os.environ.get(KILL_DRIVER_AT_ENV)
-    if not wanted or wanted.partition(":")[0] != point:
+    killed, paused = os.environ.get(KILL_DRIVER_AT_ENV), os.environ.get(PAUSE_DRIVER_AT_ENV)
+    if not any(wanted and wanted.partition(":")[0] == point for wanted in (killed, paused)):
         return
     _driver_passes[point] = _driver_passes.get(point, 0) + 1
-    if _driver_passes[point] >= int(wanted.partition(":")[2] or 1):
+    if killed and _reached(killed, point):
         os.kill(os.getpid(), signal.SIGKILL)
+    if paused and _reached(paused, point):
+        open(os.path.join(os.environ[MARKER_DIR_ENV], f"paused-at-{point}"), "w").close()
+        time.sleep(HANG_S)
+
+
+def _reached(wanted: str, point: str) -> bool:
+    name, _, count = wanted.partition(":")
+    return name == point and _driver_passes[point] >= int(count or 1)
