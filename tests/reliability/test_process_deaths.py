@@ -16,12 +16,12 @@ import subprocess
 import time
 
 import pytest
-
-from tests.helpers.cli_runner import VENV_BIN, VIP2SCAN, invoke
-from tests.helpers.hostile_files import small_png
 from vip2scan.pipeline import faults
 from vip2scan.pipeline.run.lock import read_lease
 from vip2scan.pipeline.storage.location import Location
+
+from tests.helpers.cli_runner import VENV_BIN, VIP2SCAN
+from tests.helpers.hostile_files import small_png
 
 TIMEOUT_S = 300  # against hangs only
 
@@ -74,3 +74,84 @@ def test_sigterm_after_the_ray_engine_shut_ray_down_releases_the_lease_in_one_li
     assert said[0].endswith("rerun the same command to resume it")
     # (That a rerun then resumes such a run: test_lease_races.py.)
     assert read_lease(Location.of(str(out))) is None, "the stopped scan left its lease behind"
+
+
+N_GOOD = 5
+POISON = "poison/read_kills.png"  # a valid PNG: only the fault hook makes its read deadly
+DIED = "reader process died: SIGKILL"
+
+
+def _poison_lake(tmp_path, monkeypatch):
+    lake = tmp_path / "lake"
+    _lake(lake, [f"line/img{i}.png" for i in range(N_GOOD)] + [POISON])
+    monkeypatch.setenv(faults.KILL_READER_ON_ENV, "read_kills")
+    return lake
+
+
+def _statuses(out: str) -> dict[str, tuple[str, str]]:
+    from vip2scan.pipeline import read_scores
+
+    table = read_scores(out, columns=["image_uri", "status", "error"])
+    return {uri.split("/lake/", 1)[1]: (status, error or "") for uri, status, error in zip(
+        *(table[name].to_pylist() for name in ("image_uri", "status", "error")))}
+
+
+def _night_then_next(lake, out: str, checkpoint: str, **options) -> None:
+    from vip2scan.pipeline import ScanOptions, scan
+
+    opts = ScanOptions(batch_size=4, map_size=16, stage_rows=4, **options)
+    night = scan(str(lake), out, checkpoint, opts)
+    assert night.status == "complete"
+    assert (night.counts["scored"], night.counts["failed"]) == (N_GOOD, 1)
+    rows = _statuses(out)
+    assert rows[POISON] == ("error", DIED)
+    assert sorted(k for k, (status, _) in rows.items() if status == "ok") == \
+        [f"line/img{i}.png" for i in range(N_GOOD)]
+    # The poison is still there: the next night neither reads it nor scores anything.
+    again = scan(str(lake), out, checkpoint, opts)
+    assert again.counts["scored"] == again.counts["failed"] == 0 and not again.inference_started
+
+
+@pytest.mark.slow  # two local nights, reader processes killed and restarted
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_read_that_kills_its_reader_is_one_error_row_on_the_local_engine(
+        tmp_path, monkeypatch, tiny_checkpoint):
+    """Before the reader process, the read ran in the driver: it died (exit 137, nothing
+    printed), and so did every rerun."""
+    lake = _poison_lake(tmp_path, monkeypatch)
+    _night_then_next(lake, str(tmp_path / "out"), tiny_checkpoint, engine="local")
+
+
+@pytest.mark.slow  # a Ray night
+@pytest.mark.timeout(TIMEOUT_S)
+def test_a_read_that_kills_its_reader_is_one_error_row_on_the_ray_engine(
+        tmp_path, monkeypatch, ray_local, tiny_checkpoint):
+    """Before, the decode task itself died four times, then the run failed naming nothing."""
+    lake = _poison_lake(tmp_path, monkeypatch)
+    _night_then_next(lake, str(tmp_path / "out"), tiny_checkpoint, engine="ray", actors=(1, 1))
+
+
+def test_deaths_recorded_in_staging_quarantine_the_object_after_a_restart(tmp_path):
+    """What a dead driver knew survives it: the deaths its reader processes recorded in the
+    run's staging make the restarted one skip the object without reading it again."""
+    import numpy as np
+    from vip2scan.pipeline.run.staging import death_log, earlier_deaths
+    from vip2scan.pipeline.specs import LimitSpec
+    from vip2scan.pipeline.stages.decode import DecodeSettings, ReadDecode
+
+    lake, out = tmp_path / "lake", Location.of(str(tmp_path / "out"))
+    _lake(lake, ["a.png", POISON])
+    uris = np.array([f"file://{lake}/a.png", f"file://{lake}/{POISON}"])
+    hooks = faults.FaultHooks(kill_reader_on=("read_kills",))
+    settings = DecodeSettings(image_size=16, limit_spec=LimitSpec(read_timeout_s=30),
+                              faults=hooks, deaths=death_log(out, "run-1"))
+    first = ReadDecode(settings)({"image_uri": uris})
+    assert list(first["status"]) == ["ok", "error"] and first["error"][1] == DIED
+    # The group's death, then its own alone: two deaths, both recorded.
+    recorded = earlier_deaths(out, "run-1")
+    assert recorded == {uris[0]: [1, DIED], uris[1]: [2, DIED]}
+    restarted = ReadDecode(DecodeSettings(image_size=16, faults=hooks,
+                                          deaths=death_log(out, "run-1"), suspects=recorded))
+    again = restarted({"image_uri": uris})
+    assert list(again["status"]) == ["ok", "error"] and again["error"][1] == DIED
+    assert again["read_bytes"][1] == 0 and earlier_deaths(out, "run-1") == recorded
