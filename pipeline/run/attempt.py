@@ -197,7 +197,8 @@ def stage_settings(out: Location, plan: Plan, model_spec: ModelSpec, image_size:
                             storage_options=opts.storage_for("source") or None,
                             wrapper=opts.fs_wrapper, faults=fault_hooks,
                             deaths=death_log(out, plan.run_id),
-                            suspects=earlier_deaths(out, plan.run_id))
+                            # A run's first attempt has no earlier deaths: no LIST to find none.
+                            suspects=earlier_deaths(out, plan.run_id) if plan.attempts > 1 else None)
     infer = InferSettings(model_spec=model_spec, map_spec=plan.map_spec,
                           thresholds=plan.thresholds, engine_spec=opts.engine_spec,
                           checkpoint_storage_options=opts.storage_for("checkpoint") or None,
