@@ -3,9 +3,9 @@
 - SIGTERM in the commit phase, after the Ray engine shut Ray down: one line, exit 143, the
   lease released, and the rerun finishes the run (Ray's shutdown used to leave SIGTERM on its
   default action while Python still reported the scan's handler);
-- a poison object whose *read* kills the reading process (pipeline/faults.py SIGKILLs it, on
-  every attempt, as an OOM on a mislabelled huge object would): one error row naming the
-  cause, the rest committed, on both engines; the next night does not read it again.
+- the deaths of reader processes, recorded in the run's staging, outlive the driver: after a
+  restart an object in flight at two deaths is not read again. (A poison object whose read
+  kills its reader, on both engines: test_poison_files.py.)
 """
 
 from __future__ import annotations
@@ -76,59 +76,8 @@ def test_sigterm_after_the_ray_engine_shut_ray_down_releases_the_lease_in_one_li
     assert read_lease(Location.of(str(out))) is None, "the stopped scan left its lease behind"
 
 
-N_GOOD = 5
 POISON = "poison/read_kills.png"  # a valid PNG: only the fault hook makes its read deadly
 DIED = "reader process died: SIGKILL"
-
-
-def _poison_lake(tmp_path, monkeypatch):
-    lake = tmp_path / "lake"
-    _lake(lake, [f"line/img{i}.png" for i in range(N_GOOD)] + [POISON])
-    monkeypatch.setenv(faults.KILL_READER_ON_ENV, "read_kills")
-    return lake
-
-
-def _statuses(out: str) -> dict[str, tuple[str, str]]:
-    from vip2scan.pipeline import read_scores
-
-    table = read_scores(out, columns=["image_uri", "status", "error"])
-    return {uri.split("/lake/", 1)[1]: (status, error or "") for uri, status, error in zip(
-        *(table[name].to_pylist() for name in ("image_uri", "status", "error")))}
-
-
-def _night_then_next(lake, out: str, checkpoint: str, **options) -> None:
-    from vip2scan.pipeline import ScanOptions, scan
-
-    opts = ScanOptions(batch_size=4, map_size=16, stage_rows=4, **options)
-    night = scan(str(lake), out, checkpoint, opts)
-    assert night.status == "complete"
-    assert (night.counts["scored"], night.counts["failed"]) == (N_GOOD, 1)
-    rows = _statuses(out)
-    assert rows[POISON] == ("error", DIED)
-    assert sorted(k for k, (status, _) in rows.items() if status == "ok") == \
-        [f"line/img{i}.png" for i in range(N_GOOD)]
-    # The poison is still there: the next night neither reads it nor scores anything.
-    again = scan(str(lake), out, checkpoint, opts)
-    assert again.counts["scored"] == again.counts["failed"] == 0 and not again.inference_started
-
-
-@pytest.mark.slow  # two local nights, reader processes killed and restarted
-@pytest.mark.timeout(TIMEOUT_S)
-def test_a_read_that_kills_its_reader_is_one_error_row_on_the_local_engine(
-        tmp_path, monkeypatch, tiny_checkpoint):
-    """Before the reader process, the read ran in the driver: it died (exit 137, nothing
-    printed), and so did every rerun."""
-    lake = _poison_lake(tmp_path, monkeypatch)
-    _night_then_next(lake, str(tmp_path / "out"), tiny_checkpoint, engine="local")
-
-
-@pytest.mark.slow  # a Ray night
-@pytest.mark.timeout(TIMEOUT_S)
-def test_a_read_that_kills_its_reader_is_one_error_row_on_the_ray_engine(
-        tmp_path, monkeypatch, ray_local, tiny_checkpoint):
-    """Before, the decode task itself died four times, then the run failed naming nothing."""
-    lake = _poison_lake(tmp_path, monkeypatch)
-    _night_then_next(lake, str(tmp_path / "out"), tiny_checkpoint, engine="ray", actors=(1, 1))
 
 
 def test_deaths_recorded_in_staging_quarantine_the_object_after_a_restart(tmp_path):
