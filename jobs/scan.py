@@ -114,6 +114,10 @@ def scan(
     max_image_pixels: Annotated[int, typer.Option(
         metavar="N", help="Larger images become error rows (decompression-bomb guard).")] = \
         default_of(LimitSpec, "max_image_pixels"),
+    max_object_bytes: Annotated[int, typer.Option(
+        metavar="BYTES", help="Objects larger than this (by the listing's size) become error "
+                              "rows without being read.")] = \
+        default_of(LimitSpec, "max_object_bytes"),
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when some images became error rows.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     fail_on_alert: Annotated[bool, typer.Option(
@@ -145,7 +149,7 @@ def scan(
         manifest_any_source=manifest_any_source or None, include=tuple(include or ()) or None,
         exclude=tuple(exclude or ()) or None, suffixes=tuple(suffixes or ()) or None,
         ray_address=ray_address, wait=wait or None, max_image_pixels=max_image_pixels,
-        engine=engine)
+        max_object_bytes=max_object_bytes, engine=engine)
     storage_options = storage_options_from_flags(storage_option)
     # Usage errors first, before the storage and the model are touched (InvalidSetting: exit 2).
     options = ScanOptions(**{k: v for k, v in chosen.items() if v is not None},

@@ -20,6 +20,9 @@ In the driver only (never shipped to workers):
 - ``VIP2SCAN_FAULT_KILL_DRIVER_AT=POINT:N``: the driver SIGKILLs itself the N-th time it
   passes the named point (:data:`DRIVER_POINTS`; read at each pass, no marker needed: the
   rerun simply runs without the variable).
+- ``VIP2SCAN_FAULT_PAUSE_DRIVER_AT=POINT:N`` (with the marker dir): the driver creates
+  ``DIR/paused-at-POINT`` the N-th time it passes the point and sleeps there for a day, so a
+  test can send it a signal at that very moment.
 
 Poison objects (comma-separated substrings of an object's URI; they fire on every attempt,
 like a real poison file, and need no marker):
@@ -28,6 +31,8 @@ like a real poison file, and need no marker):
   SIGKILLed (the decode sandbox's child: stages/sandbox.py);
 - ``VIP2SCAN_FAULT_HANG_DECODE_ON=...``: decoding a matching object hangs (sleeps for a day);
 - ``VIP2SCAN_FAULT_HANG_READ_ON=...``: reading a matching object hangs (sleeps for a day);
+- ``VIP2SCAN_FAULT_KILL_READER_ON=...``: the process reading a matching object is SIGKILLed
+  (the reader process of stages/reader.py; before it existed, the driver or the decode task);
 - ``VIP2SCAN_FAULT_KILL_DECODE_WORKER_ON=...``: the decode task's own process (not its
   sandboxed decoder) dies when its batch holds a matching object: a poison the sandbox cannot
   catch, so only Ray's bounded task retries stand between it and a loop. With the marker dir
@@ -51,9 +56,11 @@ MARKER_DIR_ENV = "VIP2SCAN_FAULT_MARKER_DIR"
 KILL_DECODER_ON_ENV = "VIP2SCAN_FAULT_KILL_DECODER_ON"
 HANG_DECODE_ON_ENV = "VIP2SCAN_FAULT_HANG_DECODE_ON"
 HANG_READ_ON_ENV = "VIP2SCAN_FAULT_HANG_READ_ON"
+KILL_READER_ON_ENV = "VIP2SCAN_FAULT_KILL_READER_ON"
 KILL_DECODE_WORKER_ON_ENV = "VIP2SCAN_FAULT_KILL_DECODE_WORKER_ON"
 HANG_S = 24 * 3600.0
 KILL_DRIVER_AT_ENV = "VIP2SCAN_FAULT_KILL_DRIVER_AT"
+PAUSE_DRIVER_AT_ENV = "VIP2SCAN_FAULT_PAUSE_DRIVER_AT"
 CRASH_EXIT_CODE = 87
 DRIVER_CRASH_EXIT_CODE = 86
 
@@ -68,6 +75,7 @@ class FaultHooks:
     kill_decoder_on: tuple[str, ...] = ()
     hang_decode_on: tuple[str, ...] = ()
     hang_read_on: tuple[str, ...] = ()
+    kill_reader_on: tuple[str, ...] = ()
     kill_decode_worker_on: tuple[str, ...] = ()
 
     def decode_fault(self, uri: str) -> str | None:
@@ -88,7 +96,10 @@ class FaultHooks:
         os._exit(CRASH_EXIT_CODE)
 
     def on_read(self, uris: list[str]) -> None:
-        """Hang like a read that never returns when one of ``uris`` is a hanging object."""
+        """Hang like a read that never returns when one of ``uris`` is a hanging object; die
+        like a reader killed by the OOM killer when one is a killing object."""
+        if any(part in uri for uri in uris for part in self.kill_reader_on):
+            os.kill(os.getpid(), signal.SIGKILL)
         if any(part in uri for uri in uris for part in self.hang_read_on):
             time.sleep(HANG_S)
 
@@ -125,7 +136,7 @@ def from_env() -> FaultHooks | None:
     decode = os.environ.get(KILL_DECODE_ENV)
     poison = {name: _substrings(env) for name, env in (
         ("kill_decoder_on", KILL_DECODER_ON_ENV), ("hang_decode_on", HANG_DECODE_ON_ENV),
-        ("hang_read_on", HANG_READ_ON_ENV),
+        ("hang_read_on", HANG_READ_ON_ENV), ("kill_reader_on", KILL_READER_ON_ENV),
         ("kill_decode_worker_on", KILL_DECODE_WORKER_ON_ENV))}
     counted = bool(marker_dir and (actor or decode))
     if not counted and not any(poison.values()):
@@ -164,12 +175,21 @@ _driver_passes: dict[str, int] = {}
 
 
 def driver_point(point: str) -> None:
-    """SIGKILL this process on its N-th pass of ``point`` when KILL_DRIVER_AT is ``point:N``:
+    """SIGKILL this process on its N-th pass of ``point`` when KILL_DRIVER_AT is ``point:N``
+    (or pause there when PAUSE_DRIVER_AT is):
     a real SIGKILL (no finally blocks, no lease release, no atexit), like the OOM killer or a
     node going away."""
-    wanted = os.environ.get(KILL_DRIVER_AT_ENV)
-    if not wanted or wanted.partition(":")[0] != point:
+    killed, paused = os.environ.get(KILL_DRIVER_AT_ENV), os.environ.get(PAUSE_DRIVER_AT_ENV)
+    if not any(wanted and wanted.partition(":")[0] == point for wanted in (killed, paused)):
         return
     _driver_passes[point] = _driver_passes.get(point, 0) + 1
-    if _driver_passes[point] >= int(wanted.partition(":")[2] or 1):
+    if killed and _reached(killed, point):
         os.kill(os.getpid(), signal.SIGKILL)
+    if paused and _reached(paused, point):
+        open(os.path.join(os.environ[MARKER_DIR_ENV], f"paused-at-{point}"), "w").close()
+        time.sleep(HANG_S)
+
+
+def _reached(wanted: str, point: str) -> bool:
+    name, _, count = wanted.partition(":")
+    return name == point and _driver_passes[point] >= int(count or 1)

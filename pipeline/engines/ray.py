@@ -83,7 +83,17 @@ class RaySession:
         if self.started:
             import ray
 
-            ray.shutdown()
+            # ray.shutdown resets SIGTERM (and SIGINT) to the default action in the kernel
+            # while Python still reports our handler, so a SIGTERM during the commit killed
+            # the scan with its lease held: set ours again, for real.
+            held = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                ray.shutdown()
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    for signum, handler in held.items():
+                        if handler is not None:
+                            signal.signal(signum, handler)
 
 
 def actor_pool(spec: EngineSpec, resources: dict[str, float] | None = None,

@@ -35,7 +35,7 @@ from ..storage.accounting import IoCounts, take_io
 from ..storage.retries import check_retry_budget, take_retries
 from .lock import Lease, LeaseLost
 from .plan import Plan, Remaining, upload_file
-from .staging import StagingWriter
+from .staging import StagingWriter, death_log, earlier_deaths
 from vip2scan.model.factory import ModelSpec
 
 from ..stages.infer import InferSettings
@@ -195,7 +195,10 @@ def stage_settings(out: Location, plan: Plan, model_spec: ModelSpec, image_size:
     fault_hooks = faults.from_env()
     decode = DecodeSettings(image_size=image_size, limit_spec=opts.limit_spec,
                             storage_options=opts.storage_for("source") or None,
-                            wrapper=opts.fs_wrapper, faults=fault_hooks)
+                            wrapper=opts.fs_wrapper, faults=fault_hooks,
+                            deaths=death_log(out, plan.run_id),
+                            # A run's first attempt has no earlier deaths: no LIST to find none.
+                            suspects=earlier_deaths(out, plan.run_id) if plan.attempts > 1 else None)
     infer = InferSettings(model_spec=model_spec, map_spec=plan.map_spec,
                           thresholds=plan.thresholds, engine_spec=opts.engine_spec,
                           checkpoint_storage_options=opts.storage_for("checkpoint") or None,

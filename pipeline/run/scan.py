@@ -154,6 +154,15 @@ def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = N
     holds OUT.
     """
     opts = options or ScanOptions()
+    # SIGTERM unwinds like Ctrl-C from the first line to the last (one line, exit 143), so the
+    # lease, once taken, is released on every way out but SIGKILL (and a SIGKILLed holder on
+    # this host is taken over at once: lock.py).
+    with signals_unwind():
+        return scan_unwinding(source, out, checkpoint, opts)
+
+
+def scan_unwinding(source: str, out: str, checkpoint: str, opts: ScanOptions) -> RunSummary:
+    """:func:`scan`, with SIGTERM already turned into an exception."""
     stats = RunStats()
     target = resolve_target(source, out, checkpoint, opts)
     selection = opts.selection_spec
@@ -168,21 +177,18 @@ def scan(source: str, out: str, checkpoint: str, options: ScanOptions | None = N
     if opts.run_spec.dry_run:
         return dry_run(target, selection, model, stats, opts.list_todo)
     lease = Lease(target.out, ttl_s=opts.run_spec.lock_ttl_s, heartbeat_s=opts.run_spec.heartbeat_s)
-    # SIGTERM unwinds like Ctrl-C, so the lease is released on every way out but SIGKILL
-    # (and a SIGKILLed holder on this host is taken over at once: lock.py).
-    with signals_unwind():
-        try:
-            lease.acquire(opts.run_spec.wait)
-            faults.driver_point("lease")
-            return scan_locked(target, opts, model, lease, stats)
-        except OSError as exc:
-            # A local OUT that is full, read-only or not ours to write: one line, exit 1.
-            refused = write_failure(target.out.display(), exc)
-            if refused is None:
-                raise
-            raise refused from exc
-        finally:
-            lease.release()
+    try:
+        lease.acquire(opts.run_spec.wait)
+        faults.driver_point("lease")
+        return scan_locked(target, opts, model, lease, stats)
+    except OSError as exc:
+        # A local OUT that is full, read-only or not ours to write: one line, exit 1.
+        refused = write_failure(target.out.display(), exc)
+        if refused is None:
+            raise
+        raise refused from exc
+    finally:
+        lease.release()
 
 
 def dry_run(target: Target, selection: SelectionSpec, model: ModelPlan, stats: RunStats,

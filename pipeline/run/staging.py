@@ -8,6 +8,7 @@ what is left from the parts; publish.py compacts them at the end). Paths: output
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import time
 from typing import Callable, Iterator
@@ -15,7 +16,8 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..output.paths import part_name, parts_dir
+from ..output.paths import part_name, parts_dir, staging_dir
+from ..stages.reader import DEATHS_FOLDER, DeathLog
 from ..storage.location import Location
 
 ROW_GROUP_ROWS = 65_536
@@ -88,3 +90,27 @@ def staged_part_names(out: Location, run_id: str) -> list[str]:
 def iter_staged_tables(out: Location, run_id: str) -> Iterator[pa.Table]:
     for name in staged_part_names(out, run_id):
         yield pq.read_table(io.BytesIO(out.read_bytes(parts_dir(run_id), name)))
+
+
+def death_log(out: Location, run_id: str) -> DeathLog:
+    """Where the run's reader processes record their deaths (stages/reader.py)."""
+    return DeathLog(out.uri, f"{staging_dir(run_id)}/{DEATHS_FOLDER}",
+                    dict(out.storage_options) or None, out.wrapper)
+
+
+def earlier_deaths(out: Location, run_id: str) -> dict[str, list]:
+    """image_uri -> [deaths of a reader process it was in flight at, the last one's cause],
+    from what earlier attempts of the run recorded."""
+    folder = f"{staging_dir(run_id)}/{DEATHS_FOLDER}"
+    found: dict[str, list] = {}
+    for name in sorted(out.ls_names(folder)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            death = json.loads(out.read_bytes(folder, name))
+        except (OSError, ValueError):
+            continue  # a record cut short by a crash: what it held is read again alone
+        for uri in death.get("uris") or ():
+            seen = found.setdefault(str(uri), [0, ""])
+            seen[0], seen[1] = seen[0] + 1, str(death.get("cause", ""))
+    return found

@@ -1,40 +1,35 @@
 """Read + decode: manifest rows -> bytes -> uint8 RGB at the model size, or an error row.
 
-Runs in CPU tasks (:class:`ReadDecode`), one batch of work-list rows at a time: fetch the bytes
-(concurrently on object stores, in groups of bounded size), then decode each with
+Runs in CPU tasks (:class:`ReadDecode`), one batch of work-list rows at a time, in groups of
+bounded size: each group is read (concurrently on object stores) and decoded with
 :func:`vip2scan.model.images.decode_image`, the decoder training and eval use too, so a scan
 scores the very pixels eval measured. A file that fails becomes a row with ``status='error'``
 and a one-line, redacted ``error``; its pixel slot is left zero and the model never sees it.
 
-Poison isolation: the decoding itself runs in a child process (stages/sandbox.py), so a file
-that crashes the decoder becomes the error row ``decoder process died: SIGKILL`` (after one
-retry in a fresh child, so an unrelated death is not blamed on it) and the batch goes on.
-Each read and each decode has a time limit (``read_timeout_s``, ``decode_timeout_s``): a
-hung object becomes ``read timed out after N s`` / ``decode timed out after N s``.
+Poison isolation: reading and decoding run in a child process (stages/reader.py), so an
+object whose read or decode kills the process holding it (an OOM, a native crash) costs the
+child, not this task or the driver. The objects a dead child held are read again alone in a
+fresh one; one in flight at two deaths becomes the error row ``reader process died: SIGKILL``
+(or ``decoder process died: ...``) and the batch goes on. Deaths are written to the run's
+staging, so a restarted driver does not start counting afresh. Each read and each decode has
+a time limit (``read_timeout_s``, ``decode_timeout_s``): a hung object becomes
+``read timed out after N s`` / ``decode timed out after N s``.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from vip2scan.model.images import DecodeError
-
-from ..errors import CREDENTIALS_REJECTED, ERROR_MAX_CHARS, one_line
 from ..specs import LimitSpec
 from ..storage.accounting import report_io
-from ..storage.location import get_filesystem, split_protocol
-from ..storage.retries import (StoreUnavailable, credential_error_code, has_client_retries,
-                       is_transient, take_retries, with_retries)
-from .sandbox import FAULT_HANG, FAULT_KILL, FAULT_NONE, POOL, DecoderDied, DecoderTimedOut, Sandbox
-
-def error_text(what: BaseException | str) -> str:
-    """An object's ``error`` column: one redacted line of bounded length."""
-    return one_line(what, limit=ERROR_MAX_CHARS)
+from ..storage.retries import take_retries
+from .fetch import error_text
+from .reader import QUARANTINE_DEATHS, read_group
+from .reader import READERS as POOL
 
 
 @dataclass(frozen=True)
@@ -46,6 +41,10 @@ class DecodeSettings:
     storage_options: dict | None = field(default=None, repr=False)
     wrapper: Any = field(default=None, repr=False)
     faults: Any = field(default=None, repr=False)  # faults.FaultHooks (tests only)
+    # Where deaths of the reader process are recorded (reader.DeathLog; None: nowhere), and
+    # the objects in flight at earlier deaths of this run: image_uri -> [deaths, cause].
+    deaths: Any = field(default=None, repr=False)
+    suspects: dict | None = field(default=None, repr=False)
 
 
 def read_groups(sizes: list[int | None], budget: int) -> list[list[int]]:
@@ -64,91 +63,6 @@ def read_groups(sizes: list[int | None], budget: int) -> list[list[int]]:
     if current:
         groups.append(current)
     return groups
-
-
-class ReadTimedOut(TimeoutError):
-    """A read that did not finish within the time limit (it is abandoned, not waited for)."""
-
-
-def _within(seconds: float, fn, *args) -> tuple[bool, Any]:
-    """(True, fn(*args)) or (False, None) when it did not return within ``seconds``.
-
-    The call runs on a daemon thread that is abandoned on time-out: a read stuck in a socket
-    cannot be interrupted, and a daemon thread neither blocks the task nor the exit."""
-    box: list = []
-
-    def call() -> None:
-        try:
-            box.append((True, fn(*args)))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box.append((False, exc))
-
-    thread = threading.Thread(target=call, name="read", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not box:
-        return False, None
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return True, value
-
-
-def fetch_within_limit(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseException]:
-    """:func:`_fetch_many` with the read time limit: when a group does not finish in time, its
-    objects are read again one by one, each within the limit, so only the hung ones fail."""
-    limit = settings.limit_spec.read_timeout_s
-    if not limit or limit <= 0:
-        return _fetch_many(uris, settings)
-    done, results = _within(limit, _fetch_many, uris, settings)
-    if done:
-        return results
-    results = []
-    for uri in uris:
-        done, one = _within(limit, _fetch_many, [uri], settings)
-        results.append(one[0] if done else ReadTimedOut(f"read timed out after {limit:g} s"))
-    return results
-
-
-def _fetch_many(uris: list[str], settings: DecodeSettings) -> list[bytes | BaseException]:
-    """Bytes per URI in order; a failure is returned in its slot instead of raised."""
-    if settings.faults is not None:
-        settings.faults.on_read(uris)
-    results: list[bytes | BaseException] = [b""] * len(uris)
-    by_protocol: dict[str, list[int]] = {}
-    for i, uri in enumerate(uris):
-        by_protocol.setdefault(split_protocol(uri)[0], []).append(i)
-    for protocol, indices in by_protocol.items():
-        fs = get_filesystem(protocol, settings.storage_options, settings.wrapper)
-        paths = [split_protocol(uris[i])[1] for i in indices]
-        # s3fs sends a HEAD before each whole-object GET to consider a chunked parallel read
-        # (worth it only above its 50 MB block size): one GET per image instead of two requests.
-        single = {"max_concurrency": 1} if protocol in ("s3", "s3a") else {}
-        if getattr(fs, "async_impl", False) and len(paths) > 1:
-            # One concurrent round-trip batch; errors come back per path, then the transient
-            # ones are retried one by one.
-            got = fs.cat(paths, on_error="return", **single)
-            got = got if isinstance(got, dict) else {paths[0]: got}
-        else:
-            got = {}
-        for i, path in zip(indices, paths):
-            value = got.get(path) if got else None
-            # An S3 client already retried its failures: reading again would stack retries.
-            if value is None or (isinstance(value, BaseException) and not has_client_retries(fs)):
-                try:
-                    value = with_retries(fs.cat_file, path, **single)
-                except Exception as exc:  # noqa: BLE001 - becomes an error row
-                    value = exc
-            if isinstance(value, StoreUnavailable):
-                raise value  # the store is down: the run stops, no object is to blame
-            if isinstance(value, BaseException) and is_transient(value):
-                # Still failing after every retry: the store's trouble, not the object's. The
-                # run stops (staged rows are kept) instead of recording a row that blames it.
-                raise StoreUnavailable(one_line(
-                    f"reading {uris[i]} still failed after retries", value)
-                    + " (rerun to resume)") from value
-            results[i] = value
-    return results
 
 
 class ReadDecode:
@@ -184,25 +98,39 @@ class ReadDecode:
                                     f"{limit} bytes (not read)")
             else:
                 wanted.append(i)
+        suspects = self.settings.suspects or {}
+        deaths = {uri: (int(seen), str(cause)) for uri, (seen, cause) in suspects.items()}
+        fresh, alone = [], []
+        for i in wanted:
+            seen, cause = deaths.get(uris[i], (0, ""))
+            if seen >= QUARANTINE_DEATHS:  # quarantined by earlier attempts: never read again
+                status[i], error[i] = "error", error_text(cause)
+            else:
+                (alone if seen else fresh).append(i)
         budget = max(1, self.settings.limit_spec.max_batch_read_bytes)
+        queue = deque([fresh[g] for g in group]
+                      for group in read_groups([sizes[i] for i in fresh], budget))
+        queue.extend([i] for i in alone)  # in flight at a death before: read alone
         sandbox = POOL.acquire()
         try:
-            for group in read_groups([sizes[i] for i in wanted], budget):
-                indices = [wanted[g] for g in group]
-                t0 = time.perf_counter()
-                blobs = fetch_within_limit([uris[i] for i in indices], self.settings)
-                t1 = time.perf_counter()
-                for i, blob in zip(indices, blobs):
-                    if not isinstance(blob, BaseException):
-                        read_bytes[i] = len(blob)
-                    outcome = self._decode_one(sandbox, uris[i], blob, pixels[i])
-                    if isinstance(outcome, str):
-                        status[i], error[i] = "error", outcome
+            while queue:
+                group = queue.popleft()
+                got = read_group(sandbox, [uris[i] for i in group], self.settings,
+                                 [pixels[i] for i in group])
+                read_s += got.read_s
+                decode_s += got.decode_s
+                for k, answer in got.answers.items():
+                    i = group[k]
+                    read_bytes[i] = got.read_bytes.get(k, 0)
+                    if isinstance(answer, str):
+                        pixels[i] = 0
+                        status[i], error[i] = "error", error_text(answer)
                     else:
-                        width[i], height[i] = outcome
-                blobs = blob = None  # this group's bytes go before the next group's arrive
-                read_s += t1 - t0
-                decode_s += time.perf_counter() - t1
+                        width[i], height[i] = answer
+                queue.extend([group[k]] for k in got.redo)
+                if got.in_flight:
+                    queue.extend(self._after_death([group[k] for k in got.in_flight], got.death,
+                                                   uris, deaths, status, error, pixels))
         finally:
             POOL.release(sandbox)
 
@@ -217,37 +145,23 @@ class ReadDecode:
         report_io(out, n)  # this process's storage requests and bytes, for the record
         return out
 
-    def _decode_one(self, sandbox: Sandbox, uri: str, blob: bytes | BaseException,
-                    out: np.ndarray) -> tuple[int, int] | str:
-        """(width, height) with the pixels in ``out``, or the error row's text."""
-        if isinstance(blob, ReadTimedOut):
-            return error_text(str(blob))
-        if isinstance(blob, BaseException):
-            credentials = credential_error_code(blob)
-            reason = f"{CREDENTIALS_REJECTED} ({credentials})" if credentials else \
-                "object not found" if isinstance(blob, FileNotFoundError) else \
-                "access denied" if isinstance(blob, PermissionError) else "read failed"
-            return error_text(f"{reason}: {error_text(blob)}")
-        limit = self.settings.limit_spec.max_object_bytes
-        if limit and len(blob) > limit:  # the listing did not know the size (or was wrong)
-            return error_text(f"object too large: {len(blob)} bytes exceeds the limit of "
-                              f"{limit} bytes")
-        fault = self.settings.faults.decode_fault(uri) if self.settings.faults else None
-        action = FAULT_KILL if fault == "kill" else FAULT_HANG if fault == "hang" else FAULT_NONE
-        for attempt in range(2):
-            try:
-                return sandbox.decode(blob, out, self.settings.limit_spec.max_image_pixels,
-                                      self.settings.limit_spec.decode_timeout_s, action)
-            except DecodeError as exc:
-                return error_text(str(exc))
-            except DecoderDied as exc:
-                out[...] = 0
-                # A time-out is final. A death is retried once in a fresh child: one the object
-                # did not cause (the OOM killer choosing the child for another's memory) must
-                # not blame it.
-                if isinstance(exc, DecoderTimedOut) or attempt:
-                    return error_text(str(exc))
-        raise AssertionError("unreachable")
+    def _after_death(self, held: list[int], cause: str, uris: list[str], deaths: dict,
+                     status: np.ndarray, error: np.ndarray, pixels: np.ndarray) -> list[list[int]]:
+        """Count a death against the objects it held; those at QUARANTINE_DEATHS become error
+        rows naming the cause, the others are read again alone (one that another object's
+        death or the OOM killer's choice took down must not be blamed)."""
+        if self.settings.deaths is not None:
+            self.settings.deaths.record([uris[i] for i in held], cause)
+        again = []
+        for i in held:
+            pixels[i] = 0
+            seen = deaths.get(uris[i], (0, ""))[0] + 1
+            deaths[uris[i]] = (seen, cause)
+            if seen >= QUARANTINE_DEATHS:
+                status[i], error[i] = "error", error_text(cause)
+            else:
+                again.append([i])
+        return again
 
 
 def _listed_sizes(batch: dict[str, np.ndarray], n: int) -> list[int | None]:

@@ -5,10 +5,11 @@ the decode task, the run, and every night after it.
     decode task / thread --(request: size, pixel limit, fault, bytes)--> child process
                          <--(ok: width, height, uint8 pixels | error: one line)--
 
-The parent reads the bytes (its filesystems, retries and credentials stay where they are);
-the child only runs :func:`vip2scan.model.images.decode_image`. The child is a fresh
-interpreter (``python <this file>``, not a fork: decode tasks run inside Ray workers, whose
-threads and s3fs event loops do not survive a fork) that imports nothing but the decoder.
+Run as this file, the child only decodes bytes it is sent; run as reader_child.py, it also
+serves OP_READ_GROUP requests: it reads the objects itself and decodes them
+(stages/reader.py), so that a read which kills its process costs the child too. The child
+is a fresh interpreter (``python <this file>``, not a fork: decode tasks run inside Ray
+workers, whose threads and s3fs event loops do not survive a fork).
 Children are pooled per process and reused across batches and runs; one that died or timed
 out is replaced on the next request. A child whose parent dies reads end-of-file and exits.
 
@@ -45,6 +46,9 @@ REPLY_OK, REPLY_ERROR, REPLY_FAILED = 0, 1, 2
 MAX_REPLY_TEXT = 1 << 16
 # Test-only fault actions the parent asks for (pipeline/faults.py decides which object).
 FAULT_NONE, FAULT_KILL, FAULT_HANG = 0, 1, 2
+# In the fault slot: the request is a group to read and decode (stages/reader.py), and its
+# length is that of the group's description.
+OP_READ_GROUP = 8
 HANG_S = 24 * 3600.0
 READY = b"R"  # the child's first byte: imports done, requests welcome
 STARTUP_S = 120.0  # a cold interpreter on a loaded node takes a few seconds at most
@@ -79,14 +83,26 @@ class Sandbox:
         self.argv = argv or [sys.executable, "-P", os.path.abspath(__file__)]
         self.proc: subprocess.Popen | None = None
 
+    def started(self) -> subprocess.Popen:
+        """The live child, started afresh when there is none or it died while idle."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.close()
+            self._start()
+        return self.proc
+
     def _start(self) -> subprocess.Popen:
+        # The child sees the modules this process sees (a reader unpickles the filesystem
+        # wrapper it is given), ahead of whatever PYTHONPATH already said.
+        path = os.pathsep.join([p for p in sys.path if p] +
+                               [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     bufsize=0, close_fds=True)
+                                     bufsize=0, close_fds=True,
+                                     env={**os.environ, "PYTHONPATH": path})
         for stream in (self.proc.stdin, self.proc.stdout):
             _widen_pipe(stream.fileno())
         try:
-            if _wait_readable(self.proc.stdout, STARTUP_S) and \
-                    _read_exact(self.proc.stdout, len(READY)) == READY:
+            if wait_readable(self.proc.stdout, STARTUP_S) and \
+                    read_exact(self.proc.stdout, len(READY)) == READY:
                 return self.proc
         except EOFError:
             pass
@@ -118,25 +134,22 @@ class Sandbox:
         Raises DecodeError for a file that is not a usable image, DecoderDied when the child
         died or did not answer within ``timeout_s`` (the child is then gone: the next call
         starts a fresh one)."""
-        if self.proc is None or self.proc.poll() is not None:  # none yet, or died while idle
-            self.close()
-            self._start()
-        proc = self.proc
+        proc = self.started()
         try:
-            _write_all(proc.stdin, REQUEST.pack(out.shape[0], max_image_pixels, fault, len(blob)))
-            _write_all(proc.stdin, blob)
-            if not _wait_readable(proc.stdout, timeout_s):
+            write_all(proc.stdin, REQUEST.pack(out.shape[0], max_image_pixels, fault, len(blob)))
+            write_all(proc.stdin, blob)
+            if not wait_readable(proc.stdout, timeout_s):
                 self.close()
                 raise DecoderTimedOut(f"decode timed out after {timeout_s:g} s")
-            kind, first, second = REPLY.unpack(_read_exact(proc.stdout, REPLY.size))
+            kind, first, second = REPLY.unpack(read_exact(proc.stdout, REPLY.size))
             if kind == REPLY_OK:
-                _read_into(proc.stdout, memoryview(out).cast("B"))
+                read_into(proc.stdout, memoryview(out).cast("B"))
                 return first, second
             from vip2scan.pipeline.errors import DecoderFailed  # not at the top: see the docstring
 
             if kind not in (REPLY_ERROR, REPLY_FAILED) or first > MAX_REPLY_TEXT:
                 raise DecoderFailed(f"decode sandbox protocol error (reply {kind}, {first})")
-            text = _read_exact(proc.stdout, first).decode("utf-8", "replace")
+            text = read_exact(proc.stdout, first).decode("utf-8", "replace")
             if kind == REPLY_FAILED:
                 raise DecoderFailed(text)
             raise DecodeError(text)
@@ -162,7 +175,7 @@ def _widen_pipe(fd: int) -> None:
         pass  # not Linux, or above the system's limit: the default still works
 
 
-def _wait_readable(stream, timeout_s: float | None) -> bool:
+def wait_readable(stream, timeout_s: float | None) -> bool:
     """True once the child has answered (or closed its end), False after ``timeout_s``."""
     deadline = None if not timeout_s or timeout_s <= 0 else time.monotonic() + timeout_s
     while True:
@@ -177,21 +190,21 @@ def _wait_readable(stream, timeout_s: float | None) -> bool:
             return False
 
 
-def _write_all(stream, data) -> None:
+def write_all(stream, data) -> None:
     """Write all of ``data`` to an unbuffered pipe (a raw write may take only part of it)."""
     view = memoryview(data).cast("B")
     while len(view):
         view = view[stream.write(view):]
 
 
-def _read_exact(stream, n: int) -> bytearray:
+def read_exact(stream, n: int) -> bytearray:
     """``n`` bytes (a bytearray: the decoder takes it as is, with no copy of a large blob)."""
     buf = bytearray(n)
-    _read_into(stream, memoryview(buf))
+    read_into(stream, memoryview(buf))
     return buf
 
 
-def _read_into(stream, view: memoryview) -> None:
+def read_into(stream, view: memoryview) -> None:
     """Fill ``view`` from ``stream``; EOFError when the other side is gone first."""
     got = 0
     while got < len(view):
@@ -205,7 +218,8 @@ class SandboxPool:
     """Idle sandboxes of this process: a decode thread (or Ray task) borrows one per batch,
     so there are as many children as batches decoding at once, kept warm between them."""
 
-    def __init__(self) -> None:
+    def __init__(self, argv: list[str] | None = None) -> None:
+        self.argv = argv  # the children's program (None: this file, decode only)
         self.idle: list[Sandbox] = []
         self.lock = threading.Lock()
         self.pid = os.getpid()
@@ -214,7 +228,7 @@ class SandboxPool:
         with self.lock:
             if self.pid != os.getpid():  # a forked copy: those children are not ours
                 self.idle, self.pid = [], os.getpid()
-            return self.idle.pop() if self.idle else Sandbox()
+            return self.idle.pop() if self.idle else Sandbox(self.argv)
 
     def release(self, sandbox: Sandbox) -> None:
         with self.lock:
@@ -232,17 +246,22 @@ atexit.register(POOL.close_all)
 
 
 # ------------------------------------------------------------------ the child's side
-def serve(requests, replies) -> None:
-    """The child's loop: decode each request until the parent closes the pipe."""
+def serve(requests, replies, handlers: dict | None = None) -> None:
+    """The child's loop: decode each request until the parent closes the pipe; a request
+    whose fault slot names one of ``handlers`` (e.g. OP_READ_GROUP) goes to that handler."""
+    handlers = handlers or {}
     from PIL import Image
 
-    _write_all(replies, READY)
+    write_all(replies, READY)
     while True:
         try:
-            size, max_pixels, fault, length = REQUEST.unpack(_read_exact(requests, REQUEST.size))
-            blob = _read_exact(requests, length)
+            size, max_pixels, fault, length = REQUEST.unpack(read_exact(requests, REQUEST.size))
+            blob = read_exact(requests, length)
         except EOFError:
             return
+        if fault in handlers:
+            handlers[fault](bytes(blob), size, max_pixels, replies)
+            continue
         if fault == FAULT_KILL:
             os.kill(os.getpid(), signal.SIGKILL)
         elif fault == FAULT_HANG:
@@ -259,19 +278,24 @@ def serve(requests, replies) -> None:
             kind = REPLY_ERROR if isinstance(exc, DecodeError) else REPLY_FAILED
             text = str(exc) if kind == REPLY_ERROR else f"decoder failed: {type(exc).__name__}: {exc}"
             data = " ".join(text.split()).encode("utf-8", "replace")[:MAX_REPLY_TEXT]
-            _write_all(replies, REPLY.pack(kind, len(data), 0) + data)
+            write_all(replies, REPLY.pack(kind, len(data), 0) + data)
             continue
-        _write_all(replies, REPLY.pack(REPLY_OK, width, height))
-        _write_all(replies, np.ascontiguousarray(pixels, dtype=np.uint8))
+        write_all(replies, REPLY.pack(REPLY_OK, width, height))
+        write_all(replies, np.ascontiguousarray(pixels, dtype=np.uint8))
 
 
-def main() -> None:
+def main(handlers: dict | None = None) -> None:
     """Entry point of the child: the protocol on a private copy of stdout; stray prints of
     native code go to stderr instead, so they cannot corrupt a reply."""
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    serve(os.fdopen(0, "rb", buffering=0), replies)
+    try:  # the OOM killer takes this child, which holds the object, before its parent
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
+    serve(os.fdopen(0, "rb", buffering=0), replies, handlers)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,10 @@ class FaultPlan:
         count = self._count("reads.count")
         if count % self.read_every or not self._first_time("read", path):
             return None
-        code, status = TRANSIENT_ANSWERS[(count // self.read_every) % len(TRANSIENT_ANSWERS)]
+        # By the faults fired so far, not by the read count: concurrent reads (a reader process
+        # reads a group's objects on threads) put a retry anywhere in the count.
+        fired = self._count("read-faults.count")
+        code, status = TRANSIENT_ANSWERS[(fired - 1) % len(TRANSIENT_ANSWERS)]
         self._log(f"read-fault {code} {path}")
         return s3_error(code, status)
 

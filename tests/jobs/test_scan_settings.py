@@ -27,6 +27,7 @@ INVALID = [
     ("image_threshold", -math.inf, ["--threshold", "-inf"], "expected a finite number, got -inf"),
     ("pixel_threshold", 1.5, ["--pixel-threshold", "1.5"], "expected a number from 0 to 1, got 1.5"),
     ("max_image_pixels", 0, ["--max-image-pixels", "0"], "expected at least 1, got 0"),
+    ("max_object_bytes", 0, ["--max-object-bytes", "0"], "expected at least 1, got 0"),
     ("image_size", 0, ["--image-size", "0"], "expected 1 to 4096, got 0"),
     ("suffixes", (".heic",), ["--suffixes", ".heic"], "cannot scan '.heic' files"),
 ]

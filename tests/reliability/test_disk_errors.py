@@ -3,8 +3,9 @@ half-committed, and (once fixed) a rerun that resumes.
 
 The faults are real, not simulated: OUT is a small tmpfs mounted for the test (full: a filler
 file leaves a few pages free; read-only: the same tmpfs remounted ``ro``), and permission
-denied comes from the kernel for a process without the rights (as root, the CLI runs as
-``nobody`` through ``setpriv``). Mounting needs root (CAP_SYS_ADMIN); without it those
+denied comes from the kernel for a process without the rights (as root, the CLI runs
+without the capabilities that let root write anywhere, through ``setpriv``: still root, so it
+reaches the clone and its venv wherever they live). Mounting needs root (CAP_SYS_ADMIN); without it those
 tests are skipped. The scans run the installed CLI in a subprocess with the local engine.
 """
 
@@ -123,8 +124,7 @@ def test_a_read_only_out_fails_in_one_line_and_is_left_untouched(tmp_path, tiny_
 def test_an_out_folder_not_ours_to_write_fails_in_one_line(tiny_checkpoint):
     """OUT is writable but its maps/ folder belongs to someone else: the run stops at the
     first write there, in one line, with its lease released and nothing committed."""
-    # Outside pytest's own (private, 0700) temp folders: nobody must reach the files.
-    base = Path(tempfile.mkdtemp(prefix="vip2scan-eacces-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="vip2scan-eacces-"))
     try:
         _scan_with_maps_not_ours(base, tiny_checkpoint)
     finally:
@@ -136,19 +136,14 @@ def _scan_with_maps_not_ours(base: Path, tiny_checkpoint: str) -> None:
     add_images(lake, 0, 4)
     shutil.copytree(tiny_checkpoint, checkpoint)
     (out / "maps").mkdir(parents=True)
+    (out / "maps").chmod(0o555)
+    command, env = [VIP2SCAN], dict(os.environ)
     if os.geteuid() == 0:
-        # root writes anywhere: the scan runs as nobody, who owns OUT but not OUT/maps.
-        base.chmod(0o755)
-        home = base / "home"
-        home.mkdir()
-        os.chown(out, NOBODY, NOBODY)
-        os.chown(home, NOBODY, NOBODY)
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        # root writes anywhere: the scan runs without the capabilities that let it (not as
+        # another user, who could not even enter a clone living in a 0700 folder).
+        os.chown(out / "maps", NOBODY, NOBODY)
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--",
                    VIP2SCAN]
-        env = {**os.environ, "HOME": str(home)}
-    else:
-        (out / "maps").chmod(0o555)
-        command, env = [VIP2SCAN], dict(os.environ)
     proc = subprocess.run([*command, "scan", str(lake), "--out", str(out), "--checkpoint",
                            str(checkpoint), "--engine", "local", "--map-size", "16"],
                           capture_output=True, text=True, env=env, timeout=600)

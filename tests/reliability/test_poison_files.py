@@ -1,9 +1,12 @@
-"""Poison files: an object whose decode kills the decoding process, or whose decode or read
-hangs, becomes one error row with the reason; the night goes on and commits everything else,
-on both engines, and later nights neither rescore it nor lose it (--retry-errors retries it).
+"""Poison files: an object whose read or decode kills the process holding it, or whose decode
+or read hangs, becomes one error row with the reason; the night goes on and commits everything
+else, on both engines, and later nights neither rescore it nor lose it (--retry-errors
+retries it).
 
-The poison is real: pipeline/faults.py SIGKILLs the process decoding a named object, or
-sleeps for a day inside its decode or read, on every attempt, as a real poison file would.
+The poison is real: pipeline/faults.py SIGKILLs the process reading or decoding a named
+object, or sleeps for a day inside its decode or read, on every attempt, as a real poison
+file would. (Before the reader process, a read that killed its process killed the driver on
+the local engine, every night, and failed the Ray run after four task deaths, naming nothing.)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ N_GOOD = 9
 KILLER = "poison/killer.png"
 HUNG_DECODE = "poison/hangs_decoding.png"
 HUNG_READ = "poison/hangs_reading.png"
+READ_KILLER = "poison/read_kills.png"
 LIMIT_S = 3.0  # the per-object time limit in these tests (the default is 60 s decode, 120 s read)
 
 
@@ -42,9 +46,10 @@ def _lake(root, poison: tuple[str, ...]) -> None:
 
 
 def _poison_env(monkeypatch, kill: str | None, hang_decode: str | None,
-                hang_read: str | None = None) -> None:
+                hang_read: str | None = None, kill_reader: str | None = None) -> None:
     for env, value in ((faults.KILL_DECODER_ON_ENV, kill), (faults.HANG_DECODE_ON_ENV, hang_decode),
-                       (faults.HANG_READ_ON_ENV, hang_read)):
+                       (faults.HANG_READ_ON_ENV, hang_read),
+                       (faults.KILL_READER_ON_ENV, kill_reader)):
         if value:
             monkeypatch.setenv(env, value)
         else:
@@ -75,15 +80,16 @@ def _options(**kwargs) -> ScanOptions:
 @pytest.mark.timeout(300)
 def test_local_night_commits_everything_but_the_poison_files(tmp_path, monkeypatch, tiny_checkpoint):
     lake, out = tmp_path / "lake", str(tmp_path / "out")
-    _lake(lake, (KILLER, HUNG_DECODE, HUNG_READ))
+    _lake(lake, (KILLER, HUNG_DECODE, HUNG_READ, READ_KILLER))
     _poison_env(monkeypatch, kill="killer.png", hang_decode="hangs_decoding",
-                hang_read="hangs_reading")
+                hang_read="hangs_reading", kill_reader="read_kills")
 
     night = scan(str(lake), out, tiny_checkpoint, _options(engine="local"))
     assert night.status == "complete"
-    assert (night.counts["scored"], night.counts["failed"]) == (N_GOOD, 3)
+    assert (night.counts["scored"], night.counts["failed"]) == (N_GOOD, 4)
     latest = _latest(out)
     assert latest[KILLER] == ("error", "decoder process died: SIGKILL")
+    assert latest[READ_KILLER] == ("error", "reader process died: SIGKILL")
     assert latest[HUNG_DECODE] == ("error", f"decode timed out after {LIMIT_S:g} s")
     assert latest[HUNG_READ] == ("error", f"read timed out after {LIMIT_S:g} s")
     assert sorted(name for name, (status, _) in latest.items() if status == "ok") == \
@@ -94,10 +100,10 @@ def test_local_night_commits_everything_but_the_poison_files(tmp_path, monkeypat
     again = scan(str(lake), out, tiny_checkpoint, _options(engine="local"))
     assert again.counts["scored"] == again.counts["failed"] == 0 and not again.inference_started
 
-    # Once the files are fixed, --retry-errors rescans exactly those three.
+    # Once the files are fixed, --retry-errors rescans exactly those four.
     _poison_env(monkeypatch, kill=None, hang_decode=None)
     fixed = scan(str(lake), out, tiny_checkpoint, _options(engine="local", retry_errors=True))
-    assert (fixed.counts["retried"], fixed.counts["scored"], fixed.counts["failed"]) == (3, 3, 0)
+    assert (fixed.counts["retried"], fixed.counts["scored"], fixed.counts["failed"]) == (4, 4, 0)
     assert {status for status, _ in _latest(out).values()} == {"ok"}
     _assert_verify_clean(out)
 
@@ -106,20 +112,25 @@ def test_local_night_commits_everything_but_the_poison_files(tmp_path, monkeypat
 @pytest.mark.timeout(400)
 def test_ray_night_commits_everything_but_the_poison_files(tmp_path, monkeypatch, ray_local,
                                                            tiny_checkpoint):
-    """On Ray the poison never reaches Ray's own retries: the decode task survives (its child
-    died), so no task is retried and no worker restart loop starts."""
+    """On Ray the poison never reaches Ray's own retries: the decode task survives (its
+    reader process died), so no task is retried and no worker restart loop starts."""
     lake, out = tmp_path / "lake", str(tmp_path / "out")
-    _lake(lake, (KILLER, HUNG_DECODE))
-    _poison_env(monkeypatch, kill="killer.png", hang_decode="hangs_decoding")
+    _lake(lake, (KILLER, HUNG_DECODE, READ_KILLER))
+    _poison_env(monkeypatch, kill="killer.png", hang_decode="hangs_decoding",
+                kill_reader="read_kills")
 
     night = scan(str(lake), out, tiny_checkpoint, _options(engine="ray", actors=(1, 1)))
     assert night.status == "complete"
-    assert (night.counts["scored"], night.counts["failed"]) == (N_GOOD, 2)
+    assert (night.counts["scored"], night.counts["failed"]) == (N_GOOD, 3)
     latest = _latest(out)
     assert latest[KILLER] == ("error", "decoder process died: SIGKILL")
+    assert latest[READ_KILLER] == ("error", "reader process died: SIGKILL")
     assert latest[HUNG_DECODE] == ("error", f"decode timed out after {LIMIT_S:g} s")
     assert sum(status == "ok" for status, _ in latest.values()) == N_GOOD
     _assert_verify_clean(out)
+    # The poison is still there: the next night reads nothing (no Ray, no retry loop).
+    again = scan(str(lake), out, tiny_checkpoint, _options(engine="ray", actors=(1, 1)))
+    assert again.counts["scored"] == again.counts["failed"] == 0 and not again.inference_started
 
 
 @pytest.mark.slow
