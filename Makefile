@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml infra/constraints.txt
 demo: $(STAMP)
 	$(BIN)/vip2scan demo
 
+# Two workers, whole files each (module fixtures are built once): many scenario tests spend
+# their time waiting on Ray, subprocesses and backoff, so two share 2 cores well.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" --durations=10
