@@ -193,6 +193,8 @@ def serve_group(payload: bytes, size: int, max_pixels: int, replies: Any) -> Non
     done: dict[str, Any] = {"read_s": 0.0, "decode_s": 0.0, "retire": False}
     t0 = time.perf_counter()
     try:
+        # Trusted: the parent that started this child wrote it to the child's own stdin pipe
+        # (settings hold filesystem wrappers, so not JSON). Nothing from a file or the store.
         settings, uris = pickle.loads(payload)
         blobs = fetch_within_limit(uris, settings)
     except StoreUnavailable as exc:
