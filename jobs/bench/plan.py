@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -83,9 +84,28 @@ def write_manifest(path: Path, versions: np.ndarray) -> None:
                 "etag": _etags(idx, versions[idx]), "mtime": mtime}, schema=MANIFEST_SCHEMA))
 
 
+# Why a scan's image becomes an error row, in the pipeline's own words (pipeline/stages).
+ERROR_REASONS = (
+    "read timed out after 30 s",
+    "decode timed out after 20 s",
+    "cannot identify image file",
+    "object too large: 612000000 bytes exceeds the limit of 500000000 bytes (not read)",
+)
+
+
+def error_mask(indices: np.ndarray, night: int, share: float) -> np.ndarray:
+    """Which of the night's rows are error rows: a fixed hash of object and night below ``share``."""
+    if share <= 0:
+        return np.zeros(len(indices), bool)
+    mixed = (indices.astype(np.uint64) * np.uint64(2246822519)
+             + np.uint64(night) * np.uint64(3266489917)) % np.uint64(1_000_000)
+    return mixed < np.uint64(round(share * 1_000_000))
+
+
 def _night_tables(night: int, indices: np.ndarray, versions: np.ndarray, model_id: str,
-                  run_id: str, started: dt.datetime) -> Iterator[Any]:
-    """The night's score rows, fabricated in the scores schema, FILE_ROWS at a time."""
+                  run_id: str, started: dt.datetime, error_share: float) -> Iterator[Any]:
+    """The night's score rows, fabricated in the scores schema, FILE_ROWS at a time; error
+    rows carry no scores and one of ERROR_REASONS, as the pipeline writes them."""
     import pyarrow as pa
 
     from vip2scan.pipeline.output.schema import SCORES_SCHEMA
@@ -93,25 +113,32 @@ def _night_tables(night: int, indices: np.ndarray, versions: np.ndarray, model_i
     for start in range(0, len(indices), FILE_ROWS):
         idx = indices[start:start + FILE_ROWS]
         n = len(idx)
+        failed = error_mask(idx, night, error_share)
         score = ((idx * 2654435761 + night * 40503) % 1_000_003 / 1_000_003).astype(np.float32)
+        size = np.full(n, 2448, np.int32), np.full(n, 2048, np.int32)
+        reasons = np.array(ERROR_REASONS, dtype=object)[(idx + night) % len(ERROR_REASONS)]
         yield pa.table({
             "image_uri": _uris(idx), "etag": _etags(idx, versions[idx]),
             "mtime": pa.array([T0] * n, SCORES_SCHEMA.field("mtime").type),
             "size_bytes": _sizes(idx, versions[idx]),
-            "width": np.full(n, 2448, np.int32), "height": np.full(n, 2048, np.int32),
-            "image_score": score, "is_anomalous": score >= 0.99,
-            "max_pixel_score": score, "anomalous_area_fraction": score / 10,
+            "width": pa.array(size[0], mask=failed), "height": pa.array(size[1], mask=failed),
+            "image_score": pa.array(score, mask=failed),
+            "is_anomalous": pa.array(score >= 0.99, mask=failed),
+            "max_pixel_score": pa.array(score, mask=failed),
+            "anomalous_area_fraction": pa.array(score / 10, mask=failed),
             "map_store": pa.nulls(n, pa.string()), "map_index": pa.nulls(n, pa.int64()),
             "model_id": pa.array([model_id] * n), "run_id": pa.array([run_id] * n),
             "scanned_at": pa.array([started + dt.timedelta(minutes=5)] * n,
                                    SCORES_SCHEMA.field("scanned_at").type),
-            "status": pa.array(["ok"] * n), "error": pa.nulls(n, pa.string())}, schema=SCORES_SCHEMA)
+            "status": pa.array(np.where(failed, "error", "ok").astype(object), pa.string()),
+            "error": pa.array(reasons, pa.string(), mask=~failed)}, schema=SCORES_SCHEMA)
 
 
-def _commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarray,
-                  model_id: str) -> dict[str, Any]:
+def commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarray,
+                 model_id: str, error_share: float = 0.0) -> dict[str, Any]:
     """One night's run, committed by the pipeline's own steps: score files, the snapshot, the
-    record last (pipeline/run/publish.py)."""
+    record last (pipeline/run/publish.py). Returns the snapshot's build figures, plus the
+    run's id, rows and error rows."""
     from vip2scan.pipeline.output.schema import STATUS_COMPLETE
     from vip2scan.pipeline.output.snapshot import commit_snapshot
     from vip2scan.pipeline.run.publish import publish_record, write_score_files
@@ -119,15 +146,58 @@ def _commit_night(out: Any, night: int, indices: np.ndarray, versions: np.ndarra
     started = T0 + dt.timedelta(days=night)
     run_id = f"{started:%Y%m%dT%H%M%S}000Z-{night:06x}"
     scan_date = f"{started:%Y-%m-%d}"
+    failed = int(error_mask(indices, night, error_share).sum())
     result = write_score_files(out, run_id, scan_date, _night_tables(
-        night, indices, versions, model_id, run_id, started), max_rows_per_file=FILE_ROWS)
+        night, indices, versions, model_id, run_id, started, error_share),
+        max_rows_per_file=FILE_ROWS)
     run = {"run_id": run_id, "model_id": model_id, "started_at": started.isoformat(),
            "files": result.files, "vanished_file": None}
     latest = commit_snapshot(out, run)
     publish_record(out, {**run, "status": STATUS_COMPLETE, "source": SOURCE, "rows": result.rows,
                          "scan_date": scan_date, "latest": latest,
-                         "counts": {"scored": result.rows, "failed": 0, "vanished": 0}})
-    return latest
+                         "counts": {"scored": result.rows - failed, "failed": failed,
+                                    "vanished": 0}})
+    return {**latest, "run_id": run_id, "run_rows": result.rows, "run_failed": failed}
+
+
+@dataclass
+class History:
+    """A fabricated lake's committed nights: night 1 scored every object, each later night the
+    ``CHANGED_PER_NIGHT`` share that changed (drawn from ``rng``)."""
+
+    out: Any  # Location
+    model_id: str
+    versions: np.ndarray
+    rng: np.random.Generator
+    error_share: float
+    builds: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return max(1, int(len(self.versions) * CHANGED_PER_NIGHT))
+
+    def commit_next_night(self) -> dict[str, Any]:
+        night = len(self.builds) + 1
+        if night == 1:
+            idx = np.arange(len(self.versions))
+        else:
+            idx = np.sort(self.rng.choice(len(self.versions), self.changed, replace=False))
+            self.versions[idx] += 1
+        self.builds.append(commit_night(self.out, night, idx, self.versions, self.model_id,
+                                        self.error_share))
+        return self.builds[-1]
+
+
+def build_history(out: Any, objects: int, nights: int, seed: int = 0,
+                  error_share: float = 0.0) -> History:
+    """``nights`` nights of a lake of ``objects`` objects, committed into ``out`` (a Location)."""
+    from vip2scan.model.null import null_image_size, null_model_id
+
+    history = History(out, null_model_id(null_image_size(CHECKPOINT)),
+                      np.zeros(objects, np.int32), np.random.default_rng(seed), error_share)
+    for _ in range(nights):
+        history.commit_next_night()
+    return history
 
 
 # The CLI in-process, then its peak RSS from VmHWM: getrusage's ru_maxrss would survive exec
@@ -139,17 +209,28 @@ _PEAK = ("import runpy, sys; sys.argv = ['vip2scan'] + sys.argv[1:]\n"
          "print('peak_rss_kb', hwm[0], file=sys.stderr)\nsys.exit(code)")
 
 
-def run_cli(*args: str) -> dict[str, Any]:
-    """``vip2scan ARGS`` in a fresh interpreter: seconds, peak RSS (MiB), stdout."""
+def measure_cli(*args: str) -> dict[str, Any]:
+    """``vip2scan ARGS`` in a fresh interpreter: exit code, seconds, peak RSS (MiB), stdout, and
+    the last line of stderr as its error when it failed."""
     t0 = time.perf_counter()
     ran = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    if ran.returncode != 0:
-        raise JobError(f"vip2scan {args[0]} failed: {ran.stderr[-2000:]}")
     peak = [line for line in ran.stderr.splitlines() if line.startswith("peak_rss_kb")]
-    return {"seconds": round(seconds, 2),
+    said = [line.strip() for line in ran.stderr.splitlines()
+            if line.strip() and not line.startswith("peak_rss_kb")]
+    return {"exit_code": ran.returncode, "seconds": round(seconds, 2),
             "peak_rss_mib": round(int(peak[-1].split()[1]) / 1024, 1) if peak else None,
-            "stdout": ran.stdout}
+            "stdout": ran.stdout, "stderr": ran.stderr,
+            "error": (said[-1] if said else f"exit code {ran.returncode}")
+            if ran.returncode != 0 else None}
+
+
+def run_cli(*args: str) -> dict[str, Any]:
+    """``vip2scan ARGS`` in a fresh interpreter: seconds, peak RSS (MiB), stdout; raises if it fails."""
+    ran = measure_cli(*args)
+    if ran["exit_code"] != 0:
+        raise JobError(f"vip2scan {args[0]} failed: {ran['stderr'][-2000:]}")
+    return ran
 
 
 def _figure(stdout: str, prefix: str, whole_line: bool = False) -> Any:
@@ -164,25 +245,16 @@ def _figure(stdout: str, prefix: str, whole_line: bool = False) -> Any:
 def run_plan_bench(objects: int, nights: int, workdir: Path, keep: bool = False,
                    window_query: bool = True, seed: int = 0) -> dict[str, Any]:
     """Build the OUT and manifest, then measure planning and ``latest`` queries."""
-    from vip2scan.model.null import null_image_size, null_model_id
     from vip2scan.pipeline.storage.location import Location
 
     root = Path(workdir) / f"plan-{objects}-{nights}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    out = Location.of(str(root / "out"))
-    model_id = null_model_id(null_image_size(CHECKPOINT))
-    rng = np.random.default_rng(seed)
-    versions = np.zeros(objects, np.int32)
     t0 = time.perf_counter()
-    builds = [_commit_night(out, 1, np.arange(objects), versions, model_id)]
-    changed = max(1, int(objects * CHANGED_PER_NIGHT))
-    for night in range(2, nights + 1):
-        idx = np.sort(rng.choice(objects, changed, replace=False))
-        versions[idx] += 1
-        builds.append(_commit_night(out, night, idx, versions, model_id))
+    history = build_history(Location.of(str(root / "out")), objects, nights, seed)
     history_s = time.perf_counter() - t0
-    versions[rng.choice(objects, changed, replace=False)] += 1  # tonight's changes
+    builds, versions, changed = history.builds, history.versions, history.changed
+    versions[history.rng.choice(objects, changed, replace=False)] += 1  # tonight's changes
     manifest = root / "inventory.parquet"
     write_manifest(manifest, versions)
 
