@@ -5,6 +5,7 @@
                    [--model detector|embedded|null]
                    [--map-store N]   map-store requests per 1,000 images (mapstore.py)
     vip2scan bench --plan N [--nights H] [--json OUT]   planning and `latest` at N objects (plan.py)
+    vip2scan bench --analyst N [--nights H] [--json OUT]   explore, report, calibrate, verify (analyst.py)
 
 Measures bare-model images/s and ms/image; full-scan images/s per source (a local
 directory; S3 via moto on 127.0.0.1, started here unless --s3-endpoint is given); efficiency =
@@ -89,8 +90,12 @@ def bench(
     plan_objects: Annotated[Optional[int], typer.Option(
         "--plan", min=1, metavar="N", help="Instead: time planning (--dry-run, a manifest of N "
         "objects) and `SELECT ... FROM latest` after --nights nights of history.")] = None,
-    nights: Annotated[int, typer.Option(
-        min=1, help="With --plan: nights of history (1 % of the objects change each).")] = 3,
+    analyst_objects: Annotated[Optional[int], typer.Option(
+        "--analyst", min=1, metavar="N", help="Instead: time explore, report, calibrate and "
+        "verify, each in a fresh process, after --nights nights of history of N objects.")] = None,
+    nights: Annotated[Optional[int], typer.Option(
+        min=1, help="With --plan or --analyst: nights of history (1 % of the objects change "
+                    "each; default 3 with --plan, 30 with --analyst).")] = None,
     map_store: Annotated[int, typer.Option(
         min=0, metavar="N", help="Also count the map store's PUTs/GETs/bytes per 1,000 images "
                                  "for each --maps mode and shard size (N synthetic maps).")] = 0,
@@ -98,11 +103,19 @@ def bench(
         metavar="PX", help="Map size for --map-store.")] = default_of(MapSpec, "map_size"),
 ) -> None:
     """Measure the scan pipeline against the bare model (throughput, stages, memory, rescan)."""
+    if plan_objects is not None and analyst_objects is not None:
+        raise typer.BadParameter("give --plan or --analyst, not both", param_hint="'--analyst'")
     if plan_objects is not None:  # a bench of its own: planning and `latest` (plan.py)
         from .plan import run_plan_bench, write_plan_result
 
-        write_plan_result(run_plan_bench(plan_objects, nights, workdir or default_workdir(),
+        write_plan_result(run_plan_bench(plan_objects, nights or 3, workdir or default_workdir(),
                                          keep_outputs), json_out)
+        return
+    if analyst_objects is not None:  # the analyst's commands at N objects (analyst.py)
+        from .analyst import run_analyst_bench, write_analyst_result
+
+        write_analyst_result(run_analyst_bench(analyst_objects, nights or 30,
+                                               workdir or default_workdir(), keep_outputs), json_out)
         return
     if source not in ("local", "s3", "both"):
         raise typer.BadParameter("choose local, s3 or both", param_hint="'--source'")
