@@ -2,7 +2,8 @@
 
 Builds, from a fixed seed, the history ``--plan`` builds (plan.py: H nights committed by the
 pipeline's own steps, 1 % of the objects changed a night) with ~0.5 % error rows, then times
-each command in its own fresh process (wall seconds with start-up, peak RSS from VmHWM):
+each command in its own fresh process (wall seconds with start-up, CPU seconds, peak RSS from
+VmHWM):
 
 - ``explore OUT`` (first export), again with nothing changed (a quiet night), then once more
   after one more night (an incremental night); the explorer folder's size and file count, and
@@ -117,6 +118,7 @@ class AnalystBench:
         ran = measure_cli(*args)
         entry: dict[str, Any] = {"command": "vip2scan " + " ".join(args),
                                  "ok": ran["exit_code"] == 0, "seconds": ran["seconds"],
+                                 "cpu_seconds": ran["cpu_seconds"],
                                  "peak_rss_mib": ran["peak_rss_mib"]}
         if entry["ok"]:
             entry.update(_outputs(name, ran["stdout"]))
@@ -200,6 +202,7 @@ def _figures(entry: dict[str, Any]) -> str:
         unit = {"seconds": "s", "peak_rss_mib": "MiB", "mb": "MB"}[name]
         parts.append(f"{check['value']} {unit} (<= {check['target']}: "
                      f"{'pass' if check['pass'] else 'MISS'})")
+    parts.append(f"{entry['cpu_seconds']} s CPU")
     if "explorer" in entry:
         parts.append(f"{entry['explorer']['files']} files, {entry['explorer']['files_written']} "
                      f"written")

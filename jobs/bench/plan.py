@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -209,16 +210,23 @@ _PEAK = ("import runpy, sys; sys.argv = ['vip2scan'] + sys.argv[1:]\n"
          "print('peak_rss_kb', hwm[0], file=sys.stderr)\nsys.exit(code)")
 
 
+def _children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def measure_cli(*args: str) -> dict[str, Any]:
-    """``vip2scan ARGS`` in a fresh interpreter: exit code, seconds, peak RSS (MiB), stdout, and
-    the last line of stderr as its error when it failed."""
-    t0 = time.perf_counter()
+    """``vip2scan ARGS`` in a fresh interpreter: exit code, seconds, CPU seconds (user + system:
+    what load on shared cores leaves alone), peak RSS (MiB), stdout, and the last line of
+    stderr as its error when it failed."""
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
     ran = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, _children_cpu_s() - cpu0
     peak = [line for line in ran.stderr.splitlines() if line.startswith("peak_rss_kb")]
     said = [line.strip() for line in ran.stderr.splitlines()
             if line.strip() and not line.startswith("peak_rss_kb")]
     return {"exit_code": ran.returncode, "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu_seconds, 2),
             "peak_rss_mib": round(int(peak[-1].split()[1]) / 1024, 1) if peak else None,
             "stdout": ran.stdout, "stderr": ran.stderr,
             "error": (said[-1] if said else f"exit code {ran.returncode}")

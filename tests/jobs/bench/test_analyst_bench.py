@@ -36,6 +36,7 @@ def test_analyst_bench_runs_every_command_over_the_history_it_built(tmp_path) ->
     assert report["failed"] == [] and bool(report["notes"]) != deep
     for name, entry in commands.items():
         assert entry["ok"] and entry["seconds"] > 0 and entry["peak_rss_mib"] > 0, name
+        assert 0 < entry["cpu_seconds"], name
         assert {"seconds", "peak_rss_mib"} <= set(entry["targets"]), name
         for check in entry["targets"].values():
             assert check["pass"] == (check["value"] <= check["target"]), name
@@ -81,6 +82,9 @@ def test_a_failed_command_is_recorded_with_its_error_and_fails_the_bench(tmp_pat
         write_analyst_result(result, str(tmp_path / "a.json"))
     assert "FAILED: error: no complete run" in capsys.readouterr().out
     assert json.loads((tmp_path / "a.json").read_text())["failed"] == ["report_full_run"]
+    with pytest.raises(JobError):
+        write_analyst_result(result, "-")  # the JSON alone on stdout
+    assert json.loads(capsys.readouterr().out)["commands"]["report_full_run"]["ok"] is False
 
 
 @pytest.mark.parametrize(("flags", "said"), [
