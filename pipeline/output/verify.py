@@ -117,7 +117,9 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
         score_files = _score_files(loc)
         staged = set(loc.ls_names(STAGING))
     con = duckdb_connect(workdir)
-    con.execute(f"SET threads = {os.cpu_count() or 2}")  # verify runs alone: use every core
+    # verify runs alone: every core this process may use (a container's share, not the host's)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    con.execute(f"SET threads = {cores or 2}")
     try:
         for rid, record in records.items():
             with step(f"checking run {rid}"):
