@@ -1,4 +1,4 @@
-"""`vip2scan verify OUT [--run RUN_ID] [--fix]`: check an output tree's consistency."""
+"""`vip2scan verify OUT [--run RUN_ID] [--fix] [--deep]`: check an output tree's consistency."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def verify(
     expiry: Annotated[Optional[float], typer.Option(
         "--expiry", min=0, metavar="SECONDS",
         help="Age after which staging data counts as abandoned (default: the lock's ttl, 300 s).")] = None,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Check the latest snapshot against every run's rows (cost grows with the "
+                       "number of nights) instead of against the previous snapshot and the "
+                       "newest run's rows.")] = False,
     storage_option: StorageOption = None,
     deadline: DeadlineOption = DEFAULT_DEADLINE,
     config: ConfigOption = None,
@@ -35,16 +39,17 @@ def verify(
     # one "error:" line, exit 1.
     options = storage_options_from_flags(storage_option)
     with reader_deadline("verify", deadline):
-        report = run_verify(out, options, run_id=run, fix=fix, expiry_s=expiry)
+        report = run_verify(out, options, run_id=run, fix=fix, expiry_s=expiry, deep=deep)
     for removed in report.fixed:
         typer.echo(f"removed {removed}")
     scope = f"run {run}" if run else f"{len(report.runs_checked)} run(s)"
+    checked = f"{report.rows_checked} rows, {report.maps_checked} maps checked"
+    if not run:  # which snapshot check ran, for the nightly log
+        checked += f"; {report.snapshot.summary()}"
     if report.ok:
-        typer.echo(f"{report.out}: consistent ({scope}, {report.rows_checked} rows, "
-                   f"{report.maps_checked} maps checked)")
+        typer.echo(f"{report.out}: consistent ({scope}, {checked})")
         return
-    typer.echo(f"{report.out}: {len(report.problems)} problem(s) ({scope}, "
-               f"{report.rows_checked} rows, {report.maps_checked} maps checked)")
+    typer.echo(f"{report.out}: {len(report.problems)} problem(s) ({scope}, {checked})")
     for problem in report.problems:
         typer.echo(f"  {printable(problem.line())}")
     raise typer.Exit(1)

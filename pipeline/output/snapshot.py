@@ -38,7 +38,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import faults
-from ..deadline import step
 from ..storage.arrow_fs import with_native_read_retries
 from ..storage.location import Location
 from ..storage.retries import with_retries
@@ -93,7 +92,7 @@ def commit_snapshot(out: Location, run: dict[str, Any],
         try:
             if previous is not None and in_order(previous, run):
                 built, legacy = "incremental", previous.legacy_runs
-                select = _incremental_select(con, out, previous, run)
+                select = incremental_select(con, out, previous, run)
                 last_run = _run_key(run)
             else:
                 built = "rebuilt"
@@ -125,9 +124,11 @@ def _cols(alias: str) -> str:
     return ", ".join(f"{alias}.{c}" for c in SCORE_COLS)
 
 
-def _incremental_select(con: Any, out: Location, previous: Snapshot, run: dict[str, Any]) -> str:
+def incremental_select(con: Any, out: Location, previous: Snapshot, run: dict[str, Any],
+                       ordered: bool = True) -> str:
     """The previous snapshot with this run's objects replaced (its model's state rows, every
-    model's shown flag), plus this run's rows."""
+    model's shown flag), plus this run's rows (in file order if ``ordered``; verify compares
+    them unordered)."""
     register_parquet(con, "snap_prev", out, list(previous.files), SNAPSHOT_SCHEMA.names,
                      SNAPSHOT_SCHEMA)
     register_parquet(con, "run_rows", out, list(run.get("files") or []), SCORE_COLS,
@@ -147,10 +148,11 @@ def _incremental_select(con: Any, out: Location, previous: Snapshot, run: dict[s
         ) WHERE state OR shown
         UNION ALL
         SELECT {_cols('r')}, {date}, TRUE, TRUE FROM run_rows r
-        ORDER BY image_uri, model_id"""
+        {'ORDER BY image_uri, model_id' if ordered else ''}"""
 
 
-def history_select(con: Any, out: Location, records: list[dict[str, Any]]) -> str:
+def history_select(con: Any, out: Location, records: list[dict[str, Any]],
+                   ordered: bool = True) -> str:
     """The snapshot of ``records`` from their rows and vanished lists: the diff's and the
     ``latest`` view's window queries over all history (slow; first snapshot, out-of-order
     runs, and verify's cross-check)."""
@@ -197,7 +199,7 @@ def history_select(con: Any, out: Location, records: list[dict[str, Any]]) -> st
         LEFT JOIN state_keys st ON st.image_uri = s.image_uri AND st.run_id = s.run_id
         LEFT JOIN shown_keys sh ON sh.image_uri = s.image_uri AND sh.run_id = s.run_id
         WHERE st.run_id IS NOT NULL OR sh.run_id IS NOT NULL
-        ORDER BY s.image_uri, s.model_id"""
+        {'ORDER BY s.image_uri, s.model_id' if ordered else ''}"""
 
 
 # --------------------------------------------------------------------------- files
@@ -259,37 +261,3 @@ def _remove_older(out: Location, keep: set[str], fence: Callable[[], None] | Non
         fence()
     for folder in stale:
         out.remove(folder, recursive=True)
-
-
-# --------------------------------------------------------------------------- verify
-
-def check_snapshot(out: Location, con: Any, records: list[dict[str, Any]]) -> list[str]:
-    """What is wrong with the snapshot readers use (none: []): files missing, a row count other
-    than its record says, or rows other than the window over every committed run gives."""
-    snap = current_snapshot(records)
-    if snap is None:
-        return []
-    missing = [f for f in snap.files if not out.exists(f)]
-    if missing:
-        return [f"{len(missing)} file(s) of the latest snapshot {snap.dir} are missing, "
-                f"e.g. {missing[0]}"]
-    keys = ["image_uri", "run_id", "state", "shown"]
-    with step("reading the latest snapshot"):
-        register_parquet(con, "snap_check", out, list(snap.files), keys, SNAPSHOT_SCHEMA)
-        rows = int(con.execute("SELECT count(*) FROM snap_check").fetchall()[0][0])
-    if rows != snap.rows:
-        return [f"the latest snapshot {snap.dir} holds {rows} rows, its record says {snap.rows}"]
-    with step("reading every run's scores"):
-        expected = history_select(con, out, records)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE snap_expected AS SELECT {', '.join(keys)} "
-                    f"FROM ({expected})")
-    with step("comparing the snapshot with the runs"):
-        extra, lacking = (int(con.execute(f"SELECT count(*) FROM (SELECT * FROM {a} EXCEPT "
-                                          f"ALL SELECT * FROM {b})").fetchall()[0][0])
-                          for a, b in (("snap_check", "snap_expected"),
-                                       ("snap_expected", "snap_check")))
-    if extra or lacking:
-        return [f"the latest snapshot {snap.dir} differs from the committed runs' rows "
-                f"({extra} row(s) too many, {lacking} missing); the next scan's commit "
-                "rebuilds it if its record is removed"]
-    return []

@@ -8,26 +8,25 @@ Checks:
 - every ``ok`` row's ``map_index`` has a written map in the run's Zarr store, whose array has
   the recorded resolution; no store holds a map without an ``ok`` row (unwritten slots have
   no chunk and read as NaN, the fill value); no store exists without a run;
-- the ``latest`` snapshot the newest record names holds exactly what the window over every
-  committed run gives (snapshot.py);
+- the ``latest`` snapshot the newest record names holds exactly the rows it was built from:
+  by default recomputed from the previous snapshot and its run's rows, with ``deep`` from the
+  window over every committed run (snapshot_check.py);
 - no staging leftover (a run's staging folder, half-written temp files) is older than the lock
   expiry, unless the live lease belongs to that run;
 - every score file is readable Parquet (garbage is listed, not fatal), and OUT's
   calibration.json, which every scan reads first, is usable.
 
-``fix=True`` takes OUT's lease (so it never races a scan) and removes abandoned staging data:
-an abandoned run's staging folder and, when that run never committed, the half-written map
-store and score files it left; committed runs, records and everything else are never
-touched. Rows and chunks are examined with DuckDB and store listings, so memory stays bounded
-by one run's map indices (8 bytes per row). output/paths.py has the paths.
+``fix=True`` (verify_staging.py) takes OUT's lease (so it never races a scan) and removes
+abandoned staging data: an abandoned run's staging folder and, when that run never committed,
+the half-written map store and score files it left; committed runs, records and everything
+else are never touched. Rows and chunks are examined with DuckDB and store listings, so memory
+stays bounded by one run's map indices (8 bytes per row). output/paths.py has the paths.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -35,21 +34,20 @@ import numpy as np
 
 from ..deadline import step
 from ..errors import PipelineError, one_line
-from ..run.lock import Lease, OutputLocked, lease_expired, read_lease
+from ..run.lock import OutputLocked
 from ..storage.location import FilesystemWrapper, Location
 from ..storage.redaction import redact
 from .map_format import decode_maps
 from .map_store import open_maps, written_indices
-from .paths import (MAPS, MAPS_ARRAY, PLAN_FILE, PROBE, RUNS, SCORES, STAGING, TEMP_SUFFIXES,
-                     is_run_id, maps_store_name, partition_date, record_name,
+from .paths import (MAPS, MAPS_ARRAY, RUNS, SCORES, STAGING, is_run_id, record_name,
                      run_id_of_record, run_id_of_score_file, run_id_of_store,
-                     safe_relative_path, staging_dir, staging_file)
+                     safe_relative_path)
 from .records import committed_records, read_json
 from .schema import SCORES_SCHEMA, STATUS_COMPLETE
-from .snapshot import check_snapshot
+from .snapshot_check import SnapshotCheck, check_snapshot
+from .verify_staging import fix_staging, staging_leftovers
 from .views import duckdb_connect, register_parquet, sql_str
 
-DEFAULT_EXPIRY_S = 300.0  # ScanOptions.lock_ttl_s's default: a lease older than this is dead
 MAX_LISTED = 5  # example URIs / indices quoted per problem
 SAMPLED_MAPS = 4  # maps per run read back to check their values, beyond chunk existence
 
@@ -76,6 +74,7 @@ class VerifyReport:
     maps_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    snapshot: SnapshotCheck = field(default_factory=lambda: SnapshotCheck("none"))
 
     @property
     def ok(self) -> bool:
@@ -85,18 +84,11 @@ class VerifyReport:
         self.problems.append(Problem(kind, run_id, message))
 
 
-@dataclass
-class _Leftover:
-    run_id: str | None  # None: a temp file not tied to a run
-    path: str  # relative to OUT
-    age_s: float
-    committed: bool
-
-
 def verify(out: str, storage_options: Mapping[str, Any] | None = None, run_id: str | None = None,
            fix: bool = False, expiry_s: float | None = None,
-           fs_wrapper: FilesystemWrapper | None = None) -> VerifyReport:
-    """Check OUT (or one run of it); with ``fix``, first remove abandoned staging data."""
+           fs_wrapper: FilesystemWrapper | None = None, deep: bool = False) -> VerifyReport:
+    """Check OUT (or one run of it); with ``fix``, first remove abandoned staging data; with
+    ``deep``, check the snapshot against every run's rows instead of the previous snapshot."""
     loc = Location.of(out, storage_options, fs_wrapper)
     try:
         exists = loc.exists()
@@ -106,22 +98,28 @@ def verify(out: str, storage_options: Mapping[str, Any] | None = None, run_id: s
         raise VerifyError(f"no such output location: {loc.display()}")
     fixed: list[str] = []
     if fix:
-        fixed = _fix(loc, run_id, expiry_s)
+        try:
+            fixed = fix_staging(loc, run_id, expiry_s)
+        except OutputLocked as exc:
+            raise VerifyError(f"not fixing: {exc}") from None
     report = VerifyReport(out=loc.display(), fixed=fixed)
     with tempfile.TemporaryDirectory(prefix="vip2scan-verify-") as workdir:
-        _check(loc, report, run_id, expiry_s, workdir)
+        _check(loc, report, run_id, expiry_s, workdir, deep)
     return report
 
 
 # ------------------------------------------------------------------------------ checks
 
 def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: float | None,
-           workdir: str) -> None:
+           workdir: str, deep: bool) -> None:
     with step("reading run records"):
         records = _records(loc, report, only)
         score_files = _score_files(loc)
         staged = set(loc.ls_names(STAGING))
     con = duckdb_connect(workdir)
+    # verify runs alone: every core this process may use (a container's share, not the host's)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    con.execute(f"SET threads = {cores or 2}")
     try:
         for rid, record in records.items():
             with step(f"checking run {rid}"):
@@ -129,7 +127,8 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
         unreadable = any(p.kind == "unreadable" for p in report.problems)
         if only is None and not unreadable:  # the `latest` snapshot against the runs' own rows
             with step("checking the latest snapshot"):
-                for message in check_snapshot(loc, con, committed_records(loc)):
+                report.snapshot = check_snapshot(loc, con, committed_records(loc), deep)
+                for message in report.snapshot.problems:
                     report.add("snapshot", None, message)
     finally:
         con.close()
@@ -144,7 +143,7 @@ def _check(loc: Location, report: VerifyReport, only: str | None, expiry_s: floa
         if rid not in records and rid not in staged and only in (None, rid):
             report.add("orphan", rid, f"map store {MAPS}/{name} has no run record or staging")
     with step("looking for staging leftovers"):
-        leftovers = _leftovers(loc, only, expiry_s)
+        leftovers = staging_leftovers(loc, only, expiry_s)
     for left in leftovers:
         committed = "committed run; the scan's cleanup was interrupted" if left.committed \
             else "uncommitted: a rerun of the same scan would resume it"
@@ -237,11 +236,12 @@ def _check_run(loc: Location, con: Any, report: VerifyReport, rid: str, record: 
         report.add("counts", rid, f"{total - ok - failed} row(s) with an unknown status and "
                    f"{foreign} row(s) of another run_id in this run's files")
     with step(f"reading scores of run {rid}"):
-        dupes = con.execute("SELECT image_uri FROM run_rows GROUP BY image_uri HAVING "
-                            "count(*) > 1 ORDER BY image_uri").fetchall()
+        # count() OVER () counts every duplicated URI before LIMIT keeps a few to quote.
+        dupes = con.execute("SELECT image_uri, count(*) OVER () FROM run_rows GROUP BY image_uri "
+                            f"HAVING count(*) > 1 ORDER BY image_uri LIMIT {MAX_LISTED}").fetchall()
     if dupes:
-        report.add("duplicates", rid, f"{len(dupes)} image_uri(s) appear more than once, e.g. "
-                   + ", ".join(d[0] for d in dupes[:MAX_LISTED]))
+        report.add("duplicates", rid, f"{dupes[0][1]} image_uri(s) appear more than once, e.g. "
+                   + ", ".join(d[0] for d in dupes))
     with step(f"checking the maps of run {rid}"):
         _check_maps(loc, con, report, rid, record, total)
 
@@ -315,85 +315,3 @@ def _check_maps(loc: Location, con: Any, report: VerifyReport, rid: str, record:
         values = decode_maps(np.asarray(array[int(index)]))
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             report.add("maps", rid, f"map {int(index)} holds values outside [0, 1] or NaN")
-
-
-# ------------------------------------------------------------------------------ staging
-
-def _age_s(loc: Location, rel: str, now: float) -> float:
-    """Seconds since anything under ``rel`` (a file or a folder) was last written."""
-    path = loc.fs_path(rel)
-    newest = 0.0
-    if loc.is_local:
-        entries = [path] if os.path.isfile(path) else \
-            [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs] or [path]
-        for entry in entries:
-            try:
-                newest = max(newest, os.stat(entry, follow_symlinks=False).st_mtime)
-            except OSError:
-                continue
-    else:
-        loc.fs.invalidate_cache()
-        for info in loc.fs.find(path, detail=True, withdirs=False).values():
-            stamp = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
-            if isinstance(stamp, dt.datetime):
-                stamp = stamp.timestamp()
-            if isinstance(stamp, (int, float)):
-                newest = max(newest, float(stamp))
-    return now - newest if newest else float("inf")
-
-
-def _leftovers(loc: Location, only: str | None, expiry_s: float | None) -> list[_Leftover]:
-    """Staging folders and temp files older than the lock expiry (the live run's excluded)."""
-    lease = read_lease(loc)
-    live = lease.get("run_id") if lease and not lease_expired(lease) else None
-    ttl = float(expiry_s if expiry_s is not None else
-                (lease or {}).get("ttl_s") or DEFAULT_EXPIRY_S)
-    now = time.time()
-    found: list[_Leftover] = []
-    for rid in loc.ls_names(STAGING):
-        if rid == live or only not in (None, rid):
-            continue
-        age = _age_s(loc, staging_dir(rid), now)
-        if age > ttl:
-            committed = (read_json(loc, record_name(rid)) or {}).get("status") == STATUS_COMPLETE
-            found.append(_Leftover(rid, staging_dir(rid), age, committed))
-    temp_dirs = [f"{SCORES}/{p}" for p in loc.ls_names(SCORES)] + [RUNS]
-    for folder in temp_dirs:
-        for name in loc.ls_names(folder):
-            if name.endswith(TEMP_SUFFIXES) and (age := _age_s(loc, f"{folder}/{name}", now)) > ttl:
-                found.append(_Leftover(None, f"{folder}/{name}", age, False))
-    if only is None and loc.exists(PROBE) and (age := _age_s(loc, PROBE, now)) > ttl:
-        found.append(_Leftover(None, PROBE, age, False))
-    return found
-
-
-def _fix(loc: Location, only: str | None, expiry_s: float | None) -> list[str]:
-    """Remove abandoned staging data under OUT's lease; returns what was removed."""
-    lease = Lease(loc, ttl_s=float(expiry_s or DEFAULT_EXPIRY_S))
-    try:
-        lease.acquire(wait=False)
-    except OutputLocked as exc:
-        raise VerifyError(f"not fixing: {exc}") from None
-    removed: list[str] = []
-    try:
-        for left in _leftovers(loc, only, expiry_s):
-            rid = left.run_id
-            if rid is not None and not left.committed and is_run_id(rid):
-                # Outputs first and the staging folder last, so an interrupted fix leaves the
-                # staging behind and the next verify still sees (and finishes) the leftover.
-                scan_date = (read_json(loc, staging_file(rid, PLAN_FILE)) or {}).get("scan_date")
-                for partition in loc.ls_names(SCORES):
-                    if scan_date in (None, partition_date(partition)):
-                        for name in loc.ls_names(SCORES, partition):
-                            if run_id_of_score_file(name) is not None and name.startswith(f"{rid}-"):
-                                loc.remove(SCORES, partition, name)
-                                removed.append(f"{SCORES}/{partition}/{name}")
-                if loc.exists(maps_store_name(rid)):
-                    loc.remove(maps_store_name(rid), recursive=True)
-                    removed.append(maps_store_name(rid))
-            if rid is None or is_run_id(rid):
-                loc.remove(left.path, recursive=not left.path.endswith(TEMP_SUFFIXES))
-                removed.append(left.path)
-    finally:
-        lease.release()
-    return removed

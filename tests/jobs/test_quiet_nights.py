@@ -67,12 +67,13 @@ def _one_line(ran: Ran, prefix: str) -> str:
     return lines[0]
 
 
-def _verify_clean(lake: Lake, scope: str, rows: int, maps: int, *extra: str) -> None:
-    """`vip2scan verify OUT`: exit 0 and its one line, with the counts it checked."""
+def _verify_clean(lake: Lake, scope: str, rows: int, maps: int, check: str, *extra: str) -> None:
+    """`vip2scan verify OUT`: exit 0 and its one line, with the counts it checked and which
+    snapshot check ran (``check``: what follows the counts)."""
     ran = invoke("verify", str(lake.out), *extra)
     assert ran.exit_code == 0, ran.stdout + ran.stderr
     assert _one_line(ran, "file://") == (f"file://{lake.out}: consistent ({scope}, {rows} rows, "
-                                        f"{maps} maps checked)")
+                                        f"{maps} maps checked{check})")
 
 
 def _csv(ran: Ran) -> list[list[str]]:
@@ -98,8 +99,10 @@ def test_unchanged_rescans_verify_report_and_query(scanned: Lake) -> None:
     first, *quiet = _run_ids(scanned)
     assert len(quiet) == 2
 
-    _verify_clean(scanned, "3 run(s)", IMAGES, IMAGES)
-    _verify_clean(scanned, f"run {quiet[-1]}", 0, 0, "--run", quiet[-1])
+    # The quiet nights name the first run's snapshot, which had no previous one to start from.
+    _verify_clean(scanned, "3 run(s)", IMAGES, IMAGES, "; full snapshot check (no previous "
+                  f"snapshot to start from: latest/{first} was rebuilt from every run)")
+    _verify_clean(scanned, f"run {quiet[-1]}", 0, 0, "", "--run", quiet[-1])
 
     report = invoke("report", str(scanned.out), "--run", quiet[-1])
     assert report.exit_code == 0, report.stderr
@@ -125,7 +128,7 @@ def test_night_of_error_rows_only(scanned: Lake) -> None:
     assert (counts["scored"], counts["failed"]) == (0, 1)
     errors_run = _run_ids(scanned)[-1]
 
-    _verify_clean(scanned, "3 run(s)", IMAGES + 1, IMAGES)
+    _verify_clean(scanned, "3 run(s)", IMAGES + 1, IMAGES, "; incremental snapshot check")
     report = invoke("report", str(scanned.out))  # default: this run (it wrote rows)
     assert report.exit_code == 0, report.stderr
     assert _one_line(report, "report: ").endswith(f"/reports/{errors_run}/report.html")
@@ -148,7 +151,7 @@ def test_night_where_every_object_vanished(scanned: Lake) -> None:
     assert "nothing new or changed" not in night.stdout
     first, emptied = _run_ids(scanned)
 
-    _verify_clean(scanned, "2 run(s)", IMAGES, IMAGES)
+    _verify_clean(scanned, "2 run(s)", IMAGES, IMAGES, "; incremental snapshot check")
     query = invoke("query", str(scanned.out),
                    "SELECT (SELECT count(*) FROM latest) AS latest, "
                    f"(SELECT count(*) FROM vanished WHERE run_id = '{emptied}') AS vanished",
@@ -241,4 +244,4 @@ def test_quiet_nights_on_object_storage(s3_server, tiny_checkpoint, tmp_path) ->
     ran = invoke("verify", out, *flags)
     assert ran.exit_code == 0, ran.stdout + ran.stderr
     assert _one_line(ran, "s3://") == (f"{out}: consistent (4 run(s), {IMAGES + 1} rows, "
-                                      f"{IMAGES + 1} maps checked)")
+                                      f"{IMAGES + 1} maps checked; incremental snapshot check)")
