@@ -146,7 +146,7 @@ def folder_groups_sql(dirs: str, roots: Sequence[str], by: str) -> str:
     """
 
 
-DIR_SQL = "regexp_extract({}, '^(.*/)', 1)"
+DIR_SQL = "regexp_replace({}, '[^/]*$', '')"  # up to the last '/', '' without one
 
 
 def threshold_sql(uri: str, default: float,
