@@ -55,8 +55,9 @@ def score_histogram(con: Any, run_id: str) -> tuple[np.ndarray, np.ndarray, int]
 def run_counts(con: Any, run_id: str) -> dict[str, int]:
     """The run's rows, ok rows, anomalous (ok) rows and error rows, as one aggregate."""
     rows, ok, anomalous = con.execute(
-        "SELECT count(*), count_if(status = 'ok'), count_if(status = 'ok' AND is_anomalous) "
-        "FROM run_rows WHERE run_id = ?", [run_id]).fetchall()[0]
+        "SELECT count(*), count(*) FILTER (status = 'ok'), "
+        "count(*) FILTER (status = 'ok' AND is_anomalous) FROM run_rows WHERE run_id = ?",
+        [run_id]).fetchall()[0]
     return {"rows": int(rows), "ok rows": int(ok), "anomalous": int(anomalous),
             "error rows": int(rows - ok)}
 
@@ -67,7 +68,7 @@ def flagged_under(con: Any, run_id: str, calibration: Calibration) -> int:
 
     limit, params = threshold_sql("image_uri", calibration.image_threshold,
                                   calibration.by_prefix())
-    return int(con.execute(f"SELECT count_if(image_score::DOUBLE >= {limit}) {OK_ROWS}",
+    return int(con.execute(f"SELECT count(*) FILTER (image_score::DOUBLE >= {limit}) {OK_ROWS}",
                            [*params, run_id]).fetchall()[0][0])
 
 

@@ -191,15 +191,18 @@ def load_rows(con: Any, rows_sql: str, roots: Sequence[str], by: str | None) -> 
         con.execute("CREATE OR REPLACE TEMP TABLE cal AS "
                     "SELECT NULL::INTEGER AS gid, score, flagged FROM cal_rows")
         return
-    dirs = f"(SELECT DISTINCT {DIR_SQL.format('image_uri')} AS dir FROM cal_rows)"
+    # The URIs are read and cut to their folder once; groups are worked out per folder.
+    con.execute("CREATE OR REPLACE TEMP TABLE cal_uris AS SELECT "
+                f"{DIR_SQL.format('image_uri')} AS dir, score, flagged FROM cal_rows")
+    dirs = "(SELECT DISTINCT dir FROM cal_uris)"
     con.execute(f"CREATE OR REPLACE TEMP TABLE cal_dirs AS {folder_groups_sql(dirs, roots, by)}")
     con.execute("CREATE OR REPLACE TEMP TABLE cal_groups AS SELECT (row_number() OVER "
                 "(ORDER BY grp, root))::INTEGER AS gid, root, grp FROM "
                 "(SELECT DISTINCT root, grp FROM cal_dirs WHERE grp IS NOT NULL)")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE cal AS
-        SELECT g.gid, r.score, r.flagged FROM cal_rows r
-        JOIN cal_dirs d ON d.dir = {DIR_SQL.format('r.image_uri')}
+    con.execute("""CREATE OR REPLACE TEMP TABLE cal AS
+        SELECT g.gid, r.score, r.flagged FROM cal_uris r JOIN cal_dirs d USING (dir)
         LEFT JOIN cal_groups g ON g.root = d.root AND g.grp = d.grp""")
+    con.execute("DROP TABLE cal_uris")
 
 
 def order_statistics(con: Any, wanted: dict[int | None, int]) -> dict[int | None, list[float]]:
@@ -238,7 +241,7 @@ def calibration_stats(con: Any, rate: float, minimum: int) -> tuple[GroupStats, 
     names = {gid: (root, grp) for gid, root, grp in con.execute(
         "SELECT gid, root, grp FROM cal_groups").fetchall()}
     counts = {gid: (int(n), int(f)) for gid, n, f in con.execute(
-        "SELECT gid, count(*), count_if(flagged) FROM cal GROUP BY gid").fetchall()}
+        "SELECT gid, count(*), count(*) FILTER (flagged) FROM cal GROUP BY gid").fetchall()}
     total = sum(n for n, _ in counts.values())
     wanted: dict[int | None, int] = {None: int(np.floor((total - 1) * np.float64(q)))}
     wanted.update({gid: int(np.floor((counts[gid][0] - 1) * np.float64(q))) for gid in names
@@ -250,7 +253,7 @@ def calibration_stats(con: Any, rate: float, minimum: int) -> tuple[GroupStats, 
     con.register("cal_limits", pa.table({"gid": pa.array([g for g, _ in limits], pa.int32()),
                                          "limit": pa.array([v for _, v in limits], pa.float64())}))
     after = dict(con.execute(
-        "SELECT c.gid, count_if(c.score >= coalesce(l.limit, ?)) FROM cal c "
+        "SELECT c.gid, count(*) FILTER (c.score >= coalesce(l.limit, ?)) FROM cal c "
         "LEFT JOIN cal_limits l ON l.gid = c.gid GROUP BY c.gid", [overall]).fetchall())
     con.unregister("cal_limits")
     groups = [GroupStats(root, grp, counts[gid][0], counts[gid][1], quantiles.get(gid),

@@ -64,3 +64,14 @@ def test_report_aggregates_equal_numpy_on_a_fabricated_run(monkeypatch):
     flagged = sum(r["image_score"] >= limit(r["image_uri"]) for r in ok)
     assert report_page.flagged_under(con, RUN, calibration) == flagged
     assert flagged != sum(s >= 0.5 for s in scores)  # the per-prefix thresholds mattered
+
+
+def test_a_run_without_rows_has_zero_counts_and_an_empty_histogram():
+    from vip2scan.jobs import report_page
+
+    con = duckdb.connect()
+    con.register("run_rows", fabricated_run_rows())
+    assert report_page.run_counts(con, "a-quiet-night") == {
+        "rows": 0, "ok rows": 0, "anomalous": 0, "error rows": 0}
+    counts, edges, n = report_page.score_histogram(con, "a-quiet-night")
+    assert n == 0 and counts.sum() == 0 and len(edges) == 41
