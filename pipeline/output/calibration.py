@@ -253,8 +253,8 @@ def latest_scores(outputs: Outputs, model_id: str | None) -> LatestScores:
     model_id = model_id or str(scoring[-1].get("model_id"))
     con = outputs.connect(analyst_memory())
     try:
-        counts = dict(con.execute(f"SELECT model_id, count(*) FROM latest WHERE {USABLE} "
-                                  "GROUP BY model_id").fetchall())
+        counts = dict(con.execute(f"SELECT model_id, count(*) FROM latest WHERE {USABLE} AND "
+                                  "model_id IS NOT NULL GROUP BY model_id").fetchall())
     finally:
         con.close()
     mine = counts.pop(model_id, 0)

@@ -142,6 +142,7 @@ def test_per_row_thresholds_are_the_longest_matching_prefixs_in_sql_and_arrow():
     expected = [naive_threshold(u, 0.5, by_prefix) for u in all_uris]
     assert row_thresholds(all_uris, 0.5, by_prefix).tolist() == expected
     assert row_thresholds(np.asarray(all_uris, dtype=object), 0.5, by_prefix).tolist() == expected
+    assert row_thresholds(np.asarray(all_uris), 0.5, by_prefix).tolist() == expected  # as Ray hands them
     assert row_thresholds(pa.chunked_array([all_uris[:5], all_uris[5:]]), 0.5,
                           by_prefix).tolist() == expected
     con = duckdb.connect()
