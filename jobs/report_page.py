@@ -66,10 +66,11 @@ def flagged_under(con: Any, run_id: str, calibration: Calibration) -> int:
     """How many of the run's scored images ``calibration`` flags (what a rescan would decide)."""
     from vip2scan.pipeline.output.calibration_sql import threshold_sql
 
-    limit, params = threshold_sql("image_uri", calibration.image_threshold,
-                                  calibration.by_prefix())
-    return int(con.execute(f"SELECT count(*) FILTER (image_score::DOUBLE >= {limit}) {OK_ROWS}",
-                           [*params, run_id]).fetchall()[0][0])
+    joins, limit = threshold_sql(con, "r.image_uri", calibration.image_threshold,
+                                 calibration.by_prefix())
+    return int(con.execute(f"SELECT count(*) FILTER (r.image_score::DOUBLE >= {limit}) "
+                           f"FROM run_rows r {joins}WHERE r.run_id = ? AND r.status = 'ok'",
+                           [run_id]).fetchall()[0][0])
 
 
 def histogram_png(counts: np.ndarray, edges: np.ndarray, n_scores: int,

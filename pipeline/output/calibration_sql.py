@@ -149,18 +149,27 @@ def folder_groups_sql(dirs: str, roots: Sequence[str], by: str) -> str:
 DIR_SQL = "regexp_replace({}, '[^/]*$', '')"  # up to the last '/', '' without one
 
 
-def threshold_sql(uri: str, default: float,
-                  by_prefix: Mapping[str, float] | Sequence[tuple[str, float]]) -> tuple[str, list]:
-    """A SQL expression (and its parameters) for each row's image threshold, as
-    :func:`~.calibration.row_thresholds`: the longest prefix of ``uri`` with a threshold,
-    looked up once per prefix length, else ``default``."""
+def threshold_sql(con: Any, uri: str, default: float,
+                  by_prefix: Mapping[str, float] | Sequence[tuple[str, float]]) -> tuple[str, str]:
+    """(LEFT JOINs to append to a FROM clause, a SQL expression for each row's image threshold)
+    as :func:`~.calibration.row_thresholds`: the longest prefix of ``uri`` with a threshold,
+    else ``default``. One hash join per prefix length (registered as ``row_limits``), so
+    thousands of prefixes cost what a few do."""
     pairs = dict(by_prefix)
-    lookups, params = [], []
-    for length in sorted({len(p) for p in pairs}, reverse=True):
-        keys = [p for p in pairs if len(p) == length]
-        lookups.append(f"map_extract_value(MAP(?::VARCHAR[], ?::DOUBLE[]), left({uri}, {length}))")
-        params += [keys, [float(pairs[k]) for k in keys]]
-    return f"coalesce({', '.join([*lookups, '?::DOUBLE'])})", [*params, float(default)]
+    con.register("row_limits", pa.table({
+        "length": pa.array([len(p) for p in pairs], pa.int64()),
+        "prefix": pa.array(list(pairs), pa.string()),
+        "threshold": pa.array([float(v) for v in pairs.values()], pa.float64())}))
+    # The default rides in the table too: a float literal in SQL could round differently.
+    con.register("row_limit_default", pa.table({"threshold": pa.array([float(default)],
+                                                                      pa.float64())}))
+    lengths = sorted({len(p) for p in pairs}, reverse=True)
+    joins = " ".join(
+        f"LEFT JOIN (SELECT prefix, threshold FROM row_limits WHERE length = {length}) AS rl{i} "
+        f"ON rl{i}.prefix = left({uri}, {length})" for i, length in enumerate(lengths))
+    picked = [f"rl{i}.threshold" for i in range(len(lengths))]
+    default_sql = "(SELECT threshold FROM row_limit_default)"
+    return f"{joins} ", f"coalesce({', '.join([*picked, default_sql])})"
 
 
 def lerp_quantile(n: int, q: float, lo: float, hi: float) -> float:

@@ -147,7 +147,7 @@ def test_per_row_thresholds_are_the_longest_matching_prefixs_in_sql_and_arrow():
                           by_prefix).tolist() == expected
     con = duckdb.connect()
     con.register("t", pa.table({"image_uri": all_uris, "i": range(len(all_uris))}))
-    limit, params = threshold_sql("image_uri", 0.5, by_prefix)
-    got = [v for _, v in con.execute(f"SELECT i, {limit} FROM t ORDER BY i", params).fetchall()]
+    joins, limit = threshold_sql(con, "t.image_uri", 0.5, by_prefix)
+    got = [v for _, v in con.execute(f"SELECT t.i, {limit} FROM t {joins}ORDER BY t.i").fetchall()]
     assert got == expected
     assert len(set(expected)) == 7  # every prefix and the default decide some row
