@@ -215,8 +215,8 @@ def load_rows(con: Any, rows_sql: str, roots: Sequence[str], by: str | None) -> 
 
 
 def order_statistics(con: Any, wanted: dict[int | None, int]) -> dict[int | None, list[float]]:
-    """gid -> [the k-th, (k+1)-th] smallest scores (0-based k, those that exist); gid None:
-    over all rows, not only those under no group."""
+    """gid -> [the k-th, (k+1)-th] smallest scores (0-based k, those that exist) by sorting
+    each group; gid None: over all rows, not only those under no group."""
     if not wanted:
         return {}
     con.register("cal_wanted", pa.table({"gid": pa.array([-1 if g is None else g for g in wanted],
@@ -238,6 +238,60 @@ def order_statistics(con: Any, wanted: dict[int | None, int]) -> dict[int | None
     return found
 
 
+def candidate_quantiles(con: Any, q: float, gids: Sequence[int]) -> dict[int | None, float]:
+    """DuckDB's quantile_cont of all scores (None) and of each group in ``gids``: a value
+    between the two order statistics numpy interpolates, found without sorting."""
+    found = {None: con.execute("SELECT quantile_cont(score, ?) FROM cal", [q]).fetchall()[0][0]}
+    if gids:
+        found.update(con.execute(
+            "SELECT gid, quantile_cont(score, ?) FROM cal WHERE gid IN "
+            "(SELECT unnest(?::INTEGER[])) GROUP BY gid", [q, list(gids)]).fetchall())
+    return found
+
+
+def rank_value(rank: int, n_below: int, n_at: int, below: float | None, at: float,
+               above: float | None) -> float | None:
+    """The rank-th smallest score (0-based), from how many scores lie below and at ``at``
+    and the nearest scores either side; None when it lies further from ``at``."""
+    if n_below <= rank < n_below + n_at:
+        return at
+    if rank == n_below - 1:
+        return below
+    if rank == n_below + n_at:
+        return above
+    return None
+
+
+def near_quantile_statistics(con: Any, q: float, wanted: dict[int | None, int]
+                             ) -> dict[int | None, list[float]]:
+    """:func:`order_statistics` in two passes without a sort: around DuckDB's own quantile,
+    checked by counting; groups where that check fails are left out (the caller sorts)."""
+    candidates = {g: c for g, c in candidate_quantiles(
+        con, q, [g for g in wanted if g is not None]).items() if c is not None and g in wanted}
+    if not candidates:
+        return {}
+    con.register("cal_cand", pa.table({
+        "gid": pa.array([-1 if g is None else g for g in candidates], pa.int32()),
+        "c": pa.array([float(c) for c in candidates.values()], pa.float64())}))
+    around = ("count(*) FILTER (score < k.c), count(*) FILTER (score = k.c), "
+              "max(score) FILTER (score < k.c), min(score) FILTER (score > k.c)")
+    parts = [f"SELECT k.gid, count(*), {around} FROM cal JOIN cal_cand k ON k.gid = cal.gid "
+             "GROUP BY k.gid"]
+    if None in candidates:
+        parts.append(f"SELECT -1, count(*), {around} FROM cal, cal_cand k WHERE k.gid = -1")
+    rows = con.execute(" UNION ALL ".join(parts)).fetchall()
+    con.unregister("cal_cand")
+    found: dict[int | None, list[float]] = {}
+    for gid, n, n_below, n_at, below, above in rows:
+        gid = None if gid == -1 else gid
+        k = wanted[gid]
+        pair = [rank_value(r, n_below, n_at, below, candidates[gid], above)
+                for r in (k, min(k + 1, n - 1))]
+        if None not in pair:
+            found[gid] = [float(v) for v in pair]
+    return found
+
+
 def quantile_of(n: int, q: float, stats: list[float]) -> float:
     lo = stats[0]
     return lerp_quantile(n, q, lo, stats[1] if len(stats) > 1 else lo)
@@ -255,7 +309,8 @@ def calibration_stats(con: Any, rate: float, minimum: int) -> tuple[GroupStats, 
     wanted: dict[int | None, int] = {None: int(np.floor((total - 1) * np.float64(q)))}
     wanted.update({gid: int(np.floor((counts[gid][0] - 1) * np.float64(q))) for gid in names
                    if counts[gid][0] >= minimum})
-    ranks = order_statistics(con, wanted)
+    ranks = near_quantile_statistics(con, q, wanted)
+    ranks.update(order_statistics(con, {g: k for g, k in wanted.items() if g not in ranks}))
     overall = quantile_of(total, q, ranks[None])
     quantiles = {gid: quantile_of(counts[gid][0], q, ranks[gid]) for gid in wanted if gid is not None}
     limits = [(gid, quantiles.get(gid, overall)) for gid in names]
