@@ -266,8 +266,13 @@ def near_quantile_statistics(con: Any, q: float, wanted: dict[int | None, int]
                              ) -> dict[int | None, list[float]]:
     """:func:`order_statistics` in two passes without a sort: around DuckDB's own quantile,
     checked by counting; groups where that check fails are left out (the caller sorts)."""
-    candidates = {g: c for g, c in candidate_quantiles(
-        con, q, [g for g in wanted if g is not None]).items() if c is not None and g in wanted}
+    import duckdb
+
+    try:
+        found = candidate_quantiles(con, q, [g for g in wanted if g is not None])
+    except duckdb.OutOfMemoryException:
+        return {}  # quantile_cont holds a group's scores in memory; the sort can spill
+    candidates = {g: c for g, c in found.items() if c is not None and g in wanted}
     if not candidates:
         return {}
     con.register("cal_cand", pa.table({
