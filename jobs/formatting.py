@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 from vip2scan.jobs.terminal import printable, shell_word
 
 if TYPE_CHECKING:
-    import numpy as np
+    from typing import Callable
 
     from vip2scan.pipeline import RunSummary
+    from vip2scan.pipeline.output.calibration import Calibration
     from vip2scan.pipeline.output.views import Outputs
 
 UNCALIBRATED = "default (uncalibrated)"  # pipeline.calibration.SOURCE_DEFAULT, kept import-free
@@ -37,12 +38,13 @@ def threshold_lines(threshold: float | None, source: str, by_prefix: dict[str, f
     return [f"image threshold {threshold:.5g} ({source}{per})"]
 
 
-def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
-                           scores: np.ndarray) -> list[str]:
+def report_threshold_lines(outputs: Outputs, record: dict, n_scores: int,
+                           flagged_under: Callable[[Calibration], int]) -> list[str]:
     """What a run's report says about its threshold: source, per-prefix values, and what OUT's
-    current calibration would flag if it differs from what the run used."""
+    current calibration would flag (``flagged_under`` counts it among the run's ``n_scores``
+    scored images) if it differs from what the run used."""
     from vip2scan.pipeline.output.calibration import (SOURCE_FLAG, SOURCE_LABELLED, CalibrationError,
-                                               flagged_now, read_calibrations)
+                                               read_calibrations)
 
     source = str(record.get("threshold_source") or "")
     by_prefix = dict(record.get("image_thresholds") or {})
@@ -61,7 +63,7 @@ def report_threshold_lines(outputs: Outputs, record: dict, uris: list[str],
                            and current.image_threshold == record.get("image_threshold")):
         return lines
     lines.append(f"OUT's current calibration ({current.source}, {current.created_at}) would flag "
-                 f"{flagged_now(current, uris, scores)} of these {len(scores)} images; later "
+                 f"{flagged_under(current)} of these {n_scores} images; later "
                  "scans use it, and scan --full re-scores this run's images with it")
     return lines
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 import io
-from typing import Optional
+import tempfile
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -17,10 +18,63 @@ from vip2scan.jobs.imaging import (SCALING_RULE, THUMB_SIDE, display_range, fit_
                                     thumbnail_and_overlay, upright_thumbnail)
 from vip2scan.jobs.storage import read_object
 
+if TYPE_CHECKING:
+    from vip2scan.pipeline.output.calibration import Calibration
+    from vip2scan.pipeline.output.views import Outputs
+
 MAX_ERRORS_SHOWN = 50
 
 
-def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
+HISTOGRAM_BINS = 40
+BATCH_ROWS = 1 << 20  # scores binned per numpy call: 8 MB, whatever the run's size
+OK_ROWS = "FROM run_rows WHERE run_id = ? AND status = 'ok'"
+# What the page reads of a run's rows: its own score files, not every run's.
+RUN_COLUMNS = ["image_uri", "width", "height", "image_score", "is_anomalous", "max_pixel_score",
+               "anomalous_area_fraction", "map_store", "map_index", "run_id", "status", "error"]
+
+
+def score_histogram(con: Any, run_id: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(counts, bin edges, ok rows) of the run's image scores: 40 bins over the observed range
+    (scores of a weakly trained head crowd near one value), binned batch by batch, exactly as
+    one np.histogram over all of them would."""
+    n, low, high = con.execute(f"SELECT count(*), min(image_score), max(image_score) {OK_ROWS}",
+                               [run_id]).fetchall()[0]
+    low, high = (float(low), float(high)) if n else (0.0, 1.0)
+    pad = max(1e-3, 0.05 * (high - low))
+    edges = np.histogram_bin_edges([], bins=HISTOGRAM_BINS, range=(low - pad, high + pad))
+    counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+    if n:
+        reader = con.sql(f"SELECT image_score::DOUBLE AS s {OK_ROWS}",
+                         params=[run_id]).to_arrow_reader(BATCH_ROWS)
+        for batch in reader:
+            scores = batch.column(0).to_numpy(zero_copy_only=False)
+            counts += np.histogram(scores, bins=HISTOGRAM_BINS, range=(low - pad, high + pad))[0]
+    return counts, edges, int(n)
+
+
+def run_counts(con: Any, run_id: str) -> dict[str, int]:
+    """The run's rows, ok rows, anomalous (ok) rows and error rows, as one aggregate."""
+    rows, ok, anomalous = con.execute(
+        "SELECT count(*), count(*) FILTER (status = 'ok'), "
+        "count(*) FILTER (status = 'ok' AND is_anomalous) FROM run_rows WHERE run_id = ?",
+        [run_id]).fetchall()[0]
+    return {"rows": int(rows), "ok rows": int(ok), "anomalous": int(anomalous),
+            "error rows": int(rows - ok)}
+
+
+def flagged_under(con: Any, run_id: str, calibration: Calibration) -> int:
+    """How many of the run's scored images ``calibration`` flags (what a rescan would decide)."""
+    from vip2scan.pipeline.output.calibration_sql import threshold_sql
+
+    joins, limit = threshold_sql(con, "r.image_uri", calibration.image_threshold,
+                                 calibration.by_prefix())
+    return int(con.execute(f"SELECT count(*) FILTER (r.image_score::DOUBLE >= {limit}) "
+                           f"FROM run_rows r {joins}WHERE r.run_id = ? AND r.status = 'ok'",
+                           [run_id]).fetchall()[0][0])
+
+
+def histogram_png(counts: np.ndarray, edges: np.ndarray, n_scores: int,
+                  threshold: Optional[float]) -> bytes:
     """Image-score histogram with the decision threshold marked (matplotlib's Agg, no display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -28,16 +82,14 @@ def histogram_png(scores: np.ndarray, threshold: Optional[float]) -> bytes:
     fig = Figure(figsize=(6.4, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    # Bins over the observed range: scores of a weakly trained head crowd near one value.
-    low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
-    pad = max(1e-3, 0.05 * (high - low))
-    ax.hist(scores, bins=40, range=(low - pad, high + pad), color="#4477aa")
+    # One weighted value per bin draws the bars of the binned scores.
+    ax.hist(edges[:-1], bins=edges, weights=counts, color="#4477aa")
     if threshold is not None:
         ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.5g}")
         ax.legend()
     ax.set_xlabel("image_score")
     ax.set_ylabel("images")
-    ax.set_title(f"Image scores ({len(scores)} images scored)")
+    ax.set_title(f"Image scores ({n_scores} images scored)")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -136,31 +188,41 @@ def stored_map(row: dict, out: str, storage_options: dict) -> Optional[np.ndarra
 
 def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: dict) -> str:
     """Write OUT/reports/<run_id>/ and return the URI of its report.html."""
-    from vip2scan.pipeline.output.paths import report_dir
-    from vip2scan.pipeline.output.views import Outputs
-    from vip2scan.pipeline.output.schema import RUN_COUNT_FIELDS
+    from vip2scan.pipeline.output.schema import SCORES_SCHEMA
+    from vip2scan.pipeline.output.views import Outputs, duckdb_connect, register_parquet
 
     outputs = Outputs(out, storage_options)
     record = outputs.run_record(run_id)
     run_id = record["run_id"]
-    con = outputs.connect()
-    rows = con.sql("SELECT status, is_anomalous, image_score, image_uri FROM scores WHERE run_id = ?",
-                   params=[run_id]).to_arrow_table()
-    ok = np.asarray(rows.column("status").to_pylist()) == "ok"
-    scores = np.asarray(rows.column("image_score").to_numpy(zero_copy_only=False), dtype=np.float64)[ok]
-    anomalous = sum(bool(v) for v, good in zip(rows.column("is_anomalous").to_pylist(), ok) if good)
+    with tempfile.TemporaryDirectory(prefix="vip2scan-report-") as workdir:
+        # Aggregates over the run's own files only: a run that scored the whole lake never
+        # becomes Python lists, and DuckDB spills to workdir above its memory limit.
+        con = duckdb_connect(workdir)
+        try:
+            register_parquet(con, "run_rows", outputs.location, list(record.get("files") or []),
+                             RUN_COLUMNS, SCORES_SCHEMA)
+            return write_report(outputs, con, record, top_n)
+        finally:
+            con.close()
+
+
+def write_report(outputs: Outputs, con: Any, record: dict, top_n: int) -> str:
+    """Write the report of ``record``'s run, whose rows are the view run_rows of ``con``."""
+    from vip2scan.pipeline.output.paths import report_dir
+    from vip2scan.pipeline.output.schema import RUN_COUNT_FIELDS
+
+    run_id = record["run_id"]
+    out, storage_options = outputs.out, outputs.storage_options
     recorded = dict(record.get("counts") or {})
     ordered = [k for k in RUN_COUNT_FIELDS if k in recorded] + sorted(set(recorded) - set(RUN_COUNT_FIELDS))
-    counts = {**{k: recorded[k] for k in ordered},
-              "rows": rows.num_rows, "ok rows": int(ok.sum()), "anomalous": int(anomalous),
-              "error rows": int((~ok).sum())}
+    counts = {**{k: recorded[k] for k in ordered}, **run_counts(con, run_id)}
     threshold = record.get("image_threshold")
 
     top = con.sql(
-        "SELECT * FROM scores WHERE run_id = ? AND status = 'ok' ORDER BY image_score DESC, image_uri LIMIT ?",
+        f"SELECT * {OK_ROWS} ORDER BY image_score DESC, image_uri LIMIT ?",
         params=[run_id, top_n]).to_arrow_table().to_pylist()
     errors = con.sql(
-        "SELECT image_uri, error FROM scores WHERE run_id = ? AND status = 'error' ORDER BY image_uri LIMIT ?",
+        "SELECT image_uri, error FROM run_rows WHERE run_id = ? AND status = 'error' ORDER BY image_uri LIMIT ?",
         params=[run_id, MAX_ERRORS_SHOWN]).to_arrow_table().to_pylist()
 
     folder = report_dir(run_id)
@@ -169,7 +231,8 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
     if fs.exists(top_dir):  # a rerun with a smaller --top must not leave stale images
         fs.rm(top_dir, recursive=True)
     fs.makedirs(top_dir, exist_ok=True)
-    fs.pipe(outputs.path(folder, "histogram.png"), histogram_png(scores, threshold))
+    fs.pipe(outputs.path(folder, "histogram.png"),
+            histogram_png(*score_histogram(con, run_id), threshold))
     # Maps first: one display stretch for the run, so colours compare across its rows.
     maps = [stored_map(row, out, storage_options) for row in top]
     value_range = display_range(m for m in maps if m is not None)
@@ -188,8 +251,8 @@ def build_report(out: str, run_id: Optional[str], top_n: int, storage_options: d
             fs.pipe(outputs.path(folder, row["image_png"]), image_png)
         if row["overlay_png"]:
             fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
-    ok_uris = [u for u, good in zip(rows.column("image_uri").to_pylist(), ok) if good]
-    notes = report_threshold_lines(outputs, record, ok_uris, scores)
+    notes = report_threshold_lines(outputs, record, counts["ok rows"],
+                                   lambda calibration: flagged_under(con, run_id, calibration))
     change = threshold_change_note(outputs.run_records(), record)
     if change:
         notes.append(change)

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from vip2scan.model.config import is_unit_number
 from vip2scan.model.factory import ModelFacts
@@ -30,7 +32,8 @@ from ..specs import ThresholdSpec
 from ..storage.location import Location
 from .paths import CALIBRATION
 from .records import read_json, write_json
-from .views import Outputs
+from .calibration_sql import analyst_memory, calibration_stats, load_rows
+from .views import Outputs, sql_str
 
 CALIBRATION_VERSION = 1
 DEFAULT_THRESHOLD = 0.5
@@ -181,22 +184,37 @@ def resolve_thresholds(requested: ThresholdSpec, facts: ModelFacts,
     return picked
 
 
-def row_thresholds(uris: Sequence[str], default: float,
+def row_thresholds(uris: Any, default: float,
                    by_prefix: Mapping[str, float] | Sequence[tuple[str, float]]) -> np.ndarray:
     """Each row's image threshold: its longest matching prefix's, else ``default`` (float64,
-    so comparing float32 scores to it is exact)."""
-    pairs = sorted(dict(by_prefix).items(), key=lambda p: len(p[0]), reverse=True)
+    so comparing float32 scores to it is exact). ``uris``: a sequence, numpy or Arrow array."""
+    pairs = dict(by_prefix)
     out = np.full(len(uris), float(default), dtype=np.float64)
-    if pairs:
-        for i, uri in enumerate(uris):
-            for prefix, value in pairs:
-                if str(uri).startswith(prefix):
-                    out[i] = value
-                    break
+    if not pairs or not len(uris):
+        return out
+    if isinstance(uris, pa.ChunkedArray):
+        uris = uris.combine_chunks()
+    if not isinstance(uris, pa.Array):
+        uris = pa.array(uris if isinstance(uris, np.ndarray) else list(uris), pa.string())
+    # A UTF-8 string starts with a prefix exactly when its bytes do: one lookup per prefix
+    # length, longest first, instead of one startswith per row and prefix.
+    heads = uris.cast(pa.large_binary())
+    unset = np.ones(len(uris), dtype=bool)
+    by_length: dict[int, list[str]] = {}
+    for prefix in pairs:
+        by_length.setdefault(len(prefix.encode()), []).append(prefix)
+    for length in sorted(by_length, reverse=True):
+        keys = by_length[length]
+        index = pc.index_in(pc.binary_slice(heads, 0, length),
+                            value_set=pa.array([k.encode() for k in keys], pa.large_binary()))
+        index = index.fill_null(-1).to_numpy(zero_copy_only=False)
+        hit = unset & (index >= 0)
+        out[hit] = np.asarray([float(pairs[k]) for k in keys])[index[hit]]
+        unset &= ~hit
     return out
 
 
-def flagged_now(calibration: Calibration, uris: Sequence[str], scores: np.ndarray) -> int:
+def flagged_now(calibration: Calibration, uris: Any, scores: np.ndarray) -> int:
     """How many of these scores ``calibration`` flags (what a rescan would decide)."""
     limits = row_thresholds(uris, calibration.image_threshold, calibration.by_prefix())
     return int((np.asarray(scores, dtype=np.float64) >= limits).sum())
@@ -204,17 +222,25 @@ def flagged_now(calibration: Calibration, uris: Sequence[str], scores: np.ndarra
 
 # --------------------------------------------------------------------------- computing one
 
+USABLE = "status = 'ok' AND image_score IS NOT NULL AND NOT isnan(image_score)"
+
+
 @dataclass(frozen=True)
 class LatestScores:
-    """The latest ok rows of one model under OUT, and what else the latest view holds."""
+    """Which latest ok rows of OUT calibrate one model (read in DuckDB when computed), and
+    what else the latest view holds."""
 
     model_id: str
-    uris: Any  # pyarrow ChunkedArray of image_uri, aligned with scores
-    scores: np.ndarray  # float64
-    flagged: np.ndarray  # bool: is_anomalous as committed
+    n_scores: int
+    outputs: Outputs
     roots: list[str]  # the sources of OUT's runs, shortest first
     other_models: dict[str, int]  # model_id -> latest ok rows not used
     labelled: bool  # the model's newest run used labelled thresholds
+
+    def rows_sql(self) -> str:
+        """SELECT image_uri, score, flagged of these rows."""
+        return ("SELECT image_uri, image_score::DOUBLE AS score, coalesce(is_anomalous, false) "
+                f"AS flagged FROM latest WHERE {USABLE} AND model_id = {sql_str(self.model_id)}")
 
 
 def latest_scores(outputs: Outputs, model_id: str | None) -> LatestScores:
@@ -225,25 +251,22 @@ def latest_scores(outputs: Outputs, model_id: str | None) -> LatestScores:
         raise CalibrationError(f"no run under {outputs.location.display()} has scored an image: "
                                "scan the lake first")
     model_id = model_id or str(scoring[-1].get("model_id"))
-    usable = "status = 'ok' AND image_score IS NOT NULL AND NOT isnan(image_score)"
-    con = outputs.connect()
-    # Columnar: a lake of millions of objects stays a few arrays, not millions of tuples.
-    mine = con.sql(f"SELECT image_uri, image_score, is_anomalous FROM latest WHERE {usable} "
-                   "AND model_id = ?", params=[model_id]).to_arrow_table()
-    others = dict(con.execute(f"SELECT model_id, count(*) FROM latest WHERE {usable} "
-                              "AND model_id <> ? GROUP BY model_id", [model_id]).fetchall())
-    con.close()
-    if mine.num_rows == 0:
-        known = ", ".join(f"{k} ({v})" for k, v in sorted(others.items())) or "none"
+    con = outputs.connect(analyst_memory())
+    try:
+        counts = dict(con.execute(f"SELECT model_id, count(*) FROM latest WHERE {USABLE} AND "
+                                  "model_id IS NOT NULL GROUP BY model_id").fetchall())
+    finally:
+        con.close()
+    mine = counts.pop(model_id, 0)
+    if mine == 0:
+        known = ", ".join(f"{k} ({v})" for k, v in sorted(counts.items())) or "none"
         raise CalibrationError(f"no latest scores of model {model_id} under "
                                f"{outputs.location.display()} (models with latest scores: {known})")
     newest = [r for r in records if r.get("model_id") == model_id]
     return LatestScores(
-        model_id=model_id, uris=mine.column("image_uri"),
-        scores=mine.column("image_score").to_numpy().astype(np.float64),
-        flagged=mine.column("is_anomalous").fill_null(False).to_numpy().astype(bool),
+        model_id=model_id, n_scores=int(mine), outputs=outputs,
         roots=sorted({str(r.get("source")) for r in records if r.get("source")}, key=len),
-        other_models=others,
+        other_models=counts,
         labelled=bool(newest) and newest[-1].get("threshold_source") == SOURCE_LABELLED)
 
 
@@ -282,41 +305,26 @@ def compute_calibration(latest: LatestScores, rate: float, by: str | None = None
     """The calibration of ``latest``'s model at ``rate`` (0 < rate < 1), optionally per prefix.
 
     A prefix with fewer than :func:`min_scores` scores keeps the overall threshold (a 1 %
-    quantile of 30 scores is noise); so do objects under no matching prefix.
+    quantile of 30 scores is noise); so do objects under no matching prefix. Computed in
+    DuckDB (calibration_sql.py): memory stays bounded at any lake size.
     """
     if not 0.0 < rate < 1.0:
         raise CalibrationError(f"expected rate must be between 0 and 1, got {rate:g}")
-    overall = quantile_threshold(latest.scores, rate)
-    thresholds = np.full(len(latest.scores), overall)
-    groups: list[GroupThreshold] = []
-    if by:
-        members: dict[tuple[str, str], list[int]] = {}
-        seen: dict[str, tuple[str, str | None]] = {}  # folder -> (root, group): once per folder
-        for i, uri in enumerate(latest.uris.to_pylist()):
-            folder = uri.rsplit("/", 1)[0]
-            if folder not in seen:
-                root, key = relative_key(uri, latest.roots)
-                seen[folder] = (root, group_of(key, by))
-            root, group = seen[folder]
-            if group is not None:
-                members.setdefault((root, group), []).append(i)
-        for (root, group), index in sorted(members.items(), key=lambda kv: kv[0][1]):
-            idx = np.asarray(index)
-            value = quantile_threshold(latest.scores[idx], rate) \
-                if len(idx) >= min_scores(rate) else None
-            if value is not None:
-                thresholds[idx] = value
-            groups.append(GroupThreshold(
-                group=group, prefix=root + group, n_scores=len(idx), image_threshold=value,
-                flagged_before=int(latest.flagged[idx].sum()),
-                flagged_after=int((latest.scores[idx] >= thresholds[idx]).sum())))
+    con = latest.outputs.connect(analyst_memory())
+    try:
+        load_rows(con, latest.rows_sql(), latest.roots, by)
+        everything, stats = calibration_stats(con, rate, min_scores(rate))
+    finally:
+        con.close()
+    groups = tuple(GroupThreshold(
+        group=g.group, prefix=g.root + g.group, n_scores=g.n_scores, image_threshold=g.quantile,
+        flagged_before=g.flagged_before, flagged_after=g.flagged_after) for g in stats)
     now = now or dt.datetime.now(dt.timezone.utc)
     return Calibration(
         model_id=latest.model_id, expected_rate=rate, quantile=1.0 - rate,
-        n_scores=len(latest.scores), image_threshold=overall,
-        flagged_before=int(latest.flagged.sum()),
-        flagged_after=int((latest.scores >= thresholds).sum()),
-        created_at=now.isoformat(timespec="seconds"), by=by, groups=tuple(groups),
+        n_scores=everything.n_scores, image_threshold=float(everything.quantile),
+        flagged_before=everything.flagged_before, flagged_after=everything.flagged_after,
+        created_at=now.isoformat(timespec="seconds"), by=by, groups=groups,
         other_model_rows=sum(latest.other_models.values()))
 
 
