@@ -12,11 +12,14 @@ import tempfile
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+import typer
 
 from vip2scan.jobs.formatting import report_threshold_lines
 from vip2scan.jobs.imaging import (SCALING_RULE, THUMB_SIDE, display_range, fit_map, png_bytes,
                                     thumbnail_and_overlay, upright_thumbnail)
 from vip2scan.jobs.storage import read_object
+from vip2scan.jobs.terminal import printable
+from vip2scan.pipeline.errors import one_line
 
 if TYPE_CHECKING:
     from vip2scan.pipeline.output.calibration import Calibration
@@ -102,6 +105,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def number(value: Optional[float], spec: str) -> str:
+    """A score cell; a row without that figure (no map was computed for it) shows a dash."""
+    return "\u2013" if value is None else format(value, spec)
+
+
 def render_html(record: dict, counts: dict, threshold: Optional[float], top: list[dict],
                 errors: list[dict], threshold_notes: tuple[str, ...] = (),
                 scaling_note: str = SCALING_RULE) -> str:
@@ -111,11 +119,12 @@ def render_html(record: dict, counts: dict, threshold: Optional[float], top: lis
     top_rows = [[
         str(i + 1),
         f'<img src="{esc(item["image_png"])}" alt="image {i + 1}">' if item["image_png"]
-        else "<em>gone from the lake since this run</em>",
+        else f'<em>{esc(item.get("image_note") or "gone from the lake since this run")}</em>',
         f'<img src="{esc(item["overlay_png"])}" alt="anomaly map {i + 1}">' if item["overlay_png"]
         else "<em>no map stored (scanned with --maps anomalous or none)</em>",
-        f'{item["image_score"]:.4f}<br><small>max pixel {item["max_pixel_score"]:.3f}<br>'
-        f'area {item["anomalous_area_fraction"]:.3%}</small>',
+        f'{number(item["image_score"], ".4f")}<br><small>max pixel '
+        f'{number(item["max_pixel_score"], ".3f")}<br>'
+        f'area {number(item["anomalous_area_fraction"], ".3%")}</small>',
         f'<code>{esc(item["image_uri"])}</code><br><small>{item["width"]} x {item["height"]}</small>',
     ] for i, item in enumerate(top)]
     error_rows = [[f"<code>{esc(e['image_uri'])}</code>", esc(str(e["error"]))] for e in errors]
@@ -177,6 +186,18 @@ def threshold_change_note(records: list[dict], record: dict) -> Optional[str]:
             "and after this run do not compare")
 
 
+def readable_image(row: dict, storage_options: dict, unreadable: list[str]) -> Optional[bytes]:
+    """The object's bytes for its thumbnail; None when gone, or when it cannot be read now (then
+    ``row["image_note"]`` says why and ``unreadable`` gets one line)."""
+    try:
+        return read_object(row["image_uri"], storage_options)
+    except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: not the report's job
+        reason = one_line(exc, limit=200)
+        row["image_note"] = f"not readable now: {reason}"
+        unreadable.append(f"{row['image_uri']}: {reason}")
+        return None
+
+
 def stored_map(row: dict, out: str, storage_options: dict) -> Optional[np.ndarray]:
     """The row's map fitted to a thumbnail; None when the scan stored none for it."""
     from vip2scan.pipeline import read_map
@@ -236,10 +257,13 @@ def write_report(outputs: Outputs, con: Any, record: dict, top_n: int) -> str:
     # Maps first: one display stretch for the run, so colours compare across its rows.
     maps = [stored_map(row, out, storage_options) for row in top]
     value_range = display_range(m for m in maps if m is not None)
+    unreadable: list[str] = []
     for i, (row, anomaly_map) in enumerate(zip(top, maps)):
-        # None: vanished since this run; its row and map still tell the story.
-        image_bytes = read_object(row["image_uri"], storage_options)
-        if anomaly_map is None:  # below the threshold of a --maps anomalous run
+        # None: vanished since this run, or unreadable now; its row and map still tell the story.
+        image_bytes = readable_image(row, storage_options, unreadable)
+        if anomaly_map is None and image_bytes is None:
+            image_png = overlay_png = None
+        elif anomaly_map is None:  # below the threshold of a --maps anomalous run
             image_png = png_bytes(upright_thumbnail(image_bytes, int(row["width"]),
                                                     int(row["height"]), THUMB_SIDE))
             overlay_png = None
@@ -251,6 +275,9 @@ def write_report(outputs: Outputs, con: Any, record: dict, top_n: int) -> str:
             fs.pipe(outputs.path(folder, row["image_png"]), image_png)
         if row["overlay_png"]:
             fs.pipe(outputs.path(folder, row["overlay_png"]), overlay_png)
+    if unreadable:  # the scores still make the report: one line, not an abort
+        typer.echo(printable(f"warning: {len(unreadable)} of the top image(s) could not be read "
+                             f"now and are shown without a picture, e.g. {unreadable[0]}"), err=True)
     notes = report_threshold_lines(outputs, record, counts["ok rows"],
                                    lambda calibration: flagged_under(con, run_id, calibration))
     change = threshold_change_note(outputs.run_records(), record)

@@ -75,3 +75,27 @@ def test_a_run_without_rows_has_zero_counts_and_an_empty_histogram():
         "rows": 0, "ok rows": 0, "anomalous": 0, "error rows": 0}
     counts, edges, n = report_page.score_histogram(con, "a-quiet-night")
     assert n == 0 and counts.sum() == 0 and len(edges) == 41
+
+
+def test_a_top_image_that_cannot_be_read_now_is_a_note_not_an_aborted_report(tmp_path, monkeypatch):
+    """Credentials, a network or a permission problem on one image must not cost the analyst the
+    report: its scores are in OUT. Here the object is a folder (IsADirectoryError); another one
+    is gone, as before."""
+    from tests.helpers import hand_made_runs
+    from tests.helpers.cli_runner import invoke
+    from vip2scan.pipeline.storage.location import Location
+
+    lake = tmp_path / "lake"
+    (lake / "unreadable.png").mkdir(parents=True)  # exists, but no bytes can be read from it
+    monkeypatch.setattr(hand_made_runs, "LAKE", lake.as_uri())
+    out = tmp_path / "out"
+    hand_made_runs.Night(Location.of(str(out))).commit(1, "m", {"unreadable.png": 10, "gone.png": 10})
+
+    ran = invoke("report", str(out), "--top", "2")
+
+    assert ran.exit_code == 0, ran.stderr
+    assert ("warning: 1 of the top image(s) could not be read now and are shown without a "
+            "picture, e.g. " + (lake / "unreadable.png").as_uri() + ": IsADirectoryError") in ran.stderr
+    page = next(out.glob("reports/*/report.html")).read_text()
+    assert "not readable now: IsADirectoryError" in page
+    assert "gone from the lake since this run" in page
