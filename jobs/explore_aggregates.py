@@ -1,4 +1,4 @@
-"""The explorer's overview (``meta``), every figure a DuckDB aggregate over the ``cur`` view
+"""The explorer's overview (``meta``), every figure a DuckDB aggregate over the ``objects`` table
 (jobs/explore_data.py): counts, rates per prefix and per night, the score histogram binned in
 SQL, the top error reasons, the first errors, and the count cube (prefix x night x status) the
 page uses to say how many objects of the whole lake match a filter."""
@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 
 def histogram(con: Any) -> dict[str, Any]:
     """HIST_BINS bins over the observed range (scores of a weak head crowd near one value)."""
-    low, high = con.execute("SELECT min(score), max(score) FROM cur WHERE cls < 2 AND isfinite(score)").fetchall()[0]
+    low, high = con.execute("SELECT min(score), max(score) FROM objects WHERE cls < 2 AND isfinite(score)").fetchall()[0]
     low, high = (float(low), float(high)) if low is not None else (0.0, 1.0)
     pad = max(1e-3, 0.05 * (high - low))
     lo, hi = low - pad, high + pad
     width = (hi - lo) / HIST_BINS
     counts = [0] * HIST_BINS
     for b, n in con.execute(f"SELECT least(CAST(floor((score - {lo!r}) / {width!r}) AS INTEGER), {HIST_BINS - 1}), "
-                            "count(*) FROM cur WHERE cls < 2 AND isfinite(score) GROUP BY 1").fetchall():
+                            "count(*) FROM objects WHERE cls < 2 AND isfinite(score) GROUP BY 1").fetchall():
         counts[int(b)] = int(n)
     return {"lo": lo, "hi": hi, "counts": counts}
 
@@ -33,11 +33,11 @@ def count_cube(con: Any, prefixes: list[str]) -> list[list[int]]:
     counts the objects scanned that night (current row or an older one)."""
     code = {p: i for i, p in enumerate(prefixes)}
     rows = con.execute("""
-        SELECT prefix, -1, cls, count(*) FROM cur GROUP BY ALL
+        SELECT prefix, -1, cls, count(*) FROM objects GROUP BY ALL
         UNION ALL
         SELECT prefix, night, cls, count(*) FROM (
-            SELECT image_uri, prefix, night, cls FROM cur
-            UNION SELECT o.image_uri, c.prefix, o.night, c.cls FROM other_rows o JOIN cur c USING (image_uri))
+            SELECT image_uri, prefix, night, cls FROM objects
+            UNION SELECT o.image_uri, c.prefix, o.night, c.cls FROM other_rows o JOIN objects c USING (image_uri))
         GROUP BY ALL""").fetchall()
     return sorted([code[p], int(night), int(cls), int(n)] for p, night, cls, n in rows)
 
@@ -47,15 +47,15 @@ def gather_meta(outputs: "Outputs", con: Any, lake: Lake) -> dict[str, Any]:
     records, nights, run_night = lake.records, lake.nights, lake.run_night
     n, ok, anomalous, errors = con.execute(
         f"SELECT count(*), count(*) FILTER (cls < {ERROR}), count(*) FILTER (cls = 1), "
-        f"count(*) FILTER (cls = {ERROR}) FROM cur").fetchall()[0]
+        f"count(*) FILTER (cls = {ERROR}) FROM objects").fetchall()[0]
     per_prefix = [{"prefix": p, "n": int(a), "ok": int(b), "anomalous": int(c), "errors": int(d)}
                   for p, a, b, c, d in con.execute(
                       f"SELECT prefix, count(*), count(*) FILTER (cls < {ERROR}), count(*) FILTER (cls = 1), "
-                      f"count(*) FILTER (cls = {ERROR}) FROM cur GROUP BY prefix ORDER BY prefix").fetchall()]
+                      f"count(*) FILTER (cls = {ERROR}) FROM objects GROUP BY prefix ORDER BY prefix").fetchall()]
     prefixes = [p["prefix"] for p in per_prefix]
-    roots = [r for r, in con.execute("SELECT DISTINCT root FROM cur ORDER BY root").fetchall()]
-    models = [m for m, in con.execute("SELECT DISTINCT model_id FROM cur ORDER BY model_id").fetchall()]
-    current_runs = {r for r, in con.execute("SELECT DISTINCT run_id FROM cur").fetchall()}
+    roots = [r for r, in con.execute("SELECT DISTINCT root FROM objects ORDER BY root").fetchall()]
+    models = [m for m, in con.execute("SELECT DISTINCT model_id FROM objects ORDER BY model_id").fetchall()]
+    current_runs = {r for r, in con.execute("SELECT DISTINCT run_id FROM objects").fetchall()}
     n_score_rows = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
     n_vanished = con.execute("SELECT count(DISTINCT image_uri) FROM vanished v WHERE NOT EXISTS "
                              "(SELECT 1 FROM latest l WHERE l.image_uri = v.image_uri)").fetchall()[0][0]
@@ -70,9 +70,9 @@ def gather_meta(outputs: "Outputs", con: Any, lake: Lake) -> dict[str, Any]:
     for item in alerts:
         per_night[item["night"]]["alerts"] = per_night[item["night"]].get("alerts", 0) + item["alert"]
     mark_threshold_changes(list(per_night.values()), records, run_night)
-    reasons = con.execute(f"SELECT coalesce(error, '') AS reason, count(*) AS n FROM cur WHERE cls = {ERROR} "
+    reasons = con.execute(f"SELECT coalesce(error, '') AS reason, count(*) AS n FROM objects WHERE cls = {ERROR} "
                           f"GROUP BY 1 ORDER BY n DESC, reason LIMIT {MAX_REASONS}").fetchall()
-    first_errors = con.execute(f"SELECT image_uri, coalesce(error, ''), key FROM cur WHERE cls = {ERROR} "
+    first_errors = con.execute(f"SELECT image_uri, coalesce(error, ''), substr(image_uri, length(root) + 1) FROM objects WHERE cls = {ERROR} "
                                f"ORDER BY image_uri LIMIT {MAX_ERRORS_LISTED}").fetchall()
     return {
         "out": outputs.location.display(),

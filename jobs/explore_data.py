@@ -34,7 +34,7 @@ OTHER_ROWS_SQL = """
 CREATE TEMP TABLE other_rows AS
 SELECT s.image_uri, coalesce(n.night, 0) AS night, s.run_id, s.status, s.image_score,
        s.is_anomalous, s.scanned_at
-FROM scores s JOIN cur c ON s.image_uri = c.image_uri AND s.run_id <> c.run_id
+FROM scores s JOIN objects c ON s.image_uri = c.image_uri AND s.run_id <> c.run_id
 LEFT JOIN run_nights n ON n.run_id = s.run_id
 """
 
@@ -65,7 +65,9 @@ def read_lake(outputs: "Outputs") -> Lake:
 
 
 def open_current(con: Any, lake: Lake) -> None:
-    """Create the ``cur`` view (and the small ``run_nights`` table) on ``con``."""
+    """Create the ``cur`` view, the ``objects`` table (the columns every aggregate needs,
+    computed once: the view's string work would otherwise be redone by each query) and the
+    small ``run_nights`` table on ``con``."""
     import pyarrow as pa
 
     from vip2scan.pipeline.output.views import sql_str
@@ -86,6 +88,8 @@ FROM (
   FROM latest l LEFT JOIN run_nights n ON n.run_id = l.run_id,
   LATERAL (SELECT {f"CASE {root} ELSE {own} END" if root else own} AS root) r
 )""")
+    con.execute("CREATE OR REPLACE TEMP TABLE objects AS SELECT image_uri, run_id, model_id, root, prefix, night, "
+                "cls, score, error FROM cur")
 
 
 def night_of(record: dict) -> str:

@@ -55,20 +55,20 @@ def bucket_of(uri: str, buckets: int) -> int:
 
 def select_table_set(con: Any, lake: Lake, table_rows: int, n_prefixes: int) -> TableSet:
     """Create the ``table_set`` table on ``con`` and read its rows."""
-    n_lake = con.execute("SELECT count(*) FROM cur").fetchall()[0][0]
+    n_lake = con.execute("SELECT count(*) FROM objects").fetchall()[0][0]
     if n_lake <= table_rows:
-        con.execute("CREATE OR REPLACE TEMP TABLE table_set AS SELECT image_uri FROM cur")
+        con.execute("CREATE OR REPLACE TEMP TABLE table_set AS SELECT image_uri FROM objects")
     else:
         top, errors = table_rows // 2, table_rows // ERROR_SHARE
         per_prefix = max(1, (table_rows - top - errors) // max(1, n_prefixes))
         con.execute(f"""
 CREATE OR REPLACE TEMP TABLE table_set AS
-(SELECT image_uri FROM cur WHERE cls < {ERROR} ORDER BY score DESC NULLS LAST, image_uri LIMIT {top})
+(SELECT image_uri FROM objects WHERE cls < {ERROR} ORDER BY score DESC NULLS LAST, image_uri LIMIT {top})
 UNION
-(SELECT image_uri FROM cur WHERE cls < {ERROR}
+(SELECT image_uri FROM objects WHERE cls < {ERROR}
  QUALIFY row_number() OVER (PARTITION BY prefix ORDER BY score DESC NULLS LAST, image_uri) <= {per_prefix})
 UNION
-(SELECT image_uri FROM cur WHERE cls = {ERROR} ORDER BY image_uri LIMIT {errors})""")
+(SELECT image_uri FROM objects WHERE cls = {ERROR} ORDER BY image_uri LIMIT {errors})""")
     rows = con.sql(TABLE_SQL).to_arrow_table()
     table = TableSet(rows=rows, n_lake=int(n_lake), buckets=bucket_count(min(n_lake, table_rows)))
     read_history(con, lake, table)
@@ -80,7 +80,8 @@ def read_history(con: Any, lake: Lake, table: TableSet) -> None:
     (6 decimals) or null, 0/1 anomalous]; and the nights of their older rows."""
     run_index = {r: i for i, r in enumerate(lake.run_ids)}
     current = con.execute("""
-        SELECT image_uri, night, run_id, status, score, cls, NULL AS scanned FROM cur SEMI JOIN table_set USING (image_uri)
+        SELECT image_uri, night, run_id, CASE WHEN cls = 2 THEN 'error' ELSE 'ok' END, score, cls, NULL AS scanned
+        FROM objects SEMI JOIN table_set USING (image_uri)
         UNION ALL
         SELECT image_uri, night, run_id, status, image_score, CASE WHEN is_anomalous THEN 1 ELSE 0 END,
                scanned_at FROM other_rows SEMI JOIN table_set USING (image_uri)

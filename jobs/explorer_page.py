@@ -13,6 +13,7 @@ every object, with pictures on demand: ``vip2scan explore OUT --serve``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 EXPLORER_DIR = "explorer"  # below OUT/reports/
 STATIC_FILES = ("index.html", "explorer.js", "explorer.css")
+EXPORT_MEMORY = "1GB"  # DuckDB's memory_limit for the export ($VIP2SCAN_DUCKDB_MEMORY overrides it)
 
 
 @dataclass
@@ -147,7 +149,7 @@ def export_explorer(out: str, storage_options: dict, max_images: int, table_rows
     from vip2scan.jobs.imaging import PEAK_RULE, SCALING_RULE, colour_stops
     from vip2scan.pipeline.deadline import step
     from vip2scan.pipeline.output.paths import REPORTS
-    from vip2scan.pipeline.output.views import Outputs
+    from vip2scan.pipeline.output.views import MEMORY_ENV, Outputs
 
     outputs = Outputs(out, storage_options)
     outputs.require_exists()
@@ -163,7 +165,8 @@ def export_explorer(out: str, storage_options: dict, max_images: int, table_rows
     lake = read_lake(outputs)
     for line in lake.warnings:
         typer.echo(printable(f"warning: {line}"), err=True)
-    con = outputs.connect()
+    # Bounded: above it DuckDB spills to disk (the target is 2 GiB for the whole command at 10 M).
+    con = outputs.connect(os.environ.get(MEMORY_ENV) or EXPORT_MEMORY)
     try:
         with step("reading the lake's state"):
             open_current(con, lake)
