@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 DEFAULT_TABLE_ROWS = 50_000
 BUCKET_ROWS = 1000  # objects per chunk file, on average
 ERROR_SHARE = 10  # at most table_rows // ERROR_SHARE error rows in a subset
+# Scores as integers of 1e-9: distinct float32 scores near 0.5 stay distinct, so the page sorts
+# them as DuckDB does (at 1e-6 neighbours tie and fall back to URI order).
+SCORE_SCALE = 1e9
 
 TABLE_SQL = """
 SELECT image_uri, root, key, prefix, night, model_id, cls, score, mp, ar, error, width, height,
@@ -122,7 +125,7 @@ def table_index(table: TableSet, meta: dict[str, Any], pictures: dict[str, str])
         "k": column["key"], "root": [codes["roots"][r] for r in column["root"]],
         "pre": [codes["prefixes"][p] for p in column["prefix"]], "night": column["night"],
         "model": [codes["models"][m] for m in column["model_id"]], "f": flags,
-        "sc": scaled(column["score"], 1e6), "mp": scaled(column["mp"], 1e4), "ar": scaled(column["ar"], 1e5),
+        "sc": scaled(column["score"], SCORE_SCALE), "mp": scaled(column["mp"], 1e4), "ar": scaled(column["ar"], 1e5),
         "b": [bucket_of(u, table.buckets) for u in uris],
         "hn": [[j, sorted(set(table.other_nights[u]) - {column["night"][j]})] for j, u in enumerate(uris)
                if set(table.other_nights.get(u, ())) - {column["night"][j]}],

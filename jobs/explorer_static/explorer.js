@@ -133,7 +133,7 @@
                  f: Uint8Array.from(raw.f), sc: new Float64Array(n), mp: new Float64Array(n),
                  ar: new Float64Array(n) };
       for (var i = 0; i < n; i++) {
-        ix.sc[i] = raw.sc[i] === null ? NaN : raw.sc[i] / 1e6;
+        ix.sc[i] = raw.sc[i] === null ? NaN : raw.sc[i] / 1e9;
         ix.mp[i] = raw.mp[i] === null ? NaN : raw.mp[i] / 1e4;
         ix.ar[i] = raw.ar[i] === null ? NaN : raw.ar[i] / 1e5;
       }

@@ -25,10 +25,10 @@ MODEL = "synthetic0000000"
 
 
 def rows_for(uris: list[str], run_id: str, when: dt.datetime, rng: np.random.Generator,
-             threshold: float = 0.52) -> pa.Table:
+             threshold: float = 0.52, shift: float = 0.0) -> pa.Table:
     n = len(uris)
     error = rng.random(n) < 0.01
-    score = rng.normal(0.5, 0.01, n).astype(np.float32)
+    score = rng.normal(0.5 + shift, 0.01, n).astype(np.float32)
     ok = ~error
     return pa.table({
         "image_uri": uris, "etag": [f"e{i}" for i in range(n)], "mtime": [when] * n,
@@ -58,10 +58,11 @@ def write_big_out(out: Path, n: int, thresholds: tuple[float, float, float] = (0
 
 
 def add_night(out: Path, picked: list[str], when: dt.datetime, night: int, n: int,
-              rng: np.random.Generator, threshold: float = 0.52) -> str:
-    """One committed run on ``when``'s night rescoring ``picked`` of the ``n`` objects; its run id."""
+              rng: np.random.Generator, threshold: float = 0.52, shift: float = 0.0) -> str:
+    """One committed run on ``when``'s night rescoring ``picked`` of the ``n`` objects (scores
+    around 0.5 + ``shift``); its run id."""
     run_id = when.strftime("%Y%m%dT%H%M%S000Z") + f"-big{night:03d}"
-    table = rows_for(picked, run_id, when, rng, threshold)
+    table = rows_for(picked, run_id, when, rng, threshold, shift)
     rel = f"scores/scan_date={when:%Y-%m-%d}/{run_id}-00000.parquet"
     (out / rel).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / rel)
