@@ -30,19 +30,20 @@ STATUSES = {"": "TRUE", "ok": f"cls < {ERROR}", "anomalous": f"cls = {ANOMALOUS}
             "error": f"cls = {ERROR}"}
 SERVED_SQL = """
 CREATE TABLE served AS
-SELECT (row_number() OVER (ORDER BY c.image_uri) - 1)::INTEGER AS id, c.image_uri, c.key,
+SELECT (row_number() OVER (ORDER BY c.image_uri) - 1)::INTEGER AS id, c.image_uri,
        r.code::SMALLINT AS root, p.code::SMALLINT AS pre, c.night::SMALLINT AS night,
        m.code::SMALLINT AS model, c.cls::TINYINT AS cls, c.score::FLOAT AS score, c.mp::FLOAT AS mp,
-       c.ar::FLOAT AS ar, c.error, c.width, c.height, c.run_id, c.map_store, c.map_index
+       c.ar::FLOAT AS ar, c.error, c.width, c.height, u.code::SMALLINT AS run, c.map_store, c.map_index
 FROM cur c JOIN codes r ON r.kind = 'root' AND r.name = c.root
 JOIN codes p ON p.kind = 'prefix' AND p.name = c.prefix
 JOIN codes m ON m.kind = 'model' AND m.name = c.model_id
+LEFT JOIN codes u ON u.kind = 'run' AND u.name = c.run_id
 """
 OLDER_SQL = """
 CREATE TABLE older AS
-SELECT s.id, o.night::SMALLINT AS night, o.run_id, o.status, o.image_score::FLOAT AS score,
+SELECT s.id, o.night::SMALLINT AS night, u.code::SMALLINT AS run, o.status, o.image_score::FLOAT AS score,
        coalesce(o.is_anomalous, FALSE) AS anomalous, o.scanned_at
-FROM other_rows o JOIN served s USING (image_uri)
+FROM other_rows o JOIN served s USING (image_uri) LEFT JOIN codes u ON u.kind = 'run' AND u.name = o.run_id
 """
 
 
@@ -67,13 +68,15 @@ class ServedLake:
         self.meta.update({"api": True, "scaling": f"{SCALING_RULE}; {PEAK_RULE}", "colours": colour_stops(),
                           "generated_by": "vip2scan explore --serve", "rendered": 0, "max_images": 0})
         codes = [(kind, name, i) for kind, names in (("root", self.meta["roots"]), ("prefix", self.meta["prefixes"]),
-                                                     ("model", self.meta["models"])) for i, name in enumerate(names)]
+                                                     ("model", self.meta["models"]), ("run", self.lake.run_ids))
+                 for i, name in enumerate(names)]
         self.con.register("codes", pa.table({"kind": [c[0] for c in codes], "name": [c[1] for c in codes],
                                              "code": pa.array([c[2] for c in codes], pa.int32())}))
         self.con.execute(SERVED_SQL)
         self.con.execute(OLDER_SQL)
-        self.con.execute("DROP TABLE other_rows")
-        self.run_index = {r: i for i, r in enumerate(self.lake.run_ids)}
+        for name in ("other_rows", "objects"):  # only served and older are asked from now on
+            self.con.execute(f"DROP TABLE {name}")
+        self.roots = self.meta["roots"]
         self.pictures: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.lock = threading.Lock()
 
@@ -112,15 +115,14 @@ class ServedLake:
         cur = self.cursor()
         try:
             total = cur.execute(f"SELECT count(*) FROM served WHERE {where}", params).fetchall()[0][0]
-            table = cur.execute(f"SELECT id, image_uri, key, pre, night, model, cls, score, mp, ar, error FROM served "
-                                f"WHERE {where} ORDER BY {order} LIMIT {size} OFFSET {page * size}",
-                                params).to_arrow_table()
+            rows = records(cur, f"SELECT id, image_uri, root, pre, night, model, cls, score, mp, ar, error FROM served "
+                                f"WHERE {where} ORDER BY {order} LIMIT {size} OFFSET {page * size}", params)
         finally:
             cur.close()
-        return {"total": int(total), "rows": [row_shape(r) for r in table.to_pylist()]}
+        return {"total": int(total), "rows": [row_shape(r, self.roots) for r in rows]}
 
     def current(self, cur: Any, uri: str) -> dict[str, Any]:
-        found = cur.execute("SELECT * FROM served WHERE image_uri = ?", [uri]).to_arrow_table().to_pylist()
+        found = records(cur, "SELECT * FROM served WHERE image_uri = ?", [uri])
         if not found:  # never read a URI that is not a current object of OUT
             raise LookupError("not a current object of this OUT")
         return found[0]
@@ -130,18 +132,19 @@ class ServedLake:
         cur = self.cursor()
         try:
             row = self.current(cur, uri)
-            older = cur.execute("SELECT night, run_id, status, score, anomalous FROM older WHERE id = ? "
-                                "ORDER BY scanned_at, run_id", [row["id"]]).fetchall()
+            older = cur.execute("SELECT night, run, status, score, anomalous FROM older WHERE id = ? "
+                                "ORDER BY scanned_at, run", [row["id"]]).fetchall()
         finally:
             cur.close()
-        history = [[int(n), self.run_index.get(r, -1), 0 if s == "ok" else 1, rounded(v) if s == "ok" else None,
+        history = [[int(n), -1 if r is None else int(r), 0 if s == "ok" else 1, rounded(v) if s == "ok" else None,
                     int(bool(a) and s == "ok")] for n, r, s, v, a in older]
         ok = row["cls"] != ERROR
-        history.append([row["night"], self.run_index.get(row["run_id"], -1), 0 if ok else 1,
+        run = -1 if row["run"] is None else int(row["run"])
+        history.append([row["night"], run, 0 if ok else 1,
                         rounded(row["score"]) if ok else None, int(row["cls"] == ANOMALOUS)])
         render = self.render(row) if ok and row["map_store"] is not None and row["map_index"] is not None else None
-        detail = [row["error"], row["width"], row["height"], self.run_index.get(row["run_id"], -1), history, render]
-        return {"row": row_shape(row), "detail": detail}
+        detail = [row["error"], row["width"], row["height"], run, history, render]
+        return {"row": row_shape(row, self.roots), "detail": detail}
 
     def render(self, row: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Draw the object's pictures with the export's imaging code (colours over this map's
@@ -186,10 +189,16 @@ class ServedLake:
         return data
 
 
-def row_shape(row: dict[str, Any]) -> dict[str, Any]:
+def records(cur: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    rows = cur.execute(sql, params).fetchall()
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in rows]
+
+
+def row_shape(row: dict[str, Any], roots: list[str]) -> dict[str, Any]:
     """A table row as the page reads it (the static index's fields, by name)."""
     cls = row["cls"]
-    return {"uri": row["image_uri"], "key": row["key"], "pre": row["pre"], "night": row["night"],
+    return {"uri": row["image_uri"], "key": row["image_uri"][len(roots[row["root"]]):], "pre": row["pre"], "night": row["night"],
             "model": row["model"], "f": STATUS_ERROR if cls == ERROR else FLAG_ANOMALOUS if cls == ANOMALOUS else 0,
             "sc": none_if_nan(row["score"]), "mp": none_if_nan(row["mp"]), "ar": none_if_nan(row["ar"]),
             "reason": (row["error"] or "") if cls == ERROR else ""}
