@@ -2,8 +2,9 @@
 row per current object with its root, key, prefix, night and status class), and the helpers
 the static export and ``explore --serve`` share.
 
-Every aggregate is a DuckDB query over ``cur``: nothing here holds one Python object per row,
-so the cost of an overview follows the number of prefixes, nights and runs, not of objects.
+Every aggregate is a DuckDB query over ``cur`` (through the ``objects`` table made from it):
+nothing here holds one Python object per row, so the cost of an overview follows the number of
+prefixes, nights and runs, not of objects.
 """
 
 from __future__ import annotations
@@ -95,12 +96,6 @@ FROM (
 def night_of(record: dict) -> str:
     """The night (UTC date) a run belongs to: its scan_date, else the date it started."""
     return str(record.get("scan_date") or str(record.get("started_at") or "")[:10] or "unknown")
-
-
-def prefix_of(key: str) -> str:
-    """The first folder of a key below its run's source ('line3/'), the product line."""
-    head, sep, _ = key.partition("/")
-    return head + "/" if sep else TOP_LEVEL
 
 
 def thresholds_in_force(records: dict[str, dict], run_ids: set[str]) -> list[dict[str, Any]]:
