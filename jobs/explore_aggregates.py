@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vip2scan.jobs.explore_data import (ERROR, HIST_BINS, MAX_ERRORS_LISTED, MAX_REASONS, PER_RUN_SQL,
-                                        Lake, mark_threshold_changes, run_alerts, thresholds_in_force)
+from vip2scan.jobs.explore_data import (ERROR, HIST_BINS, MAX_ERRORS_LISTED, MAX_REASONS, OWN_ROOT_SQL, PER_RUN_SQL,
+                                        Lake, mark_threshold_changes, run_alerts, split_root, thresholds_in_force)
 
 if TYPE_CHECKING:
     from vip2scan.pipeline.output.views import Outputs
@@ -53,9 +53,11 @@ def gather_meta(outputs: "Outputs", con: Any, lake: Lake) -> dict[str, Any]:
                       f"SELECT prefix, count(*), count(*) FILTER (cls < {ERROR}), count(*) FILTER (cls = 1), "
                       f"count(*) FILTER (cls = {ERROR}) FROM objects GROUP BY prefix ORDER BY prefix").fetchall()]
     prefixes = [p["prefix"] for p in per_prefix]
-    roots = [r for r, in con.execute("SELECT DISTINCT root FROM objects ORDER BY root").fetchall()]
+    codes = [c for c, in con.execute("SELECT DISTINCT root_code FROM objects").fetchall()]
+    roots = sorted({lake.roots[c] for c in codes if c >= 0} | ({r for r, in con.execute(
+        f"SELECT DISTINCT {OWN_ROOT_SQL} FROM objects WHERE root_code < 0").fetchall()} if -1 in codes else set()))
     models = [m for m, in con.execute("SELECT DISTINCT model_id FROM objects ORDER BY model_id").fetchall()]
-    current_runs = {r for r, in con.execute("SELECT DISTINCT run_id FROM objects").fetchall()}
+    current_runs = {lake.run_ids[r] for r, in con.execute("SELECT DISTINCT run FROM objects").fetchall() if r is not None}
     n_score_rows = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
     n_vanished = con.execute("SELECT count(DISTINCT image_uri) FROM vanished v WHERE NOT EXISTS "
                              "(SELECT 1 FROM latest l WHERE l.image_uri = v.image_uri)").fetchall()[0][0]
@@ -72,7 +74,7 @@ def gather_meta(outputs: "Outputs", con: Any, lake: Lake) -> dict[str, Any]:
     mark_threshold_changes(list(per_night.values()), records, run_night)
     reasons = con.execute(f"SELECT coalesce(error, '') AS reason, count(*) AS n FROM objects WHERE cls = {ERROR} "
                           f"GROUP BY 1 ORDER BY n DESC, reason LIMIT {MAX_REASONS}").fetchall()
-    first_errors = con.execute(f"SELECT image_uri, coalesce(error, ''), substr(image_uri, length(root) + 1) FROM objects WHERE cls = {ERROR} "
+    first_errors = con.execute(f"SELECT image_uri, coalesce(error, '') FROM objects WHERE cls = {ERROR} "
                                f"ORDER BY image_uri LIMIT {MAX_ERRORS_LISTED}").fetchall()
     return {
         "out": outputs.location.display(),
@@ -88,7 +90,7 @@ def gather_meta(outputs: "Outputs", con: Any, lake: Lake) -> dict[str, Any]:
         "histogram": histogram(con),
         "thresholds": thresholds_in_force(records, current_runs),
         "error_reasons": [{"reason": r, "n": int(c)} for r, c in reasons],
-        "errors": [[uri, reason, key] for uri, reason, key in first_errors],
+        "errors": [[uri, reason, split_root(uri, lake.roots)[1]] for uri, reason in first_errors],
         "cube": count_cube(con, prefixes),
         "n_rows": int(n), "alerts": alerts,
     }

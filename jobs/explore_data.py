@@ -31,13 +31,20 @@ FROM scores GROUP BY run_id
 # Rows of current objects written on another night than their current row's: the night
 # filter matches an object scanned that night even when a later night (a --full rescan)
 # wrote its current row, and its history lists them.
+# The join is on a 64-bit hash of the URI: its build side is then 10 bytes an object (with the
+# URI it did not fit 4 GiB at 10 M); two URIs of one lake sharing a hash (about 1e-5 at 10 M)
+# would show one extra row in a history. ``score_rows`` reads the score files natively, so
+# DuckDB knows their size and builds on ``objects`` (over an Arrow scan it guessed 1 row).
 OTHER_ROWS_SQL = """
 CREATE TEMP TABLE other_rows AS
-SELECT s.image_uri, coalesce(n.night, 0) AS night, s.run_id, s.status, s.image_score,
-       s.is_anomalous, s.scanned_at
-FROM scores s JOIN objects c ON s.image_uri = c.image_uri AND s.run_id <> c.run_id
-LEFT JOIN run_nights n ON n.run_id = s.run_id
+SELECT s.image_uri, n.night, n.run, s.status, s.image_score, s.is_anomalous, s.scanned_at
+FROM score_rows s JOIN run_nights n ON n.run_id = s.run_id
+JOIN objects c ON hash(s.image_uri) = c.h
+WHERE n.run <> c.run
 """
+SCORE_COLUMNS = ["image_uri", "run_id", "status", "image_score", "is_anomalous", "scanned_at"]
+# The root of an object under no run's source: its URI's protocol (what relative_key says).
+OWN_ROOT_SQL = "CASE WHEN contains(image_uri, '://') THEN split_part(image_uri, '://', 1) || '://' ELSE '' END"
 
 
 @dataclass
@@ -65,7 +72,7 @@ def read_lake(outputs: "Outputs") -> Lake:
                 roots=roots, warnings=warnings)
 
 
-def open_current(con: Any, lake: Lake) -> None:
+def open_current(con: Any, lake: Lake, outputs: "Outputs") -> None:
     """Create the ``cur`` view, the ``objects`` table (the columns every aggregate needs,
     computed once: the view's string work would otherwise be redone by each query) and the
     small ``run_nights`` table on ``con``."""
@@ -73,10 +80,17 @@ def open_current(con: Any, lake: Lake) -> None:
 
     from vip2scan.pipeline.output.views import sql_str
 
-    con.register("run_nights", pa.table({"run_id": pa.array(list(lake.run_night), pa.string()),
-                                         "night": pa.array(list(lake.run_night.values()), pa.int32())}))
+    from vip2scan.pipeline.output.schema import SCORES_SCHEMA
+    from vip2scan.pipeline.output.views import register_parquet
+
+    register_parquet(con, "score_rows", outputs.location,
+                     [f for r in lake.records.values() for f in r.get("files") or []], SCORE_COLUMNS, SCORES_SCHEMA)
+    con.register("run_nights", pa.table({"run_id": pa.array(lake.run_ids, pa.string()),
+                                         "night": pa.array([lake.run_night[r] for r in lake.run_ids], pa.int16()),
+                                         "run": pa.array(range(len(lake.run_ids)), pa.int16())}))
     root = " ".join(f"WHEN starts_with(image_uri, {sql_str(r)}) THEN {sql_str(r)}" for r in lake.roots)
-    own = "CASE WHEN contains(image_uri, '://') THEN split_part(image_uri, '://', 1) || '://' ELSE '' END"
+    code = " ".join(f"WHEN starts_with(l.image_uri, {sql_str(r)}) THEN {i}" for i, r in enumerate(lake.roots))
+    own = OWN_ROOT_SQL
     con.execute(f"""
 CREATE OR REPLACE TEMP VIEW cur AS
 SELECT *, CASE WHEN contains(key, '/') THEN split_part(key, '/', 1) || '/' ELSE {sql_str(TOP_LEVEL)} END AS prefix
@@ -85,12 +99,24 @@ FROM (
          CASE WHEN l.status = 'ok' THEN l.image_score END AS score,
          l.max_pixel_score AS mp, l.anomalous_area_fraction AS ar,
          CASE WHEN l.status <> 'ok' THEN {ERROR} WHEN l.is_anomalous THEN {ANOMALOUS} ELSE {NORMAL} END AS cls,
-         coalesce(n.night, 0) AS night, r.root, substr(l.image_uri, length(r.root) + 1) AS key
+         coalesce(n.night, 0) AS night, n.run, r.root, substr(l.image_uri, length(r.root) + 1) AS key,
+         {f"CASE {code} ELSE -1 END" if code else "-1"} AS root_code
   FROM latest l LEFT JOIN run_nights n ON n.run_id = l.run_id,
   LATERAL (SELECT {f"CASE {root} ELSE {own} END" if root else own} AS root) r
 )""")
-    con.execute("CREATE OR REPLACE TEMP TABLE objects AS SELECT image_uri, run_id, model_id, root, prefix, night, "
-                "cls, score, error FROM cur")
+    # Small codes, not strings, for run and root: at 10 M objects every byte a row is 10 MB.
+    con.execute("CREATE OR REPLACE TEMP TABLE objects AS SELECT image_uri, hash(image_uri) AS h, run, model_id, "
+                "root_code, prefix, "
+                "night::SMALLINT AS night, cls::TINYINT AS cls, score::FLOAT AS score, error FROM cur")
+
+
+def split_root(uri: str, roots: list[str]) -> tuple[str, str]:
+    """(root, key) of a URI as the ``cur`` view splits it."""
+    for root in roots:
+        if uri.startswith(root):
+            return root, uri[len(root):]
+    protocol, sep, _ = uri.partition("://")
+    return (protocol + sep, uri[len(protocol + sep):]) if sep else ("", uri)
 
 
 def night_of(record: dict) -> str:

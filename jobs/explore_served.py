@@ -33,17 +33,16 @@ CREATE TABLE served AS
 SELECT (row_number() OVER (ORDER BY c.image_uri) - 1)::INTEGER AS id, c.image_uri,
        r.code::SMALLINT AS root, p.code::SMALLINT AS pre, c.night::SMALLINT AS night,
        m.code::SMALLINT AS model, c.cls::TINYINT AS cls, c.score::FLOAT AS score, c.mp::FLOAT AS mp,
-       c.ar::FLOAT AS ar, c.error, c.width, c.height, u.code::SMALLINT AS run, c.map_store, c.map_index
+       c.ar::FLOAT AS ar, c.error, c.width, c.height, c.run, c.map_store, c.map_index
 FROM cur c JOIN codes r ON r.kind = 'root' AND r.name = c.root
 JOIN codes p ON p.kind = 'prefix' AND p.name = c.prefix
 JOIN codes m ON m.kind = 'model' AND m.name = c.model_id
-LEFT JOIN codes u ON u.kind = 'run' AND u.name = c.run_id
 """
 OLDER_SQL = """
 CREATE TABLE older AS
-SELECT s.id, o.night::SMALLINT AS night, u.code::SMALLINT AS run, o.status, o.image_score::FLOAT AS score,
+SELECT s.id, o.night, o.run, o.status, o.image_score::FLOAT AS score,
        coalesce(o.is_anomalous, FALSE) AS anomalous, o.scanned_at
-FROM other_rows o JOIN served s USING (image_uri) LEFT JOIN codes u ON u.kind = 'run' AND u.name = o.run_id
+FROM other_rows o JOIN served s USING (image_uri)
 """
 
 
@@ -62,13 +61,13 @@ class ServedLake:
         self.outputs = outputs
         self.lake = read_lake(outputs)
         self.con = outputs.connect()
-        open_current(self.con, self.lake)
+        open_current(self.con, self.lake, outputs)
         self.con.execute(OTHER_ROWS_SQL)
         self.meta = gather_meta(outputs, self.con, self.lake)
         self.meta.update({"api": True, "scaling": f"{SCALING_RULE}; {PEAK_RULE}", "colours": colour_stops(),
                           "generated_by": "vip2scan explore --serve", "rendered": 0, "max_images": 0})
         codes = [(kind, name, i) for kind, names in (("root", self.meta["roots"]), ("prefix", self.meta["prefixes"]),
-                                                     ("model", self.meta["models"]), ("run", self.lake.run_ids))
+                                                     ("model", self.meta["models"]))
                  for i, name in enumerate(names)]
         self.con.register("codes", pa.table({"kind": [c[0] for c in codes], "name": [c[1] for c in codes],
                                              "code": pa.array([c[2] for c in codes], pa.int32())}))

@@ -81,19 +81,18 @@ UNION
 def read_history(con: Any, lake: Lake, table: TableSet) -> None:
     """Every row of the set's objects, oldest first, as [night, run, 0 ok / 1 error, score
     (6 decimals) or null, 0/1 anomalous]; and the nights of their older rows."""
-    run_index = {r: i for i, r in enumerate(lake.run_ids)}
     current = con.execute("""
-        SELECT image_uri, night, run_id, CASE WHEN cls = 2 THEN 'error' ELSE 'ok' END, score, cls, NULL AS scanned
+        SELECT image_uri, night, run, CASE WHEN cls = 2 THEN 'error' ELSE 'ok' END, score, cls, NULL AS scanned
         FROM objects SEMI JOIN table_set USING (image_uri)
         UNION ALL
-        SELECT image_uri, night, run_id, status, image_score, CASE WHEN is_anomalous THEN 1 ELSE 0 END,
+        SELECT image_uri, night, run, status, image_score, CASE WHEN is_anomalous THEN 1 ELSE 0 END,
                scanned_at FROM other_rows SEMI JOIN table_set USING (image_uri)
-        ORDER BY image_uri, scanned NULLS LAST, run_id""").fetchall()
+        ORDER BY image_uri, scanned NULLS LAST, run""").fetchall()
     for uri, night, run, status, score, cls, scanned in current:
         ok = status == "ok"
         value = round(float(score), 6) if ok and score is not None and np.isfinite(score) else None
         table.history.setdefault(uri, []).append(
-            [int(night), run_index.get(run, -1), 0 if ok else 1, value, int(ok and cls == ANOMALOUS)])
+            [int(night), -1 if run is None else int(run), 0 if ok else 1, value, int(ok and cls == ANOMALOUS)])
         if scanned is not None:
             table.other_nights.setdefault(uri, []).append(int(night))
 

@@ -169,7 +169,7 @@ def export_explorer(out: str, storage_options: dict, max_images: int, table_rows
     con = outputs.connect(os.environ.get(MEMORY_ENV) or EXPORT_MEMORY)
     try:
         with step("reading the lake's state"):
-            open_current(con, lake)
+            open_current(con, lake, outputs)
             con.execute(OTHER_ROWS_SQL)
             meta = gather_meta(outputs, con, lake)
             table = select_table_set(con, lake, table_rows, len(meta["prefixes"]))
