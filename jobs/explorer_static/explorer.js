@@ -636,7 +636,9 @@
 
   // An image by its row in the static set (digits) or by its URI (percent-encoded).
   function showImage(ref) {
-    var byRow = /^[0-9]+$/.test(ref), uri = byRow ? null : decodeURIComponent(ref);
+    var byRow = /^[0-9]+$/.test(ref), uri = null;
+    try { uri = byRow ? null : decodeURIComponent(ref); }
+    catch (err) { return Promise.reject(new Error("not an object's address: #image/" + ref)); }
     if (served()) {
       if (byRow) return Promise.reject(new Error("no object #" + ref));
       return getJson("api/object?uri=" + encodeURIComponent(uri)).then(function (answer) {
