@@ -1,111 +1,127 @@
-"""What the lake explorer shows, gathered from OUT's ``latest`` and ``scores`` views.
+"""The lake as the explorer sees it: OUT's ``latest`` view as the ``cur`` view of DuckDB (one
+row per current object with its root, key, prefix, night and status class), and the helpers
+the static export and ``explore --serve`` share.
 
-The page gets three kinds of data, all plain JSON wrapped in a JavaScript call (a page opened
-from ``file://`` may load scripts but not ``fetch`` files):
-
-- ``meta``: everything the overview needs (counts, per-prefix and per-night rates, the score
-  histogram with the thresholds in force, error reasons), small whatever the lake's size;
-- ``index``: one compact column per field the table filters and sorts on (row i = the i-th
-  current object by URI), loaded once when the table is first shown;
-- ``chunks``: the per-image details (error text, size, run, history across nights, rendering),
-  :data:`CHUNK_ROWS` rows a file, loaded when an image is opened.
+Every aggregate is a DuckDB query over ``cur`` (through the ``objects`` table made from it):
+nothing here holds one Python object per row, so the cost of an overview follows the number of
+prefixes, nights and runs, not of objects.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
-
-import numpy as np
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from vip2scan.pipeline.output.views import Outputs
 
-CHUNK_ROWS = 1000
 HIST_BINS = 40
 MAX_ERRORS_LISTED = 200
 MAX_REASONS = 30
 TOP_LEVEL = "(top level)"  # the prefix of objects directly under a run's source
 STATUS_ERROR, FLAG_ANOMALOUS, FLAG_RENDERED, FLAG_IMAGE = 1, 2, 4, 8  # bits of the index's ``f``
+NORMAL, ANOMALOUS, ERROR = 0, 1, 2  # ``cls``: the status class the filters and the cube use
 
-LATEST_SQL = """
-SELECT image_uri, status, error, image_score, max_pixel_score, anomalous_area_fraction,
-       is_anomalous, model_id, run_id, width, height, map_store, map_index
-FROM latest ORDER BY image_uri
-"""
-# Every row of every current object, oldest first: its history across nights.
-HISTORY_SQL = """
-SELECT s.image_uri, s.run_id, s.status, s.image_score, s.is_anomalous
-FROM scores s SEMI JOIN latest l ON s.image_uri = l.image_uri
-ORDER BY s.image_uri, s.scanned_at, s.run_id
-"""
 PER_RUN_SQL = """
 SELECT run_id, count(*) AS n, count(*) FILTER (status = 'ok') AS ok,
        count(*) FILTER (status = 'ok' AND is_anomalous) AS anomalous,
        count(*) FILTER (status = 'error') AS errors
 FROM scores GROUP BY run_id
 """
+# Rows of current objects written on another night than their current row's: the night
+# filter matches an object scanned that night even when a later night (a --full rescan)
+# wrote its current row, and its history lists them.
+# The join is on a 64-bit hash of the URI: its build side is then 10 bytes an object (with the
+# URI it did not fit 4 GiB at 10 M); two URIs of one lake sharing a hash (about 1e-5 at 10 M)
+# would show one extra row in a history. ``score_rows`` reads the score files natively, so
+# DuckDB knows their size and builds on ``objects`` (over an Arrow scan it guessed 1 row).
+OTHER_ROWS_SQL = """
+CREATE TEMP TABLE other_rows AS
+SELECT s.image_uri, n.night, n.run, s.status, s.image_score, s.is_anomalous, s.scanned_at
+FROM score_rows s JOIN run_nights n ON n.run_id = s.run_id
+JOIN objects c ON hash(s.image_uri) = c.h
+WHERE n.run <> c.run
+"""
+SCORE_COLUMNS = ["image_uri", "run_id", "status", "image_score", "is_anomalous", "scanned_at"]
+# The root of an object under no run's source: its URI's protocol (what relative_key says).
+OWN_ROOT_SQL = "CASE WHEN contains(image_uri, '://') THEN split_part(image_uri, '://', 1) || '://' ELSE '' END"
 
 
 @dataclass
-class LakeState:
-    """The explorer's data before it is written: ``rows`` are the current objects by URI."""
+class Lake:
+    """What the run records say about the lake: runs in record order, nights sorted, the
+    runs' sources (shortest first: an object's root is the shortest source holding it)."""
 
-    meta: dict[str, Any]
-    index: dict[str, list]
-    rows: "pa.Table"
-    history: list[list[list]]  # per row: [night, run, status code, score, anomalous] entries
+    records: dict[str, dict]
     run_ids: list[str]
-    rendered: dict[int, dict[str, Any]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    nights: list[str]
+    run_night: dict[str, int]
+    roots: list[str]
+    warnings: list[str]
 
-    def chunk(self, k: int) -> list[list]:
-        """Details of rows [k * CHUNK_ROWS, (k + 1) * CHUNK_ROWS): [error, width, height, run
-        index, history, rendering or null]."""
-        start, stop = k * CHUNK_ROWS, min((k + 1) * CHUNK_ROWS, self.rows.num_rows)
-        columns = {name: self.rows.column(name).slice(start, stop - start).to_pylist()
-                   for name in ("error", "width", "height", "run_id")}
-        run_index = {r: i for i, r in enumerate(self.run_ids)}
-        return [[columns["error"][j], columns["width"][j], columns["height"][j],
-                 run_index.get(columns["run_id"][j], -1), self.history[start + j],
-                 self.rendered.get(start + j)] for j in range(stop - start)]
 
-    @property
-    def n_chunks(self) -> int:
-        return (self.rows.num_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+def read_lake(outputs: "Outputs") -> Lake:
+    records = {r["run_id"]: r for r in outputs.run_records()}
+    warnings = drop_non_finite_thresholds(records)
+    nights = sorted({night_of(r) for r in records.values()})
+    night_index = {n: i for i, n in enumerate(nights)}
+    roots = sorted({str(r.get("source")).rstrip("/") + "/" for r in records.values() if r.get("source")},
+                   key=len)
+    return Lake(records=records, run_ids=list(records), nights=nights,
+                run_night={r: night_index[night_of(rec)] for r, rec in records.items()},
+                roots=roots, warnings=warnings)
+
+
+def open_current(con: Any, lake: Lake, outputs: "Outputs") -> None:
+    """Create the ``cur`` view, the ``objects`` table (the columns every aggregate needs,
+    computed once: the view's string work would otherwise be redone by each query) and the
+    small ``run_nights`` table on ``con``."""
+    import pyarrow as pa
+
+    from vip2scan.pipeline.output.views import sql_str
+
+    from vip2scan.pipeline.output.schema import SCORES_SCHEMA
+    from vip2scan.pipeline.output.views import register_parquet
+
+    register_parquet(con, "score_rows", outputs.location,
+                     [f for r in lake.records.values() for f in r.get("files") or []], SCORE_COLUMNS, SCORES_SCHEMA)
+    con.register("run_nights", pa.table({"run_id": pa.array(lake.run_ids, pa.string()),
+                                         "night": pa.array([lake.run_night[r] for r in lake.run_ids], pa.int16()),
+                                         "run": pa.array(range(len(lake.run_ids)), pa.int16())}))
+    root = " ".join(f"WHEN starts_with(image_uri, {sql_str(r)}) THEN {sql_str(r)}" for r in lake.roots)
+    code = " ".join(f"WHEN starts_with(l.image_uri, {sql_str(r)}) THEN {i}" for i, r in enumerate(lake.roots))
+    own = OWN_ROOT_SQL
+    con.execute(f"""
+CREATE OR REPLACE TEMP VIEW cur AS
+SELECT *, CASE WHEN contains(key, '/') THEN split_part(key, '/', 1) || '/' ELSE {sql_str(TOP_LEVEL)} END AS prefix
+FROM (
+  SELECT l.image_uri, l.status, l.error, l.model_id, l.run_id, l.width, l.height, l.map_store, l.map_index,
+         CASE WHEN l.status = 'ok' THEN l.image_score END AS score,
+         l.max_pixel_score AS mp, l.anomalous_area_fraction AS ar,
+         CASE WHEN l.status <> 'ok' THEN {ERROR} WHEN l.is_anomalous THEN {ANOMALOUS} ELSE {NORMAL} END AS cls,
+         coalesce(n.night, 0) AS night, n.run, r.root, substr(l.image_uri, length(r.root) + 1) AS key,
+         {f"CASE {code} ELSE -1 END" if code else "-1"} AS root_code
+  FROM latest l LEFT JOIN run_nights n ON n.run_id = l.run_id,
+  LATERAL (SELECT {f"CASE {root} ELSE {own} END" if root else own} AS root) r
+)""")
+    # Small codes, not strings, for run and root: at 10 M objects every byte a row is 10 MB.
+    con.execute("CREATE OR REPLACE TEMP TABLE objects AS SELECT image_uri, hash(image_uri) AS h, run, model_id, "
+                "root_code, prefix, "
+                "night::SMALLINT AS night, cls::TINYINT AS cls, score::FLOAT AS score, error FROM cur")
+
+
+def split_root(uri: str, roots: list[str]) -> tuple[str, str]:
+    """(root, key) of a URI as the ``cur`` view splits it."""
+    for root in roots:
+        if uri.startswith(root):
+            return root, uri[len(root):]
+    protocol, sep, _ = uri.partition("://")
+    return (protocol + sep, uri[len(protocol + sep):]) if sep else ("", uri)
 
 
 def night_of(record: dict) -> str:
     """The night (UTC date) a run belongs to: its scan_date, else the date it started."""
     return str(record.get("scan_date") or str(record.get("started_at") or "")[:10] or "unknown")
-
-
-def prefix_of(key: str) -> str:
-    """The first folder of a key below its run's source ('line3/'), the product line."""
-    head, sep, _ = key.partition("/")
-    return head + "/" if sep else TOP_LEVEL
-
-
-def scaled(values: np.ndarray, factor: float) -> list[Optional[int]]:
-    """Floats as integers of ``factor`` (compact JSON); NaN -> null."""
-    out = np.round(np.asarray(values, dtype=np.float64) * factor)
-    return [None if not np.isfinite(v) else int(v) for v in out]
-
-
-def float_column(table: "pa.Table", name: str) -> np.ndarray:
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def histogram(scores: np.ndarray) -> dict[str, Any]:
-    """HIST_BINS bins over the observed range (scores of a weak head crowd near one value)."""
-    scores = scores[np.isfinite(scores)]
-    low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
-    pad = max(1e-3, 0.05 * (high - low))
-    counts, edges = np.histogram(scores, bins=HIST_BINS, range=(low - pad, high + pad))
-    return {"lo": float(edges[0]), "hi": float(edges[-1]), "counts": counts.tolist()}
 
 
 def thresholds_in_force(records: dict[str, dict], run_ids: set[str]) -> list[dict[str, Any]]:
@@ -165,101 +181,6 @@ def mark_threshold_changes(per_night: list[dict[str, Any]], records: dict[str, d
         before = now or before
 
 
-def gather(outputs: "Outputs") -> LakeState:
-    """Read the lake's current state and its history into the explorer's JSON shapes."""
-    from vip2scan.pipeline.output.calibration import relative_key
-
-    records = {r["run_id"]: r for r in outputs.run_records()}
-    warnings = drop_non_finite_thresholds(records)
-    roots = sorted({str(r.get("source")) for r in records.values() if r.get("source")}, key=len)
-    con = outputs.connect()
-    try:
-        rows = con.sql(LATEST_SQL).to_arrow_table()
-        hist_rows = con.sql(HISTORY_SQL).to_arrow_table()
-        per_run = con.sql(PER_RUN_SQL).to_arrow_table().to_pylist()
-        n_score_rows = con.execute("SELECT count(*) FROM scores").fetchone()[0]
-        n_vanished = con.execute("SELECT count(DISTINCT image_uri) FROM vanished v WHERE NOT EXISTS "
-                             "(SELECT 1 FROM latest l WHERE l.image_uri = v.image_uri)").fetchone()[0]
-    finally:
-        con.close()
-
-    run_ids = list(records)
-    run_index = {r: i for i, r in enumerate(run_ids)}
-    nights = sorted({night_of(r) for r in records.values()})
-    night_index = {n: i for i, n in enumerate(nights)}
-    run_night = {r: night_index[night_of(rec)] for r, rec in records.items()}
-
-    uris = rows.column("image_uri").to_pylist()
-    keyed = [relative_key(u, roots) for u in uris]
-    root_names = sorted({root for root, _ in keyed})
-    root_index = {r: i for i, r in enumerate(root_names)}
-    prefixes = sorted({prefix_of(key) for _, key in keyed})
-    prefix_index = {p: i for i, p in enumerate(prefixes)}
-    models = sorted(set(rows.column("model_id").to_pylist()))
-    model_index = {m: i for i, m in enumerate(models)}
-
-    status = rows.column("status").to_pylist()
-    is_error = np.asarray([s != "ok" for s in status], dtype=bool)
-    anomalous = np.asarray(rows.column("is_anomalous").fill_null(False).to_pylist(), dtype=bool) & ~is_error
-    scores = float_column(rows, "image_score")
-    scores[is_error] = np.nan
-    row_runs = rows.column("run_id").to_pylist()
-    pre = [prefix_index[prefix_of(key)] for _, key in keyed]
-    index = {
-        "k": [key for _, key in keyed], "root": [root_index[root] for root, _ in keyed],
-        "pre": pre, "night": [run_night.get(r, 0) for r in row_runs],
-        "model": [model_index[m] for m in rows.column("model_id").to_pylist()],
-        "f": (is_error * STATUS_ERROR + anomalous * FLAG_ANOMALOUS).astype(int).tolist(),
-        "sc": scaled(scores, 1e6), "mp": scaled(float_column(rows, "max_pixel_score"), 1e4),
-        "ar": scaled(float_column(rows, "anomalous_area_fraction"), 1e5),
-    }
-    history = group_history(uris, hist_rows, run_index, run_night)
-    # The night filter matches an object scanned that night even when a later night (a
-    # --full rescan) wrote its current row: [row, [its other nights]], only for such rows.
-    index["hn"] = [[j, others] for j, entries in enumerate(history)
-                   if (others := sorted({e[0] for e in entries} - {index["night"][j]}))]
-
-    pre_arr = np.asarray(pre, dtype=np.int64)
-    per_prefix = [{"prefix": p, "n": int((pre_arr == i).sum()),
-                   "ok": int(((pre_arr == i) & ~is_error).sum()),
-                   "anomalous": int(((pre_arr == i) & anomalous).sum()),
-                   "errors": int(((pre_arr == i) & is_error).sum())} for i, p in enumerate(prefixes)]
-    per_night = {n: {"night": n, "n": 0, "ok": 0, "anomalous": 0, "errors": 0, "runs": 0} for n in nights}
-    for item in per_run:
-        night = per_night[nights[run_night[item["run_id"]]]] if item["run_id"] in run_night else None
-        if night is not None:
-            for name in ("n", "ok", "anomalous", "errors"):
-                night[name] += int(item[name])
-            night["runs"] += 1
-    alerts = run_alerts(records)
-    for item in alerts:
-        per_night[item["night"]]["alerts"] = per_night[item["night"]].get("alerts", 0) + item["alert"]
-    mark_threshold_changes(list(per_night.values()), records, run_night)
-    errors = [(i, str(rows.column("error")[i].as_py() or "")) for i in np.flatnonzero(is_error)]
-    index["er"] = [[int(i), reason] for i, reason in errors]  # for the table's reason column
-    meta = {
-        "out": outputs.location.display(),
-        "roots": root_names, "prefixes": prefixes, "nights": nights, "models": models,
-        "runs": [{"id": r, "night": run_night[r], "model": rec.get("model_id"),
-                  "threshold": rec.get("image_threshold"), "pixel_threshold": rec.get("pixel_threshold"),
-                  "source": rec.get("source"), "started_at": rec.get("started_at")}
-                 for r, rec in records.items()],
-        "counts": {"current objects": rows.num_rows, "ok": int((~is_error).sum()),
-                   "anomalous": int(anomalous.sum()), "error rows": int(is_error.sum()),
-                   "vanished (not shown)": int(n_vanished), "score rows (all nights)": int(n_score_rows),
-                   "runs": len(records), "nights": len(nights), "models": len(models)},
-        "per_prefix": per_prefix, "per_night": list(per_night.values()),
-        "histogram": histogram(scores[~is_error]),
-        "thresholds": thresholds_in_force(records, set(row_runs)),
-        "error_reasons": [{"reason": r, "n": n} for r, n in
-                          Counter(reason for _, reason in errors).most_common(MAX_REASONS)],
-        "errors": [[int(i), reason, keyed[i][1]] for i, reason in errors[:MAX_ERRORS_LISTED]],
-        "n_rows": rows.num_rows, "chunk_rows": CHUNK_ROWS, "alerts": alerts,
-    }
-    return LakeState(meta=meta, index=index, rows=rows, history=history, run_ids=run_ids,
-                     warnings=warnings)
-
-
 def run_alerts(records: dict[str, dict]) -> list[dict[str, Any]]:
     """The anomaly-rate alerts (``alert``: 1) and model or threshold changes (0) the runs
     recorded at their commits (pipeline/output/alerts.py), oldest first, by night."""
@@ -267,18 +188,3 @@ def run_alerts(records: dict[str, dict]) -> list[dict[str, Any]]:
              "kind": item.get("kind"), "alert": int(key == "alerts"), "line": item.get("line")}
             for run_id, record in records.items() for key in ("alerts", "alert_changes")
             for item in record.get(key) or [] if isinstance(item, dict)]
-
-
-def group_history(uris: list[str], hist_rows: "pa.Table", run_index: dict[str, int],
-                  run_night: dict[str, int]) -> list[list[list]]:
-    """Per current object (same order as ``uris``): its rows oldest first, as
-    [night, run, 0 ok / 1 error, score (6 decimals) or null, 0/1 anomalous]."""
-    by_uri: dict[str, list[list]] = {}
-    columns = {name: hist_rows.column(name).to_pylist()
-               for name in ("image_uri", "run_id", "status", "image_score", "is_anomalous")}
-    for uri, run, state, score, flag in zip(*columns.values()):
-        ok = state == "ok"
-        value = round(float(score), 6) if ok and score is not None and np.isfinite(score) else None
-        by_uri.setdefault(uri, []).append(
-            [run_night.get(run, 0), run_index.get(run, -1), 0 if ok else 1, value, int(bool(flag) and ok)])
-    return [by_uri.get(u, []) for u in uris]

@@ -2,15 +2,19 @@
 the demo): a static page, its data in ``.js`` wrappers and pre-rendered pictures.
 
 Plain files (HTML, JavaScript, CSS, JSON data in ``.js`` wrappers, PNGs): no server, no CDN,
-no network; copy the folder anywhere and open ``index.html``. The page reads its data lazily
-(see :mod:`vip2scan.jobs.explore_data`), so it stays quick with 100,000 objects. Pictures are
-pre-rendered only for a bounded set (the most anomalous images and a seeded sample of the
-rest); every other image's map is one ``vip2scan map OUT IMAGE_URI --png map.png`` away.
+no network; copy the folder anywhere and open ``index.html``. Its size is bounded whatever the
+lake's: the overview is aggregates (explore_aggregates.py), the table a bounded set of objects
+(explore_tableset.py). A night's build rewrites only the files whose bytes changed
+(explore_write.py). Pictures are pre-rendered for a bounded set (the most anomalous images and
+a stable sample of the rest), named after the object and its run so a rendering is reused;
+every object, with pictures on demand: ``vip2scan explore OUT --serve``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +25,22 @@ from vip2scan.jobs.storage import read_object
 from vip2scan.jobs.terminal import printable
 
 if TYPE_CHECKING:
-    from vip2scan.jobs.explore_data import LakeState
+    from vip2scan.jobs.explore_tableset import TableSet
     from vip2scan.pipeline.output.views import Outputs
 
 EXPLORER_DIR = "explorer"  # below OUT/reports/
 STATIC_FILES = ("index.html", "explorer.js", "explorer.css")
-SAMPLE_SEED = 0
+EXPORT_MEMORY = "1GB"  # DuckDB's memory_limit for the export ($VIP2SCAN_DUCKDB_MEMORY overrides it)
+
+
+@dataclass
+class Built:
+    uri: str
+    objects: int
+    table_rows: int
+    rendered: int
+    written: int
+    deleted: int
 
 
 def static_file(name: str) -> bytes:
@@ -40,99 +54,148 @@ def script(call: str, *args: Any) -> bytes:
     return f"V2S.{call}({body});\n".encode()
 
 
-def pick_rendered(state: "LakeState", max_images: int) -> list[int]:
-    """Rows to pre-render: the most anomalous half of ``max_images`` (by score), then a
-    seeded sample of the other scored rows; rows without a map are never picked."""
-    rows = state.rows
-    has_map = np.asarray([s == "ok" and m is not None and i is not None for s, m, i in zip(
-        rows.column("status").to_pylist(), rows.column("map_store").to_pylist(),
+def picture_name(uri: str, run_id: str) -> str:
+    """The base name of an object's pictures: the same while its row is the same."""
+    from vip2scan.jobs.explore_write import digest
+
+    return digest(f"{uri}\0{run_id}".encode("utf-8", "surrogatepass"))[:20]
+
+
+def pick_rendered(table: "TableSet", max_images: int) -> list[int]:
+    """Rows of the table set to pre-render: the most anomalous half of ``max_images`` (by
+    score), then the rows of smallest URI hash (a sample that stays put night to night);
+    rows without a map are never picked."""
+    from vip2scan.jobs.explore_write import digest
+
+    rows = table.rows
+    has_map = np.asarray([c < 2 and m is not None and i is not None for c, m, i in zip(
+        rows.column("cls").to_pylist(), rows.column("map_store").to_pylist(),
         rows.column("map_index").to_pylist())], dtype=bool)
     candidates = np.flatnonzero(has_map)
     if max_images <= 0 or len(candidates) == 0:
         return []
-    scores = np.nan_to_num(np.asarray(rows.column("image_score").to_numpy(zero_copy_only=False),
+    scores = np.nan_to_num(np.asarray(rows.column("score").to_numpy(zero_copy_only=False),
                                       dtype=np.float64)[candidates], nan=-np.inf)
     by_score = candidates[np.argsort(-scores, kind="stable")]
     top = by_score[: (max_images + 1) // 2]
-    rest = np.setdiff1d(candidates, top)
-    sample = np.random.default_rng(SAMPLE_SEED).permutation(rest)[: max_images - len(top)]
-    return sorted(int(i) for i in np.concatenate([top, sample]))
+    uris = rows.column("image_uri").to_pylist()
+    rest = sorted(np.setdiff1d(candidates, top).tolist(), key=lambda i: digest(uris[i].encode("utf-8", "surrogatepass")))
+    return sorted(int(i) for i in np.concatenate([top, rest[: max_images - len(top)]]).astype(int))
 
 
-def render(outputs: "Outputs", state: "LakeState", picked: list[int], write: Any) -> int:
-    """PNGs of the picked rows (image, heat map) written through ``write(name, bytes)``; their
-    rendering info goes into ``state.rendered``. Returns how many were rendered."""
-    from vip2scan.jobs.imaging import (DETAIL_SIDE, display_range, fit_size, heat_image, peak_position,
-                                       png_bytes, raised_to_peak, upright_thumbnail)
+def render_picture(outputs: "Outputs", uri: str, width: int, height: int, amap: np.ndarray,
+                   value_range: tuple[float, float]) -> tuple[bytes | None, bytes, dict[str, Any]]:
+    """(image PNG or None when unreadable now, heat map PNG, rendering info for the page)."""
+    from vip2scan.jobs.imaging import (DETAIL_SIDE, fit_size, heat_image, peak_position, png_bytes,
+                                       raised_to_peak, upright_thumbnail)
     from vip2scan.model.images import DecodeError
+
+    try:
+        data = read_object(uri, outputs.storage_options)
+        image = upright_thumbnail(data, width, height, DETAIL_SIDE) if data is not None else None
+    except DecodeError:  # changed since it was scored into something unreadable
+        image = None
+    size = image.size if image is not None else fit_size(width, height, DETAIL_SIDE)
+    low, high = raised_to_peak(value_range, amap)
+    x, y = peak_position(amap)
+    info = {"img": image is not None, "w": size[0], "h": size[1], "x": round(x, 4), "y": round(y, 4),
+            "lo": round(low, 6), "hi": round(high, 6), "peak": round(float(np.nanmax(amap)), 6)}
+    return (png_bytes(image) if image is not None else None), png_bytes(heat_image(amap, size, (low, high))), info
+
+
+def render(outputs: "Outputs", table: "TableSet", picked: list[int], writer: Any, renders: dict) -> dict[str, str]:
+    """PNGs of the picked rows (``img/NAME.png``, ``img/NAME-map.png``); a picture the last
+    build made for the same row is kept as it is. Fills ``table.rendered`` and ``renders``
+    (NAME -> rendering info); returns URI -> NAME of every rendered row."""
+    from vip2scan.jobs.imaging import display_range
     from vip2scan.pipeline.output.map_store import read_map_array
 
-    rows = state.rows
-    maps: dict[int, np.ndarray] = {}
+    rows = table.rows
+    col = {name: rows.column(name).to_pylist() for name in
+           ("image_uri", "run_id", "map_store", "map_index", "width", "height")}
+    names: dict[str, str] = {}
+    fresh: dict[int, np.ndarray] = {}
     for i in picked:
-        amap = read_map_array(outputs.location, str(rows.column("map_store")[i].as_py()),
-                              int(rows.column("map_index")[i].as_py()))
+        uri, name = col["image_uri"][i], picture_name(col["image_uri"][i], col["run_id"][i])
+        old = renders.get(name)
+        if old is not None and writer.has(f"img/{name}-map.png") and (not old["img"] or writer.has(f"img/{name}.png")):
+            for file in ([f"img/{name}.png"] if old["img"] else []) + [f"img/{name}-map.png"]:
+                writer.keep(file)
+            table.rendered[uri], names[uri] = {**old, "name": name}, name
+            continue
+        amap = read_map_array(outputs.location, str(col["map_store"][i]), int(col["map_index"][i]))
         if not np.isnan(amap).all():
-            maps[i] = amap.astype(np.float16)  # kept for the run's stretch; half the memory
-    runs = rows.column("run_id").to_pylist()
-    ranges = {run: display_range([m for i, m in maps.items() if runs[i] == run])
-              for run in {runs[i] for i in maps}}
-    for i, amap in maps.items():
-        uri = str(rows.column("image_uri")[i].as_py())
-        width, height = int(rows.column("width")[i].as_py()), int(rows.column("height")[i].as_py())
-        try:
-            data = read_object(uri, outputs.storage_options)
-            image = upright_thumbnail(data, width, height, DETAIL_SIDE) if data is not None else None
-        except DecodeError:  # changed since it was scored into something unreadable
-            image = None
-        size = image.size if image is not None else fit_size(width, height, DETAIL_SIDE)
+            fresh[i] = amap.astype(np.float16)  # kept for the run's stretch; half the memory
+    runs = col["run_id"]
+    ranges = {run: display_range([m for i, m in fresh.items() if runs[i] == run]) for run in {runs[i] for i in fresh}}
+    for i, amap in fresh.items():
+        uri, name = col["image_uri"][i], picture_name(col["image_uri"][i], runs[i])
+        image, heat, info = render_picture(outputs, uri, int(col["width"][i]), int(col["height"][i]),
+                                           amap, ranges[runs[i]])
         if image is not None:
-            write(f"img/{i}.png", png_bytes(image))
-        low, high = raised_to_peak(ranges[runs[i]], amap)
-        write(f"img/{i}-map.png", png_bytes(heat_image(amap, size, (low, high))))
-        x, y = peak_position(amap)
-        state.rendered[i] = {"img": image is not None, "w": size[0], "h": size[1],
-                             "x": round(x, 4), "y": round(y, 4), "lo": round(low, 6),
-                             "hi": round(high, 6), "peak": round(float(np.nanmax(amap)), 6)}
-    return len(maps)
+            writer.write(f"img/{name}.png", image)
+        writer.write(f"img/{name}-map.png", heat)
+        renders[name] = info
+        table.rendered[uri], names[uri] = {**info, "name": name}, name
+    return names
+
+
+def export_explorer(out: str, storage_options: dict, max_images: int, table_rows: int) -> Built:
+    """Write (incrementally) OUT/reports/explorer/."""
+    from vip2scan.jobs.explore_aggregates import gather_meta
+    from vip2scan.jobs.explore_data import OTHER_ROWS_SQL, open_current, read_lake
+    from vip2scan.jobs.explore_tableset import chunks, select_table_set, table_index
+    from vip2scan.jobs.explore_write import FolderWriter, fingerprint
+    from vip2scan.jobs.imaging import PEAK_RULE, SCALING_RULE, colour_stops
+    from vip2scan.pipeline.deadline import step
+    from vip2scan.pipeline.output.paths import REPORTS
+    from vip2scan.pipeline.output.views import MEMORY_ENV, Outputs
+
+    outputs = Outputs(out, storage_options)
+    outputs.require_exists()
+    folder = outputs.path(REPORTS, EXPLORER_DIR)
+    writer = FolderWriter(outputs.fs, folder)
+    index_uri = outputs.uri(REPORTS, EXPLORER_DIR, "index.html")
+    code = b"".join(static_file(name) for name in STATIC_FILES)
+    build = fingerprint(outputs.run_records(), {"max_images": max_images, "table_rows": table_rows,
+                                                "out": outputs.location.display()}, code)
+    if writer.unchanged(build):  # a quiet night: nothing to read, nothing to write
+        last = writer.previous
+        return Built(index_uri, last["objects"], last["table_rows"], last["rendered"], 0, 0)
+    lake = read_lake(outputs)
+    for line in lake.warnings:
+        typer.echo(printable(f"warning: {line}"), err=True)
+    # Bounded: above it DuckDB spills to disk (the target is 2 GiB for the whole command at 10 M).
+    con = outputs.connect(os.environ.get(MEMORY_ENV) or EXPORT_MEMORY)
+    try:
+        with step("reading the lake's state"):
+            open_current(con, lake, outputs)
+            con.execute(OTHER_ROWS_SQL)
+            meta = gather_meta(outputs, con, lake)
+            table = select_table_set(con, lake, table_rows, len(meta["prefixes"]))
+    finally:
+        con.close()
+    renders = dict(writer.previous.get("renders") or {})
+    with step("rendering pictures"):
+        pictures = render(outputs, table, pick_rendered(table, max_images), writer, renders)
+    meta.update({
+        "scaling": f"{SCALING_RULE}; {PEAK_RULE}", "colours": colour_stops(), "rendered": len(pictures),
+        "max_images": max_images, "generated_by": "vip2scan explore", "table_rows": table.rows.num_rows,
+        "table_limit": table_rows, "subset": table.subset, "buckets": table.buckets})
+    for name in STATIC_FILES:
+        writer.write(name, static_file(name))
+    writer.write("data/meta.js", script("setMeta", meta))
+    writer.write("data/index.js", script("setIndex", table_index(table, meta, pictures)))
+    for b, details in chunks(table, lake).items():
+        writer.write(f"data/obj-{b:05d}.js", script("setChunk", b, details))
+    writer.finish({"fingerprint": build, "objects": meta["n_rows"], "table_rows": table.rows.num_rows,
+                   "rendered": len(pictures), "renders": {n: renders[n] for n in sorted(set(pictures.values()))}})
+    return Built(index_uri, meta["n_rows"], table.rows.num_rows, len(pictures), writer.written, writer.deleted)
 
 
 def build_explorer(out: str, storage_options: dict, max_images: int) -> tuple[str, int, int]:
     """Write OUT/reports/explorer/; return (URI of its index.html, objects, images rendered)."""
-    from vip2scan.jobs.explore_data import FLAG_IMAGE, FLAG_RENDERED, gather
-    from vip2scan.jobs.imaging import PEAK_RULE, SCALING_RULE, colour_stops
-    from vip2scan.pipeline.output.paths import REPORTS
-    from vip2scan.pipeline.output.views import Outputs
+    from vip2scan.jobs.explore_tableset import DEFAULT_TABLE_ROWS
 
-    from vip2scan.pipeline.deadline import step
-
-    outputs = Outputs(out, storage_options)
-    with step("reading the lake's state"):
-        state = gather(outputs)
-    for line in state.warnings:
-        typer.echo(printable(f"warning: {line}"), err=True)
-    fs = outputs.fs
-    folder = outputs.path(REPORTS, EXPLORER_DIR)
-    if fs.exists(folder):  # ours alone: a rebuild must not leave stale chunks or pictures
-        fs.rm(folder, recursive=True)
-    for sub in ("data", "img"):
-        fs.makedirs(outputs.path(REPORTS, EXPLORER_DIR, sub), exist_ok=True)
-
-    def write(name: str, data: bytes) -> None:
-        fs.pipe(outputs.path(REPORTS, EXPLORER_DIR, name), data)
-
-    picked = pick_rendered(state, max_images)
-    with step("rendering pictures"):
-        rendered = render(outputs, state, picked, write)
-    for i, info in state.rendered.items():
-        state.index["f"][i] |= FLAG_RENDERED | (FLAG_IMAGE if info["img"] else 0)
-    state.meta.update({
-        "scaling": f"{SCALING_RULE}; {PEAK_RULE}", "colours": colour_stops(), "rendered": rendered,
-        "max_images": max_images, "generated_by": "vip2scan explore"})
-    for name in STATIC_FILES:
-        write(name, static_file(name))
-    write("data/meta.js", script("setMeta", state.meta))
-    write("data/index.js", script("setIndex", state.index))
-    for k in range(state.n_chunks):
-        write(f"data/chunk-{k:05d}.js", script("setChunk", k, state.chunk(k)))
-    return outputs.uri(REPORTS, EXPLORER_DIR, "index.html"), state.rows.num_rows, rendered
+    built = export_explorer(out, storage_options, max_images, DEFAULT_TABLE_ROWS)
+    return built.uri, built.objects, built.rendered

@@ -1,8 +1,11 @@
 /* vip2scan explorer: plain JavaScript, no libraries, no network.
  *
- * Data comes as classic scripts calling V2S.setMeta / setIndex / setChunk (a page opened from
- * file:// may load scripts but not fetch files): data/meta.js with the page, data/index.js
- * when the table is first shown, data/chunk-NNNNN.js when an image of that chunk is opened.
+ * Two ways to get data, one page. Static export (file:// works): classic scripts calling
+ * V2S.setMeta / setIndex / setChunk (a page opened from file:// may load scripts but not fetch
+ * files): data/meta.js with the page, data/index.js (the bounded table set) when the table is
+ * first shown, data/obj-NNNNN.js (a hash bucket of URIs) when an image is opened.
+ * Served (vip2scan explore OUT --serve, meta.api set): each table page from api/rows, each
+ * object from api/object, pictures from api/picture, answered over the whole lake.
  * Untrusted text (object names, error messages) only ever goes into textContent.
  */
 (function () {
@@ -16,7 +19,7 @@
   var ERROR = 1, ANOMALOUS = 2, RENDERED = 4, HAS_IMAGE = 8; // bits of index.f
   var SAFE_LINK = /^(https?|s3|gs|gcs|az|abfs|abfss|file):/i;
   var state = { smin: null, smax: null, status: "", prefix: "", night: "", model: "", rendered: false,
-                sortKey: "score", sortDir: -1, page: 0, size: 50, order: null };
+                sortKey: "score", sortDir: -1, page: 0, size: 50, order: null, total: 0, rows: [], ticket: 0 };
   var scripts = {};
   var DISPLAY_SIDE = 320;
 
@@ -55,6 +58,18 @@
   function fixed(x, digits) { return isNaN(x) ? "" : x.toFixed(digits); }
   function percent(x, digits) { return isNaN(x) ? "" : (100 * x).toFixed(digits) + " %"; }
   function pad5(k) { return ("0000" + k).slice(-5); }
+  function served() { return !!V2S.meta.api; }
+  function mark(name) { V2S.timing[name] = performance.now() - V2S.timing.start; }
+  function imageLink(row) { return "#image/" + (served() ? encodeURIComponent(row.uri) : row.id); }
+  function picture(render, kind) {
+    if (render.name) return "img/" + render.name + (kind === "map" ? "-map" : "") + ".png";
+    return kind === "map" ? render.map : render.src;
+  }
+  function getJson(url) {
+    return fetch(url).then(function (r) {
+      return r.json().then(function (body) { if (!r.ok) throw new Error(body.error || r.statusText); return body; });
+    });
+  }
   function sig(x) { return x === null || x === undefined ? "" : String(+(+x).toPrecision(5)); } // 0.5067054569 -> 0.50671
   function say(text) { $("status-line").textContent = text; }
 
@@ -118,7 +133,7 @@
                  f: Uint8Array.from(raw.f), sc: new Float64Array(n), mp: new Float64Array(n),
                  ar: new Float64Array(n) };
       for (var i = 0; i < n; i++) {
-        ix.sc[i] = raw.sc[i] === null ? NaN : raw.sc[i] / 1e6;
+        ix.sc[i] = raw.sc[i] === null ? NaN : raw.sc[i] / 1e9;
         ix.mp[i] = raw.mp[i] === null ? NaN : raw.mp[i] / 1e4;
         ix.ar[i] = raw.ar[i] === null ? NaN : raw.ar[i] / 1e5;
       }
@@ -126,6 +141,10 @@
       (raw.er || []).forEach(function (pair) { ix.er[pair[0]] = pair[1]; });
       ix.hn = {};  // row -> the other nights it was scanned on (its current row is newer)
       (raw.hn || []).forEach(function (pair) { ix.hn[pair[0]] = pair[1]; });
+      ix.im = {};  // row -> the base name of its pre-rendered pictures
+      (raw.im || []).forEach(function (pair) { ix.im[pair[0]] = pair[1]; });
+      ix.b = raw.b;
+      ix.byUri = null;
       V2S.rawIndex = null;
       V2S.index = ix;
       V2S.timing.indexMs = performance.now() - V2S.timing.start;
@@ -236,11 +255,32 @@
 
   function keepInUrl() { history.replaceState(null, "", "#images" + filterQuery()); }
 
-  function thumb(i) {
-    var f = V2S.index.f[i];
-    if (f & HAS_IMAGE) return el("img", { src: "img/" + i + ".png", alt: "image " + i });
-    if (f & RENDERED) return el("img", { src: "img/" + i + "-map.png", alt: "map " + i });
+  function thumb(row) {
+    if (!row.pic) return null;
+    if (row.f & HAS_IMAGE) return el("img", { src: "img/" + row.pic + ".png", alt: "image " + row.id });
+    if (row.f & RENDERED) return el("img", { src: "img/" + row.pic + "-map.png", alt: "map " + row.id });
     return null;
+  }
+
+  // One row of the static table set as the server sends its rows.
+  function rowOf(i) {
+    var ix = V2S.index;
+    return { id: i, uri: uriOf(i), key: ix.k[i], pre: ix.pre[i], night: ix.night[i], model: ix.model[i],
+             f: ix.f[i], sc: ix.sc[i], mp: ix.mp[i], ar: ix.ar[i], reason: ix.er[i] || "", pic: ix.im[i] || null };
+  }
+
+  function number(x) { return x === null || x === undefined ? NaN : x; }
+
+  // Objects of the whole lake matching the prefix, night and status filters (meta.cube), for
+  // the static export's subset; null when another filter is set.
+  function lakeMatches() {
+    if (state.smin !== null || state.smax !== null || state.model !== "" || state.rendered) return null;
+    var classes = { "": [0, 1, 2], ok: [0, 1], anomalous: [1], normal: [0], error: [2] }[state.status];
+    var night = state.night === "" ? -1 : +state.night, n = 0;
+    V2S.meta.cube.forEach(function (c) {
+      if (c[1] === night && (state.prefix === "" || c[0] === +state.prefix) && classes.indexOf(c[2]) >= 0) n += c[3];
+    });
+    return n;
   }
 
   function statusCell(f) {
@@ -249,43 +289,73 @@
     return el("td", { text: "ok" });
   }
 
-  function renderTable() {
-    var ix = V2S.index, meta = V2S.meta, body = clear(document.querySelector("#table tbody"));
-    var total = state.order.length, start = state.page * state.size;
+  function renderTable(rows) {
+    var meta = V2S.meta, body = clear(document.querySelector("#table tbody"));
+    var total = state.total, start = state.page * state.size;
     var stop = Math.min(total, start + state.size), frag = document.createDocumentFragment();
-    for (var p = start; p < stop; p++) {
-      var i = state.order[p];
-      var row = el("tr", { "data-row": i }, [
-        el("td", {}, [thumb(i)]),
-        el("td", { className: "uri", text: ix.k[i] }),
-        el("td", { text: meta.prefixes[ix.pre[i]] }),
-        el("td", { text: meta.nights[ix.night[i]] }),
-        statusCell(ix.f[i]),
-        el("td", { className: "num", text: fixed(ix.sc[i], 4) }),
-        el("td", { className: "num", text: fixed(ix.mp[i], 3) }),
-        el("td", { className: "num", text: percent(ix.ar[i], 2) }),
-        el("td", { text: meta.models[ix.model[i]] }),
-        el("td", { className: "reason", text: ix.er[i] || "" })
+    state.rows = rows;
+    rows.forEach(function (r) {
+      var row = el("tr", { "data-link": imageLink(r) }, [
+        el("td", {}, [thumb(r)]),
+        el("td", { className: "uri", text: r.key }),
+        el("td", { text: meta.prefixes[r.pre] }),
+        el("td", { text: meta.nights[r.night] }),
+        statusCell(r.f),
+        el("td", { className: "num", text: fixed(number(r.sc), 4) }),
+        el("td", { className: "num", text: fixed(number(r.mp), 3) }),
+        el("td", { className: "num", text: percent(number(r.ar), 2) }),
+        el("td", { text: meta.models[r.model] }),
+        el("td", { className: "reason", text: r.reason || "" })
       ]);
       frag.appendChild(row);
-    }
+    });
     body.appendChild(frag);
     var pages = Math.max(1, Math.ceil(total / state.size));
+    var scope = served() ? " (" + meta.n_rows + " objects, all of them)" : meta.subset
+      ? " in the table set (" + meta.table_rows + " of " + meta.n_rows + " objects)" : " (" + meta.n_rows + " objects)";
     $("p-info").textContent = (total ? (start + 1) + "-" + stop : "0") + " of " + total +
-      " matching (" + ix.n + " objects) · page " + (state.page + 1) + " of " + pages;
+      " matching" + scope + " · page " + (state.page + 1) + " of " + pages;
+    var lake = !served() && meta.subset ? lakeMatches() : null;
+    $("subset-note").hidden = served() || !meta.subset;
+    $("subset-note").textContent = meta.subset ? meta.table_rows + " of " + meta.n_rows + " objects: the most anomalous " +
+      "overall and per prefix, and errors" + (lake !== null ? "; " + lake + " objects of the whole lake match these filters" : "") +
+      "; every object: " + "vip2scan explore " + shellWord(meta.out) + " --serve" : "";
     $("p-prev").disabled = $("p-first").disabled = state.page === 0;
     $("p-next").disabled = $("p-last").disabled = state.page >= pages - 1;
     document.querySelectorAll("#table th[data-sort]").forEach(function (th) {
       th.className = th.getAttribute("data-sort") === state.sortKey
         ? (state.sortDir > 0 ? "sorted-asc" : "sorted-desc") : "";
     });
-    if (V2S.timing.tableMs === undefined) V2S.timing.tableMs = performance.now() - V2S.timing.start;
+    if (V2S.timing.tableMs === undefined) mark("tableMs");
+    mark("answeredMs");
     say("table ready in " + Math.round(V2S.timing.tableMs) + " ms after the page started");
   }
 
   function refreshTable(resetPage) {
     if (resetPage) state.page = 0;
-    return ensureIndex().then(function () { applyFilters(); renderTable(); });
+    var asked = performance.now(), ticket = ++state.ticket;
+    function done(rows) {
+      if (ticket !== state.ticket) return;  // a newer question is on its way: drop this answer
+      renderTable(rows);
+      V2S.timing.lastQueryMs = performance.now() - asked;
+    }
+    if (served()) {
+      var query = filterQuery();
+      query += (query ? "&" : "?") + "page=" + state.page + "&size=" + state.size;
+      return getJson("api/rows" + query).then(function (answer) {
+        state.total = answer.total;
+        var pages = Math.max(1, Math.ceil(answer.total / state.size));
+        if (state.page >= pages && answer.total) { state.page = pages - 1; return refreshTable(false); }
+        done(answer.rows.map(function (r) { r.id = r.uri; r.pic = null; return r; }));
+      });
+    }
+    return ensureIndex().then(function () {
+      applyFilters();
+      state.total = state.order.length;
+      var start = state.page * state.size, rows = [];
+      for (var p = start; p < Math.min(state.total, start + state.size); p++) rows.push(rowOf(state.order[p]));
+      done(rows);
+    });
   }
 
   function setUpTable() {
@@ -306,7 +376,7 @@
     $("filters").addEventListener("reset", function () { setTimeout(changed, 0); });
     $("filters").addEventListener("submit", function (e) { e.preventDefault(); changed(); });
     function go(page) { return function () { state.page = page(); refreshTable(false).catch(fail); }; }
-    function last() { return Math.max(0, Math.ceil(state.order.length / state.size) - 1); }
+    function last() { return Math.max(0, Math.ceil(state.total / state.size) - 1); }
     $("p-first").addEventListener("click", go(function () { return 0; }));
     $("p-prev").addEventListener("click", go(function () { return Math.max(0, state.page - 1); }));
     $("p-next").addEventListener("click", go(function () { return Math.min(last(), state.page + 1); }));
@@ -326,7 +396,7 @@
     });
     document.querySelector("#table tbody").addEventListener("click", function (e) {
       var tr = e.target.closest("tr");
-      if (tr) location.hash = "#image/" + tr.getAttribute("data-row");
+      if (tr) location.hash = tr.getAttribute("data-link");
     });
   }
 
@@ -428,7 +498,7 @@
       box.appendChild(el("p", { className: "warning", text: shown.length + " anomaly-rate alert(s) (vip2scan alerts OUT lists them):" }));
       box.appendChild(el("ul", {}, shown.map(function (a) { return el("li", { text: a.night + "  " + a.line }); })));
     }
-    $("render-note").textContent = "Pre-rendered pictures: " + meta.rendered + " of " + meta.n_rows +
+    $("render-note").textContent = served() ? "Pictures: rendered on demand for any object with a map (served). Colours: " + meta.scaling + "." : "Pre-rendered pictures: " + meta.rendered + " of " + meta.n_rows +
       " images (the most anomalous half of --max-images " + meta.max_images + ", then a fixed sample" +
       " of the rest). Any other image's map: vip2scan map " + shellWord(meta.out) + " IMAGE_URI --png map.png. " +
       "Colours: " + meta.scaling + ".";
@@ -440,7 +510,7 @@
       }))));
     list.appendChild(el("p", { text: "Error rows (first " + meta.errors.length + "; all of them: status = error in the Images list):" }));
     list.appendChild(el("ul", {}, meta.errors.map(function (e) {
-      return el("li", {}, [el("a", { href: "#image/" + e[0], className: "uri", text: e[2] || "object #" + e[0] }), ": " + e[1]]);
+      return el("li", {}, [el("a", { href: "#image/" + encodeURIComponent(e[0]), className: "uri", text: e[2] || e[0] }), ": " + e[1]]);
     })));
   }
 
@@ -495,35 +565,45 @@
     return el("div", {}, [line, table]);
   }
 
-  function renderImage(i, detail) {
-    var meta = V2S.meta, ix = V2S.index, view = clear($("view-image"));
-    var uri = uriOf(i), render = detail[5], run = detail[3] >= 0 ? meta.runs[detail[3]] : null;
-    var pos = state.order ? Array.prototype.indexOf.call(state.order, i) : -1;
+  // Its neighbours in the list: the whole filtered order of the static set, the page shown when served.
+  function neighbours(row) {
+    if (!served() && state.order) {
+      var pos = Array.prototype.indexOf.call(state.order, row.id);
+      return [pos > 0 ? rowOf(state.order[pos - 1]) : null, pos >= 0 && pos < state.order.length - 1 ? rowOf(state.order[pos + 1]) : null];
+    }
+    var at = state.rows.map(function (r) { return r.uri; }).indexOf(row.uri);
+    return [at > 0 ? state.rows[at - 1] : null, at >= 0 && at < state.rows.length - 1 ? state.rows[at + 1] : null];
+  }
+
+  function renderImage(row, detail) {
+    var meta = V2S.meta, view = clear($("view-image"));
+    var uri = row.uri, render = detail[5], run = detail[3] >= 0 ? meta.runs[detail[3]] : null;
+    var near = neighbours(row);
     var nav = el("p", {}, [el("a", { href: "#images" + filterQuery(), text: "\u2190 back to the list" })]);
-    if (pos > 0) nav.appendChild(el("a", { href: "#image/" + state.order[pos - 1], id: "img-prev", style: "margin-left: 1em", text: "\u2039 previous" }));
-    if (pos >= 0 && pos < state.order.length - 1) nav.appendChild(el("a", { href: "#image/" + state.order[pos + 1], id: "img-next", style: "margin-left: 1em", text: "next \u203a" }));
+    if (near[0]) nav.appendChild(el("a", { href: imageLink(near[0]), id: "img-prev", style: "margin-left: 1em", text: "\u2039 previous" }));
+    if (near[1]) nav.appendChild(el("a", { href: imageLink(near[1]), id: "img-next", style: "margin-left: 1em", text: "next \u203a" }));
     view.appendChild(nav);
     view.appendChild(el("h2", {}, [objectLink(uri)]));
     var stats = el("dl", { className: "stats" });
     function stat(name, value) { stats.appendChild(el("dt", { text: name })); stats.appendChild(el("dd", { text: value })); }
-    var f = ix.f[i];
+    var f = row.f;
     stat("status", f & ERROR ? "error" : (f & ANOMALOUS ? "anomalous" : "ok, not anomalous"));
     if (f & ERROR) stat("reason", detail[0] || "");
-    stat("image score", fixed(ix.sc[i], 6) + (run && run.threshold !== null ? "  (threshold " + sig(run.threshold) + ")" : ""));
-    stat("max pixel", fixed(ix.mp[i], 4));
-    stat("anomalous area", percent(ix.ar[i], 3));
+    stat("image score", fixed(number(row.sc), 6) + (run && run.threshold !== null ? "  (threshold " + sig(run.threshold) + ")" : ""));
+    stat("max pixel", fixed(number(row.mp), 4));
+    stat("anomalous area", percent(number(row.ar), 3));
     stat("size", detail[1] && detail[2] ? detail[1] + " x " + detail[2] + " px" : "");
-    stat("prefix", meta.prefixes[ix.pre[i]]);
-    stat("night", meta.nights[ix.night[i]]);
-    stat("model", meta.models[ix.model[i]]);
+    stat("prefix", meta.prefixes[row.pre]);
+    stat("night", meta.nights[row.night]);
+    stat("model", meta.models[row.model]);
     stat("run", run ? run.id : "");
     var box = el("div", { className: "detail" });
     if (render) {
       // Small images are shown enlarged (pixelated) to at least DISPLAY_SIDE px.
       var zoom = Math.max(1, DISPLAY_SIDE / Math.max(render.w, render.h));
       var dw = Math.round(render.w * zoom), dh = Math.round(render.h * zoom);
-      var heat = el("img", { src: "img/" + i + "-map.png", className: zoom > 1 ? "heat zoomed" : "heat", alt: "anomaly map overlay", id: "overlay-heat" });
-      var base = render.img ? el("img", { src: "img/" + i + ".png", alt: "image", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null })
+      var heat = el("img", { src: picture(render, "map"), className: zoom > 1 ? "heat zoomed" : "heat", alt: "anomaly map overlay", id: "overlay-heat" });
+      var base = render.img ? el("img", { src: picture(render, "image"), alt: "image", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null })
         : el("div", { style: "width:" + dw + "px;height:" + dh + "px;background:#888" });
       var marker = el("div", { className: "marker", id: "peak-marker", title: "maximum of the map",
                                style: markerPlace(render) });
@@ -536,7 +616,7 @@
         el("div", { className: "stack" }, [base, heat, marker]),
         el("p", {}, [el("label", {}, ["map opacity ", slider]), " ", el("label", {}, [showMark, " mark the maximum"])])]));
       box.appendChild(el("figure", {}, [el("figcaption", { text: "Anomaly map" }),
-        el("div", { className: "stack" }, [el("img", { src: "img/" + i + "-map.png", alt: "anomaly map", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null }),
+        el("div", { className: "stack" }, [el("img", { src: picture(render, "map"), alt: "anomaly map", width: dw, height: dh, className: zoom > 1 ? "zoomed" : null }),
           el("div", { className: "marker", style: markerPlace(render) })]),
         colourBar(meta, render, run ? run.pixel_threshold : null, dw),
         el("p", { className: "legend", text: "Colour bar: map values from " + render.lo.toFixed(4) + " to " + render.hi.toFixed(4) +
@@ -544,23 +624,53 @@
           ". The same colours from the command line: vip2scan map with --png and --range " + render.lo + ":" + render.hi + "." })]));
     } else {
       box.appendChild(el("p", { className: "legend", text: f & ERROR ? "No map: this row is an error." :
-        "Not pre-rendered (the explorer renders the most anomalous images and a sample). Its map: " +
+        (served() ? "No map stored for this object. " : "Not pre-rendered (the explorer renders the most anomalous images and a sample; " +
+          "vip2scan explore OUT --serve renders any on demand). ") + "Its map: " +
         ["vip2scan", "map", meta.out, uri, "--png", "map.png"].map(shellWord).join(" ") }));
     }
     box.appendChild(el("div", {}, [stats, el("h3", { text: "History across nights" }), historyBlock(meta, detail[4])]));
     view.appendChild(box);
+    mark("imageMs");
     say("");
   }
 
-  function showImage(i) {
+  // An image by its row in the static set (digits) or by its URI (percent-encoded).
+  function showImage(ref) {
+    var byRow = /^[0-9]+$/.test(ref), uri = null;
+    try { uri = byRow ? null : decodeURIComponent(ref); }
+    catch (err) { return Promise.reject(new Error("not an object's address: #image/" + ref)); }
+    if (served()) {
+      if (byRow) return Promise.reject(new Error("no object #" + ref));
+      return getJson("api/object?uri=" + encodeURIComponent(uri)).then(function (answer) {
+        answer.row.id = answer.row.uri;
+        renderImage(answer.row, answer.detail);
+      });
+    }
     return ensureIndex().then(function (ix) {
-      if (!(i >= 0 && i < ix.n)) throw new Error("no object #" + i);
+      var i = byRow ? +ref : rowOfUri(ix, uri);
+      if (!(i >= 0 && i < ix.n)) {
+        var view = clear($("view-image"));
+        view.appendChild(el("h2", {}, [uri ? objectLink(uri) : el("span", { text: "object #" + ref })]));
+        view.appendChild(el("p", { className: "legend", text: "Not in this explorer's table set (the most anomalous objects " +
+          "and errors). Every object: vip2scan explore " + shellWord(V2S.meta.out) + " --serve" }));
+        say("");
+        return;
+      }
       if (!state.order) applyFilters();
-      var k = Math.floor(i / V2S.meta.chunk_rows);
-      return loadScript("data/chunk-" + pad5(k) + ".js").then(function () {
-        renderImage(i, V2S.chunks[k][i - k * V2S.meta.chunk_rows]);
+      var b = ix.b[i];
+      return loadScript("data/obj-" + pad5(b) + ".js").then(function () {
+        var row = rowOf(i);
+        renderImage(row, V2S.chunks[b][row.uri]);
       });
     });
+  }
+
+  function rowOfUri(ix, uri) {
+    if (!ix.byUri) {
+      ix.byUri = new Map();
+      for (var i = 0; i < ix.n; i++) ix.byUri.set(uriOf(i), i);
+    }
+    return ix.byUri.has(uri) ? ix.byUri.get(uri) : -1;
   }
 
   // ------------------------------------------------------------------ routing
@@ -572,17 +682,18 @@
 
   function route() {
     var hash = location.hash || "#overview";
-    if (hash.indexOf("#image/") === 0) { show("image"); showImage(parseInt(hash.slice(7), 10)).catch(fail); }
+    if (hash.indexOf("#image/") === 0) { show("image"); showImage(hash.slice(7)).catch(fail); }
     else if (hash === "#images" || hash.indexOf("#images?") === 0) {
       if (hash.length > 8) readQuery(hash.slice(8));
       show("images"); writeFilters(); refreshTable(false).catch(fail);
     }
-    else { show("overview"); renderOverview(); say(""); }
+    else { show("overview"); renderOverview(); mark("overviewMs"); say(""); }
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     if (!V2S.meta) { say("error: data/meta.js is missing; rebuild with vip2scan explore OUT"); return; }
-    $("lake").textContent = V2S.meta.out + " · " + V2S.meta.n_rows + " objects";
+    $("lake").textContent = V2S.meta.out + " · " + V2S.meta.n_rows + " objects" + (served() ? " · served" : "");
+    if (served()) $("f-rendered").parentNode.hidden = true;  // every picture renders on demand
     setUpTable();
     window.addEventListener("hashchange", route);
     route();

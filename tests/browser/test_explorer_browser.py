@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import quote
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,17 @@ def load_data(folder: Path, name: str) -> list:
     return json.loads("[" + text[text.index("(") + 1: text.rindex(")")] + "]")
 
 
+def details_of(folder: Path, meta: dict, index: dict, row: int) -> list:
+    """The per-image details of the table's row ``row`` (from its hash bucket's file)."""
+    _, details = load_data(folder, f"obj-{index['b'][row]:05d}.js")
+    return details[meta["roots"][index["root"][row]] + index["k"][row]]
+
+
+def picture_of(index: dict, row: int) -> str:
+    """The base name of a row's pre-rendered pictures under img/."""
+    return dict(index["im"])[row]
+
+
 # ------------------------------------------------------------------ files (no browser needed)
 def test_explorer_data_is_the_lakes_current_state(lake, explorer, latest):
     meta, = load_data(explorer, "meta.js")
@@ -75,12 +87,11 @@ def test_explorer_data_is_the_lakes_current_state(lake, explorer, latest):
     assert index["k"] == sorted(index["k"])  # URI order: chunk k holds rows k*1000...
     # history: an image rewritten on night 2 has two rows, oldest first
     row = index["k"].index("line0/img_0000.png")
-    k, details = load_data(explorer, f"chunk-{row // meta['chunk_rows']:05d}.js")
-    history = details[row % meta["chunk_rows"]][4]
+    history = details_of(explorer, meta, index, row)[4]
     assert [meta["nights"][h[0]] for h in history] == lake.nights[:2]
     # the 16-bit image's thumbnail is the 8-bit picture it scored as, not blank
     sixteen = index["k"].index(SIXTEEN_BIT)
-    thumb = np.asarray(Image.open(explorer / "img" / f"{sixteen}.png").convert("L"), dtype=float)
+    thumb = np.asarray(Image.open(explorer / "img" / f"{picture_of(index, sixteen)}.png").convert("L"), dtype=float)
     original = np.asarray(Image.open(io.BytesIO(sixteen_bit_png())), dtype=float) / 257
     assert thumb.shape == original.shape and np.abs(thumb - original).mean() < 2.0
     assert thumb.std() > 5  # structure, not a flat white or black square
@@ -100,11 +111,10 @@ def test_explorer_renders_only_a_bounded_set(lake, tmp_path):
 def test_vip2scan_map_with_the_explorers_range_draws_the_explorers_colours(lake, explorer, tmp_path):
     meta, = load_data(explorer, "meta.js")
     index, = load_data(explorer, "index.js")
-    _, details = load_data(explorer, "chunk-00000.js")
-    row = next(j for j, d in enumerate(details) if d[5] and d[5]["img"])
-    render = details[row][5]
+    row = next(j for j, _ in index["im"] if details_of(explorer, meta, index, j)[5]["img"])
+    render = details_of(explorer, meta, index, row)[5]
     uri = meta["roots"][index["root"][row]] + index["k"][row]
-    theirs = np.asarray(Image.open(explorer / "img" / f"{row}-map.png").convert("RGB"), dtype=int)
+    theirs = np.asarray(Image.open(explorer / "img" / f"{render['name']}-map.png").convert("RGB"), dtype=int)
 
     def drawn(*extra: str) -> np.ndarray:
         ran = invoke("map", str(lake.out), uri, "--png", str(tmp_path / "map.png"), *extra)
@@ -196,9 +206,10 @@ def test_explorer_in_headless_chromium(browser, explorer, lake, latest, tmp_path
     # the EXIF-rotated JPEG shows upright: stored 44 x 30, displayed 30 x 44
     row = browser.evaluate(f"V2S.index.k.indexOf({json.dumps(EXIF_ROTATED)})")
     browser.evaluate(f"location.hash = '#image/{row}'")
-    browser.wait_for(f"!!document.querySelector('#view-image img[src=\"img/{row}.png\"]')")
+    name = browser.evaluate(f"V2S.index.im[{row}]")
+    browser.wait_for(f"!!document.querySelector('#view-image img[src=\"img/{name}.png\"]')")
     browser.wait_images()
-    size = browser.evaluate(f"(() => {{ const i = document.querySelector('img[src=\"img/{row}.png\"]');"
+    size = browser.evaluate(f"(() => {{ const i = document.querySelector('img[src=\"img/{name}.png\"]');"
                             " return [i.naturalWidth, i.naturalHeight]; })()")
     assert size == [30, 44]
 
@@ -229,25 +240,27 @@ def test_run_report_in_headless_chromium(browser, lake, tmp_path):
     assert browser.errors() == []
 
 
-def test_explorer_at_100000_rows(browser, tmp_path):
-    """Scale: 100,000 objects over three nights (big_out.py, no pictures) load and filter; the
-    time to the first table page is printed (a measurement, not asserted)."""
-    from tests.helpers.big_out import write_big_out
+def test_served_explorer_renders_any_image_on_demand(browser, lake, latest):
+    """explore --serve: an object that the static export did not pre-render gets its picture
+    and its map drawn now, with the export's imaging code."""
+    from tests.helpers.explorer_timing import served_explorer
+    from vip2scan.pipeline.output.views import Outputs
 
-    out = tmp_path / "big-out"
-    write_big_out(out, 100_000)
-    ran = invoke("explore", str(out), "--max-images", "0")
-    assert ran.exit_code == 0, ran.stderr
-    browser.open((out / "reports" / "explorer" / "index.html").as_uri() + "#images")
-    browser.wait_for("window.V2S.timing.tableMs !== undefined", timeout=120)
-    assert "of 100000 matching" in browser.evaluate("document.getElementById('p-info').textContent")
-    browser.set_value("#f-status", "error")
-    browser.wait_for("!document.getElementById('p-info').textContent.includes('of 100000 matching')")
-    assert set(browser.evaluate(CELL.format(col=COL_STATUS))) == {"error"}
-    size = sum(p.stat().st_size for p in (out / "reports" / "explorer").rglob("*") if p.is_file())
-    print(f"100,000 rows: table ready {browser.evaluate('V2S.timing.tableMs'):.0f} ms after the "
-          f"page started, explorer {size / 1e6:.1f} MB")
-    assert browser.errors() == []
+    con = Outputs(str(lake.out)).connect()
+    uri = con.execute("SELECT image_uri FROM latest WHERE status = 'ok' AND map_store IS NOT NULL "
+                      "ORDER BY image_score LIMIT 1").fetchall()[0][0]  # the least anomalous: never pre-rendered first
+    con.close()
+    with served_explorer(lake.out) as url:
+        browser.open(url + "#image/" + quote(uri, safe=""))
+        browser.wait_for("!!document.getElementById('overlay-heat')")
+        browser.wait_images()
+        assert browser.broken_images() == []
+        sizes = browser.evaluate("Array.from(document.querySelectorAll('#view-image img')).map(i => i.naturalWidth)")
+        assert len(sizes) == 3 and min(sizes) > 0
+        assert browser.evaluate("document.getElementById('overlay-heat').getAttribute('src')").startswith("api/picture?uri=")
+        assert browser.evaluate("document.querySelector('#view-image h2').textContent") == uri
+        assert browser.evaluate("!!document.querySelector('.colourbar')")
+        assert browser.errors() == []
 
 
 def test_explorer_details_names_reasons_filters_in_the_url_and_map_scales(browser, explorer, lake, latest):
@@ -257,9 +270,9 @@ def test_explorer_details_names_reasons_filters_in_the_url_and_map_scales(browse
     meta, = load_data(explorer, "meta.js")
     index, = load_data(explorer, "index.js")
     rendered = []
-    for k in range((meta["n_rows"] + meta["chunk_rows"] - 1) // meta["chunk_rows"]):
-        _, details = load_data(explorer, f"chunk-{k:05d}.js")
-        rendered += [d[5] for d in details if d[5]]
+    for b in range(meta["buckets"]):
+        _, details = load_data(explorer, f"obj-{b:05d}.js")
+        rendered += [d[5] for d in details.values() if d[5]]
     assert rendered and all(r["peak"] <= r["hi"] for r in rendered)
 
     browser.open((explorer / "index.html").as_uri())
@@ -296,10 +309,10 @@ def test_explorer_details_names_reasons_filters_in_the_url_and_map_scales(browse
 
     # A maximum in the picture's corner: its ring stays inside the picture.
     row = next(i for i, f in enumerate(index["f"]) if f & 4)  # a rendered row (FLAG_RENDERED)
-    k, j = divmod(row, meta["chunk_rows"])
+    bucket, uri = index["b"][row], meta["roots"][index["root"][row]] + index["k"][row]
     browser.evaluate(f"location.hash = '#image/{row}'")
     browser.wait_for("!!document.getElementById('peak-marker')")
-    browser.evaluate(f"(() => {{ const r = V2S.chunks[{k}][{j}][5]; r.x = 0.999; r.y = 0.999; "
+    browser.evaluate(f"(() => {{ const r = V2S.chunks[{bucket}][{json.dumps(uri)}][5]; r.x = 0.999; r.y = 0.999; "
                      "location.hash = '#overview'; })()")
     browser.wait_for("!document.getElementById('view-overview').hidden")
     browser.evaluate(f"location.hash = '#image/{row}'")

@@ -61,11 +61,12 @@ def test_explorer_overlay_and_marker_sit_on_the_defect(browser, scanned, tmp_pat
     for case in defective:
         row = browser.evaluate(f"V2S.index.k.indexOf({json.dumps(case.name)})")
         assert row >= 0, case.name
+        name = browser.evaluate(f"V2S.index.im[{row}]")
         browser.evaluate(f"location.hash = '#image/{row}'")
-        browser.wait_for(f"!!document.querySelector('#view-image img[src=\"img/{row}.png\"]')")
+        browser.wait_for(f"!!document.querySelector('#view-image img[src=\"img/{name}.png\"]')")
         browser.wait_images()
         assert browser.broken_images() == []
-        base = _box(browser, f'#view-image img[src="img/{row}.png"]')
+        base = _box(browser, f'#view-image img[src="img/{name}.png"]')
         heat = _box(browser, "#overlay-heat")
         # The overlay covers exactly the picture (same place, same size) ...
         assert np.allclose(base, heat, atol=1.0), (case.name, base, heat)
@@ -78,7 +79,7 @@ def test_explorer_overlay_and_marker_sit_on_the_defect(browser, scanned, tmp_pat
         my = (marker[1] + marker[3] / 2 - base[1]) / base[3]
         marker_hits += inside(case.mask, mx, my)
         # ... and so does the hottest part of the heat picture the page shows.
-        heat_png = np.asarray(Image.open(explorer / "img" / f"{row}-map.png").convert("RGB"))
+        heat_png = np.asarray(Image.open(explorer / "img" / f"{name}-map.png").convert("RGB"))
         heat_hits += inside(case.mask, *hot_spot(heat_values(heat_png)))
         if case.kind == "exif":
             browser.screenshot(shots / "explorer-heat-exif.png")

@@ -25,10 +25,10 @@ MODEL = "synthetic0000000"
 
 
 def rows_for(uris: list[str], run_id: str, when: dt.datetime, rng: np.random.Generator,
-             threshold: float = 0.52) -> pa.Table:
+             threshold: float = 0.52, shift: float = 0.0) -> pa.Table:
     n = len(uris)
     error = rng.random(n) < 0.01
-    score = rng.normal(0.5, 0.01, n).astype(np.float32)
+    score = rng.normal(0.5 + shift, 0.01, n).astype(np.float32)
     ok = ~error
     return pa.table({
         "image_uri": uris, "etag": [f"e{i}" for i in range(n)], "mtime": [when] * n,
@@ -53,21 +53,28 @@ def write_big_out(out: Path, n: int, thresholds: tuple[float, float, float] = (0
     today = dt.datetime.now(dt.timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
     for night, (share, threshold) in enumerate(zip(shares, thresholds)):
         when = today - dt.timedelta(days=2 - night)
-        run_id = when.strftime("%Y%m%dT%H%M%S000Z") + f"-big{night:03d}"
         picked = uris if share == 1.0 else sorted(rng.choice(uris, int(n * share), replace=False).tolist())
-        table = rows_for(picked, run_id, when, rng, threshold)
-        rel = f"scores/scan_date={when:%Y-%m-%d}/{run_id}-00000.parquet"
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, out / rel)
-        counts = {"listed": n, "new": len(picked) if night == 0 else 0, "changed": 0 if night == 0 else len(picked),
-                  "unchanged": n - len(picked), "vanished": 0, "scored": table.num_rows, "failed": 0}
-        record = {"run_id": run_id, "status": "complete", "source": SOURCE, "model_id": MODEL,
-                  "started_at": when.isoformat(), "finished_at": when.isoformat(), "scan_date": f"{when:%Y-%m-%d}",
-                  "files": [rel], "counts": counts, "image_threshold": threshold, "pixel_threshold": 0.5,
-                  "map_store": None, "vanished_file": None, "record_version": 1}
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        (out / "runs" / f"{run_id}.json").write_text(json.dumps(record, indent=2))
+        add_night(out, picked, when, night, n, rng, threshold)
 
+
+def add_night(out: Path, picked: list[str], when: dt.datetime, night: int, n: int,
+              rng: np.random.Generator, threshold: float = 0.52, shift: float = 0.0) -> str:
+    """One committed run on ``when``'s night rescoring ``picked`` of the ``n`` objects (scores
+    around 0.5 + ``shift``); its run id."""
+    run_id = when.strftime("%Y%m%dT%H%M%S000Z") + f"-big{night:03d}"
+    table = rows_for(picked, run_id, when, rng, threshold, shift)
+    rel = f"scores/scan_date={when:%Y-%m-%d}/{run_id}-00000.parquet"
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / rel)
+    counts = {"listed": n, "new": len(picked) if night == 0 else 0, "changed": 0 if night == 0 else len(picked),
+              "unchanged": n - len(picked), "vanished": 0, "scored": table.num_rows, "failed": 0}
+    record = {"run_id": run_id, "status": "complete", "source": SOURCE, "model_id": MODEL,
+              "started_at": when.isoformat(), "finished_at": when.isoformat(), "scan_date": f"{when:%Y-%m-%d}",
+              "files": [rel], "counts": counts, "image_threshold": threshold, "pixel_threshold": 0.5,
+              "map_store": None, "vanished_file": None, "record_version": 1}
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "runs" / f"{run_id}.json").write_text(json.dumps(record, indent=2))
+    return run_id
 
 if __name__ == "__main__":
     write_big_out(Path(sys.argv[1]), int(sys.argv[2]))

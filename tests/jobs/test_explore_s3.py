@@ -16,7 +16,7 @@ def test_explore_and_map_on_s3(s3_scan, s3_server, cli, tmp_path):
     fs = s3_server.filesystem()
     folder = f"{s3_scan.bucket}/out/reports/explorer"
     names = {p.rsplit("/", 1)[-1] for p in fs.find(folder)}
-    assert {"index.html", "explorer.js", "explorer.css", "meta.js", "index.js", "chunk-00000.js"} <= names
+    assert {"index.html", "explorer.js", "explorer.css", "meta.js", "index.js", "obj-00000.js"} <= names
     assert len([n for n in names if n.endswith("-map.png")]) == 4
     meta_js = fs.cat(f"{folder}/data/meta.js").decode()
     meta = json.loads(meta_js[meta_js.index("(") + 1: meta_js.rindex(")")])
