@@ -186,12 +186,22 @@ def threshold_change_note(records: list[dict], record: dict) -> Optional[str]:
             "and after this run do not compare")
 
 
+def unreadable_errors() -> tuple[type[BaseException], ...]:
+    """What a store raises for an object it will not give now: the OS's and fsspec's errors
+    (permissions, network, an unknown protocol) and botocore's (no credentials, a bad endpoint)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 support installed
+        return (OSError, ValueError)
+    return (OSError, ValueError, BotoCoreError, ClientError)
+
+
 def readable_image(row: dict, storage_options: dict, unreadable: list[str]) -> Optional[bytes]:
     """The object's bytes for its thumbnail; None when gone, or when it cannot be read now (then
     ``row["image_note"]`` says why and ``unreadable`` gets one line)."""
     try:
         return read_object(row["image_uri"], storage_options)
-    except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: not the report's job
+    except unreadable_errors() as exc:
         reason = one_line(exc, limit=200)
         row["image_note"] = f"not readable now: {reason}"
         unreadable.append(f"{row['image_uri']}: {reason}")
