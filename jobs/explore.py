@@ -42,7 +42,7 @@ def explore(
     if serve:
         from vip2scan.jobs.explore_serve import serve_explorer
 
-        serve_explorer(out, options, host, port)
+        serve_explorer(out, options, host, port, deadline)
         return
     from vip2scan.jobs.explorer_page import export_explorer
 

@@ -95,13 +95,16 @@ async def run_server(app: web.Application, host: str, port: int, ready: Callable
         await runner.cleanup()
 
 
-def serve_explorer(out: str, storage_options: dict, host: str, port: int) -> None:
-    """Serve OUT's explorer until Ctrl-C."""
+def serve_explorer(out: str, storage_options: dict, host: str, port: int,
+                   deadline: float | None = None) -> None:
+    """Serve OUT's explorer until Ctrl-C. Reading the lake's state at start-up runs under the
+    reader ``deadline`` (a hung store ends it with one line); serving has none."""
+    from vip2scan.jobs.deadline import reader_deadline
     from vip2scan.pipeline.deadline import step
     from vip2scan.pipeline.output.views import Outputs
 
     outputs = Outputs(out, storage_options)
-    with step("reading the lake's state"):
+    with reader_deadline("explore", deadline), step("reading the lake's state"):
         served = ServedLake(outputs)
     for line in served.lake.warnings:
         typer.echo(printable(f"warning: {line}"), err=True)

@@ -76,3 +76,27 @@ def test_the_default_deadline_lets_a_normal_run_finish(cli, out) -> None:
     ran = cli("query", out, "SELECT count(*) AS n FROM latest", "--format", "csv",
               "--deadline", "0")
     assert ran.exit_code == 0 and ran.stdout.splitlines() == ['"n"', "1"]
+
+
+def test_explore_serve_reads_the_lake_under_the_deadline(cli, out, monkeypatch) -> None:
+    """A server whose start-up hangs on the store must end like the other readers. (Once
+    released, the start-up goes on; the port is taken so the server then stops instead of
+    serving forever.)"""
+    import socket
+
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        _released.set()
+
+    _released.clear()
+    monkeypatch.setattr(deadline_module, "exit_process", fake_exit)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ran = cli("explore", out, "--serve", "--port", str(taken.getsockname()[1]), "--deadline", "0.5",
+                  env={"VIP2SCAN_FS_WRAPPER": f"{__name__}:stalling"})
+    assert codes == [1]
+    assert ran.error_lines[0] == ("error: explore stalled in \"reading the lake's state\" for 0.5 s "
+                                  "(deadline; --deadline to change)")
