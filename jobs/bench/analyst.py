@@ -11,7 +11,10 @@ VmHWM):
 - ``report`` of night 1's run (it scored the whole lake) and of the newest run;
 - ``calibrate`` plain and ``--by 'line*/'``, then the full-lake ``report`` again under that
   per-prefix calibration;
-- ``verify`` and, where this build has it, ``verify --deep``.
+- ``verify`` and, where this build has it, ``verify --deep``;
+- the explorer in headless Chromium (explorer_timing.py), the static export and ``--serve``:
+  overview, table ready, a prefix filter, a sort, one image; the server's start-up and peak RSS
+  (skipped, with a note, where no Chromium is on PATH).
 
 Only the commands' flags are used, never their internals: other work changes those. Each
 figure stands next to the issue's target (set for 10 M objects on 2 cores) as pass or miss. A
@@ -42,6 +45,9 @@ QUIET_EXPLORE_TARGET = {"seconds": 10, "peak_rss_mib": 2048}
 ANALYST_TARGET = {"seconds": 30, "peak_rss_mib": 1536}  # report, calibrate
 VERIFY_TARGET = {"seconds": 60, "peak_rss_mib": 1536}
 EXPLORER_MB_TARGET = 200
+# The page's targets (ms): overview, table ready, a filter or sort, one image.
+PAGE_TARGETS = {"overview_ms": 2000, "table_ready_ms": 3000, "prefix_filter_ms": 1000,
+                "sort_by_score_ms": 1000, "image_page_ms": 1000}
 # Explore pre-renders no image: the fabricated lake's objects cannot be read.
 EXPLORE_FLAGS = ("--max-images", "0")
 # The report reads its top images from the lake, which is fabricated: it shows none.
@@ -154,10 +160,14 @@ def run_analyst_bench(objects: int, nights: int, workdir: Path, keep: bool = Fal
     history_s = time.perf_counter() - t0
     full_run = history.builds[0]
     bench = AnalystBench(out)
+    notes: list[str] = []
     bench.explore("explore_first", EXPLORE_TARGET)
     bench.explore("explore_quiet", QUIET_EXPLORE_TARGET)
     tonight = history.commit_next_night()
     bench.explore("explore_incremental", EXPLORE_TARGET)
+    browser = page_timings(out)
+    if "skipped" in browser:
+        notes.append(f"explorer in Chromium not measured: {browser['skipped']}")
     full = ("report", str(out), "--run", full_run["run_id"], *REPORT_FLAGS)
     bench.measure("report_full_run", full, ANALYST_TARGET)
     bench.measure("report_newest", ("report", str(out), *REPORT_FLAGS), ANALYST_TARGET)
@@ -166,7 +176,6 @@ def run_analyst_bench(objects: int, nights: int, workdir: Path, keep: bool = Fal
     bench.measure("calibrate_by", (*calibrate, "--by", BY_PREFIX), ANALYST_TARGET)
     bench.measure("report_full_run_calibrated", full, ANALYST_TARGET)
     bench.measure("verify", ("verify", str(out)), VERIFY_TARGET)
-    notes = []
     if "--deep" in measure_cli("verify", "--help")["stdout"]:
         bench.measure("verify_deep", ("verify", str(out), "--deep"), VERIFY_TARGET)
     else:
@@ -185,13 +194,24 @@ def run_analyst_bench(objects: int, nights: int, workdir: Path, keep: bool = Fal
                                    "error_rows": tonight["run_failed"]},
                     "latest_rows": tonight["rows"],
                     "latest_error_rows": _error_rows(out, tonight["files"])},
-        "commands": bench.commands,
+        "commands": bench.commands, "browser": browser,
         "failed": [name for name, entry in bench.commands.items() if not entry["ok"]],
         "notes": notes,
     }
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def page_timings(out: Path) -> dict[str, Any]:
+    """The explorer's timings in Chromium, static and served, each next to the page's targets."""
+    from .explorer_timing import explorer_timings
+
+    timings = explorer_timings(out)
+    for mode in ("static", "served"):
+        if mode in timings:
+            timings[mode]["targets"] = checked(timings[mode], PAGE_TARGETS)
+    return timings
 
 
 def _figures(entry: dict[str, Any]) -> str:
@@ -217,6 +237,14 @@ def format_analyst(result: dict[str, Any]) -> str:
     width = max(len(name) for name in result["commands"])
     for name, entry in result["commands"].items():
         lines.append(f"  {name:<{width}}  {_figures(entry)}")
+    for mode in ("static", "served"):
+        page = result.get("browser", {}).get(mode)
+        if page:
+            shown = ", ".join(f"{name.removesuffix('_ms').replace('_', ' ')} {check['value']:.0f} ms"
+                              f"{'' if check['pass'] else ' (MISS)'}" for name, check in page["targets"].items())
+            extra = (f"; server start {page['server_start_s']} s, peak {page['server_peak_rss_mib']} MiB"
+                     if mode == "served" else "")
+            lines.append(f"  explorer in Chromium, {mode}: {shown}{extra}")
     lines += [f"  note: {note}" for note in result["notes"]]
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ import duckdb
 import pytest
 
 from tests.helpers.cli_runner import invoke
-from vip2scan.jobs.bench.analyst import ANALYST_TARGET, AnalystBench, write_analyst_result
+from vip2scan.jobs.bench.analyst import ANALYST_TARGET, PAGE_TARGETS, AnalystBench, write_analyst_result
+from vip2scan.jobs.bench.browser import find_browser
 from vip2scan.jobs.errors import JobError
 
 OBJECTS, NIGHTS = 3000, 3
@@ -33,7 +34,17 @@ def test_analyst_bench_runs_every_command_over_the_history_it_built(tmp_path) ->
 
     deep = "--deep" in invoke("verify", "--help").stdout
     assert list(commands) == COMMANDS + (["verify_deep"] if deep else [])
-    assert report["failed"] == [] and bool(report["notes"]) != deep
+    has_browser = find_browser() is not None
+    assert report["failed"] == [] and bool(report["notes"]) != (deep and has_browser)
+    browser = report["browser"]
+    if has_browser:  # the explorer in Chromium, static and served, each next to the page's targets
+        for mode in ("static", "served"):
+            assert set(browser[mode]["targets"]) == set(PAGE_TARGETS), mode
+            for check in browser[mode]["targets"].values():
+                assert check["value"] > 0 and check["pass"] == (check["value"] <= check["target"]), mode
+        assert browser["served"]["server_start_s"] > 0 and browser["served"]["server_peak_rss_mib"] > 0
+    else:
+        assert "no headless Chromium" in browser["skipped"]
     for name, entry in commands.items():
         assert entry["ok"] and entry["seconds"] > 0 and entry["peak_rss_mib"] > 0, name
         assert 0 < entry["cpu_seconds"], name
@@ -64,6 +75,7 @@ def test_analyst_bench_runs_every_command_over_the_history_it_built(tmp_path) ->
     for name in ("explore_first", "explore_quiet", "explore_incremental"):
         assert commands[name]["objects"] == OBJECTS
         assert commands[name]["explorer"]["files"] > 0 and commands[name]["explorer"]["mb"] > 0
+    assert commands["explore_quiet"]["explorer"]["files_written"] == 0  # nothing changed, nothing rewritten
     for name in ["verify"] + (["verify_deep"] if deep else []):
         assert commands[name]["consistent"], name
         assert (commands[name]["runs"], commands[name]["rows"]) == (NIGHTS + 1, history["rows"])
