@@ -10,6 +10,7 @@ from vip2scan.jobs.config import ConfigOption, storage_options_from_flags
 from vip2scan.jobs.deadline import DEFAULT_DEADLINE, DeadlineOption, reader_deadline
 from vip2scan.jobs.errors import BadParameter
 from vip2scan.jobs.storage import StorageOption
+from vip2scan.jobs.terminal import printable
 
 if TYPE_CHECKING:
     from vip2scan.pipeline.output.calibration import Calibration
@@ -38,7 +39,8 @@ def format_table(calibration: Calibration) -> str:
     """One line per prefix (with --by) and one for all scores: threshold, flagged before/after."""
     header = ("prefix" if calibration.groups else "", "scores", "threshold", "flagged before",
               "flagged after")
-    rows = [(g.group, str(g.n_scores),
+    # A group is a folder name from the lake: control characters must not reach the terminal.
+    rows = [(printable(g.group), str(g.n_scores),
              "(overall)" if g.image_threshold is None else f"{g.image_threshold:.5f}",
              _share(g.flagged_before, g.n_scores), _share(g.flagged_after, g.n_scores))
             for g in calibration.groups]

@@ -279,3 +279,19 @@ def test_the_jobs_name_of_the_uncalibrated_source_is_the_pipelines():
     from vip2scan.pipeline.output.calibration import SOURCE_DEFAULT
 
     assert UNCALIBRATED == SOURCE_DEFAULT
+
+
+def test_the_per_prefix_table_shows_a_hostile_folder_name_escaped():
+    """A folder named with a terminal escape (OSC 52 writes the clipboard) or a carriage return
+    is printed escaped, like every other line the CLI prints from the lake."""
+    from vip2scan.jobs.calibrate import format_table
+    from vip2scan.pipeline.output.calibration import Calibration, GroupThreshold
+
+    hostile = "line\x1b]52;c;ZWNobyBoaQ==\x07\r/"
+    calibration = Calibration(
+        model_id="m", expected_rate=0.1, quantile=0.9, n_scores=30, image_threshold=0.5,
+        flagged_before=0, flagged_after=3, created_at="2025-01-01T00:00:00+00:00", by="line*/",
+        groups=(GroupThreshold(hostile, "s3://lake/" + hostile, 30, 0.51, 0, 3),))
+    table = format_table(calibration)
+    assert not any(c in table for c in "\x1b\x07\r")
+    assert "line\\x1b]52;c;ZWNobyBoaQ==\\x07\\r/" in table.splitlines()[1]
