@@ -1,7 +1,7 @@
 """Calibration and per-row thresholds as DuckDB queries, so `calibrate` and `report` stay
 within DuckDB's memory limit at any lake size instead of copying every row into Python.
 
-The ``--by`` glob becomes one regular expression (:func:`glob_regex`) that means what
+The ``--by`` glob becomes one regular expression (:func:`~vip2scan.pipeline.globs.glob_regex`) that means what
 ``fnmatch`` means in :func:`~.calibration.group_of` and that RE2 (DuckDB) and Python's ``re``
 both read; groups are worked out once per distinct folder and joined back to the rows.
 Quantiles are numpy's linear ones: DuckDB finds the two order statistics around the
@@ -11,19 +11,18 @@ Quantiles are numpy's linear ones: DuckDB finds the two order statistics around 
 from __future__ import annotations
 
 import os
-import string
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from ..globs import glob_regex
 from .views import MEMORY_ENV, sql_str
 
 # calibrate and report hold a lake's scores in DuckDB: 1 GB keeps them (with Python and
 # Arrow) under 1.5 GiB; above it DuckDB spills to its temp directory.
 ANALYST_MEMORY = "1GB"
-NEVER = r"[^\s\S]"  # an empty set: both engines reject fnmatch's '(?!)' lookahead or not
 CASED = r"\p{Lu}\p{Ll}\p{Lt}"
 CASE_IGNORABLE = r"\p{Mn}\p{Me}\p{Cf}\p{Lm}\p{Sk}'.:\x{B7}\x{2019}"
 # Python lowers a word-final capital sigma to 'ς' and 'İ' to 'i̇' (two code points); DuckDB's
@@ -35,78 +34,6 @@ FINAL_SIGMA = (f"([{CASED}][{CASE_IGNORABLE}]*)\u03a3([{CASE_IGNORABLE}]*(?:[^{C
 def analyst_memory() -> str:
     """DuckDB's memory limit for calibrate and report ($VIP2SCAN_DUCKDB_MEMORY wins)."""
     return os.environ.get(MEMORY_ENV) or ANALYST_MEMORY
-
-
-def escape_char(char: str) -> str:
-    """A literal character in a regex or a set, the same in RE2 and Python."""
-    return "\\" + char if char in string.punctuation else char
-
-
-def glob_set(pattern: str, i: int, j: int) -> str:
-    """The set ``pattern[i:j]`` (between '[' and ']') the way fnmatch.translate reads it."""
-    stuff = pattern[i:j]
-    if "-" not in stuff:
-        chunks = [stuff]
-    else:  # ranges, as in fnmatch: a '-' right after '[' or '[!' is a literal
-        chunks = []
-        k = i + 2 if pattern[i] == "!" else i + 1
-        while True:
-            k = pattern.find("-", k, j)
-            if k < 0:
-                break
-            chunks.append(pattern[i:k])
-            i = k + 1
-            k = k + 3
-        chunk = pattern[i:j]
-        if chunk:
-            chunks.append(chunk)
-        else:
-            chunks[-1] += "-"
-        for k in range(len(chunks) - 1, 0, -1):  # empty ranges such as 'z-a' match nothing
-            if chunks[k - 1][-1] > chunks[k][0]:
-                chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
-                del chunks[k]
-    raw = "-".join(chunks)
-    if not raw:
-        return NEVER
-    if raw == "!":
-        return "."
-    negate = raw[0] == "!"
-    if negate:
-        chunks[0] = chunks[0][1:]
-    body = "-".join("".join(escape_char(c) for c in chunk) for chunk in chunks)
-    return f"[{'^' if negate else ''}{body}]"
-
-
-def glob_regex(pattern: str) -> str:
-    """The full-match regex of a glob, as fnmatch (Python 3.11) translates it, in the syntax
-    RE2 and Python share: '*' any run (also of '/'), '?' one character, '[...]' sets."""
-    parts: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        i += 1
-        if char == "*":
-            if not parts or parts[-1] != ".*":
-                parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        elif char == "[":
-            j = i
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                parts.append("\\[")
-            else:
-                parts.append(glob_set(pattern, i, j))
-                i = j + 1
-        else:
-            parts.append(escape_char(char))
-    return "(?s)" + "".join(parts)
 
 
 def by_pattern(by: str) -> str:

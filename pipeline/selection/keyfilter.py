@@ -3,14 +3,12 @@
 Planning a lake of tens of millions of objects cannot afford a Python call per key, so the
 globs become one RE2 pattern each (``pyarrow.compute.match_substring_regex``) and the suffixes
 ``ends_with`` on the ASCII-lowercased keys. Keys that are not ASCII take the per-object path
-(``ObjectFilter.verdict``, ``suffix_key``): Python's ``str.lower`` and fnmatch's character
-classes are only mirrored exactly for ASCII, and such keys are rare.
+(``ObjectFilter.verdict``, ``suffix_key``): Arrow's lowering mirrors Python's ``str.lower`` only
+for ASCII, and such keys are rare. The glob translation is pipeline/globs.py's.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections import Counter
 from functools import lru_cache
 from typing import Sequence
@@ -19,68 +17,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..globs import glob_search_regex
 from .listing import NO_SUFFIX, OTHER_SUFFIXES, ObjectFilter, suffix_key
 
 KEEP, EXCLUDED, SKIPPED = 0, 1, 2
 VERDICT_CODES = {"keep": KEEP, "excluded": EXCLUDED, "skipped": SKIPPED}
-ASCII = [chr(code) for code in range(128)]
 # The extension os.path.splitext gives a key's last part: from its last dot, provided a
 # character other than a dot comes before that dot.
 _EXTENSION = r"(?s)(?:^|/)\.*[^/.][^/]*(?P<ext>\.[^/.]*)$"
 
 
-def _literal(char: str) -> str:
-    return char if char.isascii() and char.isalnum() else f"\\x{{{ord(char):x}}}"
-
-
-def _bracket_class(bracket: str) -> str | None:
-    """The ASCII characters fnmatch's ``[...]`` matches, as an RE2 class; None if none.
-    fnmatch itself translates the bracket, so its quirks (``[!...]``, ``]`` first, ranges
-    around ``-``) stay fnmatch's."""
-    python_class = re.compile(fnmatch.translate(bracket))
-    chars = [c for c in ASCII if python_class.match(c)]
-    return "[" + "".join(_literal(c) for c in chars) + "]" if chars else None
-
-
-def glob_regex(glob: str) -> str | None:
-    """An RE2 pattern that matches an ASCII key exactly when ``fnmatch.fnmatchcase(key, glob)``
-    does (``*`` matches anything, ``/`` included); None when nothing can match."""
-    parts: list[str] = []
-    i, n = 0, len(glob)
-    while i < n:
-        c = glob[i]
-        i += 1
-        if c == "*":
-            if not parts or parts[-1] != ".*":
-                parts.append(".*")
-        elif c == "?":
-            parts.append(".")
-        elif c == "[":
-            # Where fnmatch's bracket ends (the same scan as fnmatch.translate).
-            j = i
-            if j < n and glob[j] == "!":
-                j += 1
-            if j < n and glob[j] == "]":
-                j += 1
-            while j < n and glob[j] != "]":
-                j += 1
-            if j >= n:
-                parts.append(_literal("["))
-                continue
-            cls = _bracket_class(glob[i - 1:j + 1])
-            if cls is None:
-                return None
-            parts.append(cls)
-            i = j + 1
-        else:
-            parts.append(_literal(c))
-    return "(?s)^" + "".join(parts) + "$"
+def glob_regex(glob: str) -> str:
+    """An RE2 pattern that matches a key exactly when ``fnmatch.fnmatchcase(key, glob)`` does
+    (``*`` matches anything, ``/`` included), for Arrow's substring search."""
+    return glob_search_regex(glob)
 
 
 @lru_cache(maxsize=64)
 def globs_regex(globs: tuple[str, ...]) -> str | None:
-    """One RE2 pattern for 'matches any of the (lowercased) globs'; None if none can match."""
-    patterns = [p for p in (glob_regex(g.lower()) for g in globs) if p is not None]
+    """One RE2 pattern for 'matches any of the (lowercased) globs'; None if there are none."""
+    patterns = [glob_regex(g.lower()) for g in globs]
     return "|".join(f"(?:{p})" for p in patterns) or None
 
 
