@@ -125,6 +125,24 @@ class Browser:
         self.call("Page.navigate", {"url": url})
         self.wait_for(ready, timeout)
 
+    def reload(self, ready: str = "document.readyState === 'complete'", timeout: float = 60) -> None:
+        """Reload the page and wait for the *new* document to be ready.
+
+        A marker on the old window tells the two apart: without it a wait can pass on the old
+        page and the next look hits the new one half-built.
+        """
+        self.evaluate("window.__v2sBeforeReload = true; location.reload(); true")
+        expression = f"!window.__v2sBeforeReload && ({ready})"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.evaluate(expression):
+                    return
+            except RuntimeError:
+                pass  # the old document's context went away mid-evaluation; ask the new one
+            time.sleep(0.05)
+        raise TimeoutError(f"still false after {timeout} s: {expression}")
+
     def wait_images(self, timeout: float = 60) -> None:
         self.wait_for("Array.from(document.images).every(i => i.complete)", timeout)
 

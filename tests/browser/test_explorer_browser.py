@@ -288,8 +288,7 @@ def test_explorer_details_names_reasons_filters_in_the_url_and_map_scales(browse
     reasons = browser.evaluate(ROWS + ".map(r => r.lastElementChild.textContent)")
     assert len(reasons) == latest["error"] and all(reasons), reasons
     assert "status=error" in browser.evaluate("location.hash")
-    browser.evaluate("location.reload()")
-    browser.wait_for("window.V2S && window.V2S.timing.tableMs !== undefined")
+    browser.reload("window.V2S && window.V2S.timing.tableMs !== undefined")
     browser.wait_for(matching)
     assert browser.evaluate("document.getElementById('f-status').value") == "error"
 
