@@ -7,7 +7,7 @@ source: images/s end to end and in steady state, seconds to the first rows, and 
 image by role:
 
     driver   planning, Ray Data's scheduler, staging, commit
-    decode   the pooled task workers and their decode sandbox children: read+decode tasks
+    decode   the pooled task workers and their sandbox and reader children: read+decode tasks
              and the repartition tasks Ray Data runs in the same workers (a task shorter
              than the sampling interval cannot be told apart, so the split between the two
              in the by-process figures is approximate)
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 from typing import Any
+
+from .probes import DECODE_CHILD_SCRIPTS
 
 NULL_IMAGE_SIZE = 64
 ROLES = ("driver", "decode", "actor", "ray", "other")
@@ -34,14 +36,21 @@ def null_checkpoint(image_size: int) -> str:
     return f"null:{int(image_size)}"
 
 
+def _decode_task_names() -> tuple[str, ...]:
+    # Taken from the engine's own functions, so a renamed stage cannot silently move its CPU
+    # into "ray" (it did once: the profile kept pre-rename names and decode read ~0).
+    from vip2scan.pipeline.engines.ray import decode_unit_batch, read_work_units
+
+    return (read_work_units.__name__, decode_unit_batch.__name__, "Repartition")
+
+
 def role_group(process_role: str) -> str:
     """A process role of probes.process_role -> one of ROLES."""
     if process_role == "driver":
         return "driver"
-    if any(task in process_role for task in ("read_and_decode", "read_work_row_groups", "Repartition")) \
-            or process_role in ("ray::IDLE", "system:sandbox.py"):
-        # A pooled worker seen only between its tasks; the decode sandbox's child processes
-        # (pipeline/stages/sandbox.py), where the pixels are really decoded.
+    if any(task in process_role for task in _decode_task_names()) or process_role == "ray::IDLE" \
+            or process_role in {f"system:{script}" for script in DECODE_CHILD_SCRIPTS}:
+        # ray::IDLE: a pooled worker seen only between its tasks.
         return "decode"
     if "InferActor" in process_role:
         return "actor"

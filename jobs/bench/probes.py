@@ -139,12 +139,17 @@ def _is_ray_worker(proc: Any) -> bool:
                               or any(part.endswith("default_worker.py") for part in cmdline))
 
 
+# The decode sandbox (stages/sandbox.py) and the reader process (stages/reader_child.py):
+# the child processes where the pixels are really read and decoded.
+DECODE_CHILD_SCRIPTS = ("sandbox.py", "reader_child.py")
+
+
 def _is_decode_sandbox(proc: Any) -> bool:
-    """A child running pipeline/stages/sandbox.py (the decoder's isolated process)."""
+    """A child running one of DECODE_CHILD_SCRIPTS."""
     import psutil
 
     try:
-        return any(part.endswith("sandbox.py") for part in proc.cmdline())
+        return any(os.path.basename(part) in DECODE_CHILD_SCRIPTS for part in proc.cmdline())
     except psutil.Error:  # exited meanwhile
         return False
 

@@ -3,7 +3,7 @@
     work list, read in map_index ranges     one row per work unit (whole map shards,
                                             stages/units.py), map_index fixed
     .repartition(1 row per block)           so decode tasks spread, one unit each
-    .map_batches(decode_units)              CPU tasks: bytes -> uint8 pixels | error row
+    .map_batches(decode_unit_batch)         CPU tasks: bytes -> uint8 pixels | error row
     .map_batches(InferActor, ActorPool)     one actor per GPU (or CPU actors); each scores a
                                             unit, writes its shards to Zarr, drops the maps
     .iter_batches()  (driver)               small rows -> staging parts (exactly-once record)

@@ -120,7 +120,7 @@ def test_bench_null_model_ceiling_with_ray(tmp_path, ray_local):
     assert ceiling["images_per_s"] > 0 and ceiling["steady_images_per_s"] > 0 and ceiling["first_rows_s"] > 0
     roles = ceiling["cpu_ms_per_image_by_role"]
     assert set(roles) == set(ROLES) and sum(roles.values()) == pytest.approx(ceiling["cpu_ms_per_image"])
-    assert all(roles[role] > 0 for role in ("driver", "decode", "actor", "ray"))
+    assert all(roles[role] > 0 for role in ("driver", "decode", "actor", "ray")), ceiling
     assert sum(ceiling["cpu_ms_per_image_by_process"].values()) == pytest.approx(ceiling["cpu_ms_per_image"])
     assert ceiling["decode_ms_per_image"] > 0 and ceiling["cpu_ms_per_image_outside_decode_and_model"] > 0
     assert set(report["targets"]) == {"ceiling_steady_images_per_s_local", "ceiling_first_rows_s_local",
