@@ -310,9 +310,12 @@ def test_explorer_details_names_reasons_filters_in_the_url_and_map_scales(browse
     row = next(i for i, f in enumerate(index["f"]) if f & 4)  # a rendered row (FLAG_RENDERED)
     bucket, uri = index["b"][row], meta["roots"][index["root"][row]] + index["k"][row]
     browser.evaluate(f"location.hash = '#image/{row}'")
-    browser.wait_for("!!document.getElementById('peak-marker')")
+    # The previous image's view may still show a marker: wait for this row's details too.
+    browser.wait_for(f"!!(V2S.chunks[{bucket}] && V2S.chunks[{bucket}][{json.dumps(uri)}])"
+                     " && !!document.getElementById('peak-marker')")
     browser.evaluate(f"(() => {{ const r = V2S.chunks[{bucket}][{json.dumps(uri)}][5]; r.x = 0.999; r.y = 0.999; "
-                     "location.hash = '#overview'; })()")
+                     # the old ring goes, so the one waited for below is the new render's
+                     "document.getElementById('peak-marker').remove(); location.hash = '#overview'; })()")
     browser.wait_for("!document.getElementById('view-overview').hidden")
     browser.evaluate(f"location.hash = '#image/{row}'")
     browser.wait_for("!!document.getElementById('peak-marker')")
