@@ -111,11 +111,17 @@ class Browser:
             raise RuntimeError(f"{expression!r} threw: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 60) -> Any:
-        """Poll until the expression is truthy; its value."""
+    def wait_for(self, expression: str, timeout: float = 60, navigating: bool = False) -> Any:
+        """Poll until the expression is truthy; its value. While ``navigating``, an evaluation
+        that fails because the old document went away mid-call is asked again of the new one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                if not navigating:
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(0.05)
@@ -132,16 +138,7 @@ class Browser:
         page and the next look hits the new one half-built.
         """
         self.evaluate("window.__v2sBeforeReload = true; location.reload(); true")
-        expression = f"!window.__v2sBeforeReload && ({ready})"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.evaluate(expression):
-                    return
-            except RuntimeError:
-                pass  # the old document's context went away mid-evaluation; ask the new one
-            time.sleep(0.05)
-        raise TimeoutError(f"still false after {timeout} s: {expression}")
+        self.wait_for(f"!window.__v2sBeforeReload && ({ready})", timeout, navigating=True)
 
     def wait_images(self, timeout: float = 60) -> None:
         self.wait_for("Array.from(document.images).every(i => i.complete)", timeout)

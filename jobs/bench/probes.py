@@ -144,7 +144,7 @@ def _is_ray_worker(proc: Any) -> bool:
 DECODE_CHILD_SCRIPTS = ("sandbox.py", "reader_child.py")
 
 
-def _is_decode_sandbox(proc: Any) -> bool:
+def _is_decode_child(proc: Any) -> bool:
     """A child running one of DECODE_CHILD_SCRIPTS."""
     import psutil
 
@@ -252,7 +252,7 @@ class ProcessSampler:
         # Descendants only: other users of the machine may run Ray clusters of their own.
         if not self.include_descendants:
             # The local engine's decode sandbox children do its decoding: they count.
-            return [p for p in me.children(recursive=False) if _is_decode_sandbox(p)]
+            return [p for p in me.children(recursive=False) if _is_decode_child(p)]
         return [p for p in me.children(recursive=True) if p.pid not in self.exclude_pids]
 
     def _note_cpu(self, proc: Any, first: bool, driver_pid: int) -> None:
